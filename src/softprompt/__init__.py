@@ -1,0 +1,31 @@
+"""softprompt: parameter-efficient fine-tuning of frozen transformers with soft prompts.
+
+Example:
+    >>> import softprompt
+    >>> model = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=20))
+    >>> model(input_ids, labels=input_ids).loss.backward()
+    >>> model.save("task.safetensors")
+    >>> softprompt.load(base_model, "task.safetensors").generate(input_ids, max_new_tokens=20)
+"""
+
+from softprompt.api import load, wrap
+from softprompt.families import FAMILIES, UnsupportedModelError, model_shape
+from softprompt.io import AdapterFileError
+from softprompt.methods import PrefixTuningConfig, PromptTuningConfig, PTuningConfig, SoftPromptConfig
+from softprompt.model import SoftPromptModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FAMILIES",
+    "AdapterFileError",
+    "PTuningConfig",
+    "PrefixTuningConfig",
+    "PromptTuningConfig",
+    "SoftPromptConfig",
+    "SoftPromptModel",
+    "UnsupportedModelError",
+    "load",
+    "model_shape",
+    "wrap",
+]

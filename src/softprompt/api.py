@@ -1,0 +1,96 @@
+"""``wrap`` and ``load``: the two ways to get a :class:`~softprompt.model.SoftPromptModel`.
+
+Example:
+    >>> model = softprompt.wrap(base, softprompt.PromptTuningConfig(init="text", init_text="yes no"), tokenizer=tok)
+    >>> model.save("task.safetensors")
+    >>> again = softprompt.load(base, "task.safetensors")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from softprompt import peft_format
+from softprompt.families import ModelShape, model_shape
+from softprompt.io import AdapterFileError, read_adapter
+from softprompt.methods import METHODS, SoftPromptConfig, build_prompt, plain_prompt
+from softprompt.model import SoftPromptModel
+
+
+def wrap(base_model: nn.Module, config: SoftPromptConfig, tokenizer=None) -> SoftPromptModel:
+    """Freeze ``base_model`` and attach a new trainable soft prompt described by ``config``.
+
+    ``tokenizer`` is needed only for ``init="text"``.
+    """
+    shape = model_shape(base_model)
+    prompt = build_prompt(config, base_model, shape, tokenizer)
+    return SoftPromptModel(base_model, prompt.to(base_model.device), shape)
+
+
+def load(base_model: nn.Module, path: str | os.PathLike) -> SoftPromptModel:
+    """Load a saved prompt (a softprompt file, or a ``peft`` adapter folder) onto ``base_model``.
+
+    The loaded prompt stays trainable, so it can start further training or another task. Refuses,
+    with the reason, a file made for a model of another family or shape, or a corrupt file.
+    """
+    shape = model_shape(base_model)
+    if peft_format.is_peft_folder(path):
+        config, tensors, _ = peft_format.read_peft_folder(path)
+    else:
+        record, tensors = read_adapter(path)
+        _check_same_model(record.get("base_model", {}), shape, path)
+        config = _config_from_record(record, path)
+    _check_tensors(tensors, config, shape, path)
+    prompt = plain_prompt(config, tensors, shape)
+    return SoftPromptModel(base_model, prompt.to(base_model.device), shape)
+
+
+def _config_from_record(record: dict[str, Any], path) -> SoftPromptConfig:
+    method = record.get("method")
+    if method not in METHODS:
+        raise AdapterFileError(f"{path} holds an unknown method {method!r}; known: {', '.join(METHODS)}")
+    config_cls = METHODS[method].config
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    choices = record.get("config", {})
+    unknown = sorted(set(choices) - known)
+    if unknown:
+        raise AdapterFileError(
+            f"{path} has config keys {unknown} this softprompt does not know; upgrade softprompt"
+        )
+    # The prompt's numbers come from the file, so the init that made them is not re-run.
+    return config_cls(**{**choices, "init": "zero" if method == "prefix_tuning" else "random"})
+
+
+def _check_same_model(saved: dict[str, Any], shape: ModelShape, path) -> None:
+    expected = shape.fingerprint()
+    differences = [
+        f"{key}: file {saved.get(key)!r}, model {value!r}"
+        for key, value in expected.items()
+        if saved.get(key) != value
+    ]
+    if differences:
+        made_for = saved.get("name_or_path") or saved.get("family")
+        raise AdapterFileError(
+            f"{path} was made for another base model ({made_for}); it does not fit this {shape.family} model: "
+            + "; ".join(differences)
+        )
+
+
+def _check_tensors(
+    tensors: dict[str, torch.Tensor], config: SoftPromptConfig, shape: ModelShape, path
+) -> None:
+    if set(tensors) not in ({"embeddings"}, {"prefix"}):
+        raise AdapterFileError(f"{path} holds tensors {sorted(tensors)}; expected 'embeddings' or 'prefix'")
+    name, table = next(iter(tensors.items()))
+    width = shape.embed_dim if name == "embeddings" else shape.prefix_width
+    expected = (config.num_virtual_tokens, width)
+    if tuple(table.shape) != expected:
+        raise AdapterFileError(
+            f"{path}: {name} has shape {tuple(table.shape)}, but this {shape.family} model needs {expected} "
+            "(was it made for another base model?)"
+        )

@@ -1,0 +1,95 @@
+"""Initial values for soft prompts: small functions, each one way to start (Lester et al. 2021, §3.2).
+
+Input-space inits return (P, E) embeddings; prefix inits return a flat (P, F) prefix in the layout of
+:func:`softprompt.methods.base.split_prefix`. Soft prompts live or die by their init, so the inits that
+start from the frozen model's own numbers (``vocab``, ``text``) are the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from softprompt.cache import capture_cache, captured_states
+from softprompt.io import read_adapter
+from softprompt.methods.base import PrefixStates, flatten_prefix
+
+
+def repeat_to_length(ids: torch.Tensor, length: int) -> torch.Tensor:
+    """Repeat or truncate a 1-D id sequence to ``length`` (Lester's class-label init repeats labels)."""
+    if ids.numel() == 0:
+        raise ValueError("the init text tokenized to no tokens; give a non-empty init_text")
+    repeats = -(-length // ids.numel())
+    return ids.repeat(repeats)[:length]
+
+
+def text_token_ids(tokenizer, text: str | None, length: int) -> torch.Tensor:
+    """Token ids of ``text`` (no special tokens), repeated or truncated to ``length``."""
+    if tokenizer is None or not text:
+        raise ValueError(
+            "init='text' needs init_text and a tokenizer: softprompt.wrap(model, config, tokenizer=tok)"
+        )
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    return repeat_to_length(ids, length)
+
+
+def sampled_vocab_ids(
+    length: int, vocab_size: int, top_k: int | None, generator: torch.Generator
+) -> torch.Tensor:
+    """Ids sampled without replacement from the first ``top_k`` ids, or from the whole vocabulary.
+
+    BPE and SentencePiece vocabularies are ordered by merge frequency, so the first ids are the most
+    frequent tokens: Lester et al. sampled from the 5,000 most common ones.
+    """
+    pool = vocab_size if top_k is None else min(top_k, vocab_size)
+    if length <= pool:
+        return torch.randperm(pool, generator=generator)[:length]
+    return torch.randint(pool, (length,), generator=generator)
+
+
+def uniform(length: int, width: int, scale: float, generator: torch.Generator) -> torch.Tensor:
+    """Uniform noise in ``[-scale, scale]`` of shape (length, width)."""
+    return (torch.rand(length, width, generator=generator) * 2 - 1) * scale
+
+
+def embeddings_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The frozen model's input embeddings of ``ids``: (P,) -> (P, E).
+
+    Uses the embedding module's forward, so models whose embedding scales its output (Gemma 3's
+    scaled embedding) give the numbers a real token would have.
+    """
+    embedding = model.get_input_embeddings()
+    with torch.no_grad():
+        return embedding(ids.to(embedding.weight.device)).float().detach().clone()
+
+
+def prefix_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The keys/values the frozen model computes for ``ids`` in every layer, flat: (P,) -> (P, F)."""
+    backbone = model.base_model
+    cache = capture_cache(model.config.num_hidden_layers)
+    device = model.get_input_embeddings().weight.device
+    was_training = backbone.training
+    backbone.eval()  # the init is the model's own numbers, not a dropout sample of them
+    try:
+        with torch.no_grad():
+            backbone(input_ids=ids[None].to(device), past_key_values=cache, use_cache=True)
+    finally:
+        backbone.train(was_training)
+    states = PrefixStates([(k[0].float(), v[0].float()) for k, v in captured_states(cache)])
+    return flatten_prefix(states).detach().clone()
+
+
+def rows_from_file(path: str | os.PathLike, name: str, length: int, width: int) -> torch.Tensor:
+    """Tensor ``name`` (``embeddings`` or ``prefix``) of a saved adapter, rows repeated or cut to ``length``."""
+    record, tensors = read_adapter(path)
+    if name not in tensors:
+        raise ValueError(
+            f"{path} holds a {record.get('method')} prompt without {name!r}; init='file' needs one"
+        )
+    table = tensors[name].float()
+    if table.shape[-1] != width:
+        raise ValueError(f"{path} has {name} of width {table.shape[-1]}, this model needs {width}")
+    rows = repeat_to_length(torch.arange(table.shape[0]), length)
+    return table[rows].clone()

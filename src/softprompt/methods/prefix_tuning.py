@@ -1,0 +1,148 @@
+"""Prefix tuning (Li & Liang 2021, arXiv 2101.00190): trainable keys/values in every attention layer.
+
+The prefix is a flat (P, F) table, ``F = sum_l 2 * kv_heads_l * head_dim_l`` (see
+:func:`~softprompt.methods.base.split_prefix`). With ``projection_hidden_size`` set it is
+reparameterised during training as ``anchor + MLP(embedding)`` (Linear-Tanh-Linear) and folded
+back into the plain table for saving and inference.
+
+Inits: ``vocab`` and ``text`` start from the keys/values the frozen model itself computes for real
+tokens; ``zero`` from zeros (peft's benchmark found this far better than random); ``random`` from
+uniform noise, which with a large learning rate can wreck the model (shared/PITFALLS.md).
+With the MLP and a non-random init the MLP's last layer starts at zero and the init is the
+``anchor``, so training starts exactly at the init.
+
+Example:
+    >>> config = PrefixTuningConfig(num_virtual_tokens=10, projection_hidden_size=512)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from softprompt import initializers
+from softprompt.families import ModelShape
+from softprompt.methods.base import PrefixStates, SoftPrompt, SoftPromptConfig, split_prefix
+
+PrefixInit = Literal["random", "zero", "vocab", "text", "file"]
+
+
+@dataclass(frozen=True)
+class PrefixTuningConfig(SoftPromptConfig):
+    """Prefix tuning choices.
+
+    Attributes:
+        num_virtual_tokens: prefix length ``P`` (Li & Liang: 10 for table-to-text, 200 for summaries).
+        init: ``vocab`` (keys/values of sampled frequent tokens), ``text`` (of ``init_text``), ``zero``,
+            ``random`` (uniform in ±``random_scale``), or ``file`` (a saved prefix).
+        init_text: the text for ``init="text"``.
+        init_file: an adapter file or folder for ``init="file"``.
+        projection_hidden_size: hidden width of the MLP reparameterisation; ``None`` trains the table directly.
+        vocab_top_k: sample ``vocab`` init from this many most frequent ids; ``None`` for all.
+        random_scale: half-width of the ``random`` init.
+        seed: seed of the random and ``vocab`` inits.
+    """
+
+    method: ClassVar[str] = "prefix_tuning"
+    num_virtual_tokens: int = 10
+    init: PrefixInit = "vocab"
+    init_text: str | None = None
+    init_file: str | None = None
+    projection_hidden_size: int | None = None
+    vocab_top_k: int | None = 5000
+    random_scale: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init not in PrefixInit.__args__:
+            raise ValueError(f"init must be one of {PrefixInit.__args__}, got {self.init!r}")
+        if self.init == "text" and not self.init_text:
+            raise ValueError("init='text' needs init_text")
+        if self.init == "file" and not self.init_file:
+            raise ValueError("init='file' needs init_file, the path of a saved softprompt adapter")
+
+
+class PrefixTable(SoftPrompt):
+    """A plain trainable prefix. Parameter ``prefix``: (P, F)."""
+
+    def __init__(self, config: SoftPromptConfig, prefix: torch.Tensor, shape: ModelShape) -> None:
+        super().__init__(config)
+        self.shape = shape
+        self.prefix = nn.Parameter(prefix)
+
+    def forward(self) -> PrefixStates:
+        return split_prefix(self.prefix, self.shape)
+
+
+class ReparameterizedPrefix(SoftPrompt):
+    """``anchor + MLP(embedding)``: (P, E) -> (P, F), with Linear(E, h) - Tanh - Linear(h, F)."""
+
+    def __init__(
+        self,
+        config: PrefixTuningConfig,
+        embedding: torch.Tensor,
+        anchor: torch.Tensor | None,
+        shape: ModelShape,
+    ) -> None:
+        super().__init__(config)
+        self.shape = shape
+        self.embedding = nn.Parameter(embedding)
+        hidden = config.projection_hidden_size
+        self.mlp = nn.Sequential(
+            nn.Linear(embedding.shape[-1], hidden), nn.Tanh(), nn.Linear(hidden, shape.prefix_width)
+        )
+        # The anchor is the init; the MLP learns the change from it, starting at none.
+        self.register_buffer("anchor", anchor, persistent=False)
+        if anchor is not None:
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self) -> PrefixStates:
+        prefix = self.mlp(self.embedding)
+        if self.anchor is not None:
+            prefix = prefix + self.anchor
+        return split_prefix(prefix, self.shape)
+
+
+def initial_prefix(
+    config: PrefixTuningConfig, model: nn.Module, shape: ModelShape, tokenizer
+) -> torch.Tensor:
+    """The (P, F) starting prefix that ``config.init`` asks for."""
+    length = config.num_virtual_tokens
+    generator = torch.Generator().manual_seed(config.seed)
+    if config.init == "random":
+        return initializers.uniform(length, shape.prefix_width, config.random_scale, generator)
+    if config.init == "zero":
+        return torch.zeros(length, shape.prefix_width)
+    if config.init == "file":
+        return initializers.rows_from_file(config.init_file, "prefix", length, shape.prefix_width)
+    return initializers.prefix_of(model, _init_ids(config, shape, tokenizer, generator))
+
+
+def _init_ids(
+    config: PrefixTuningConfig, shape: ModelShape, tokenizer, generator: torch.Generator
+) -> torch.Tensor:
+    if config.init == "text":
+        return initializers.text_token_ids(tokenizer, config.init_text, config.num_virtual_tokens)
+    return initializers.sampled_vocab_ids(
+        config.num_virtual_tokens, shape.vocab_size, config.vocab_top_k, generator
+    )
+
+
+def build(config: PrefixTuningConfig, model: nn.Module, shape: ModelShape, tokenizer=None) -> SoftPrompt:
+    prefix = initial_prefix(config, model, shape, tokenizer)
+    if config.projection_hidden_size is None:
+        return PrefixTable(config, prefix, shape)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    if config.init in ("vocab", "text"):
+        embedding = initializers.embeddings_of(model, _init_ids(config, shape, tokenizer, generator))
+    else:
+        embedding = initializers.uniform(
+            config.num_virtual_tokens, shape.embed_dim, config.random_scale, generator
+        )
+    anchor = None if config.init == "random" else prefix
+    return ReparameterizedPrefix(config, embedding, anchor, shape)
