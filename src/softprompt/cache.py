@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 # Per layer: (keys, values), each (B, kv_heads, P, head_dim).
 LayerStates = Sequence[tuple[torch.Tensor, torch.Tensor]]
@@ -78,11 +79,15 @@ def generation_cache(config, states: LayerStates) -> DynamicCache:
 
 
 def allow_checkpointing_with_cache(model: nn.Module) -> None:
-    """Let checkpointed layers keep softprompt's caches, which are safe to replay (see module docstring).
+    """Let a checkpointed model keep softprompt's caches, which are safe to replay (see module docstring).
 
-    ``transformers`` drops ``past_key_values`` in checkpointed layers because a growing cache would be
-    appended to twice; without this, the prefix would silently vanish under gradient checkpointing.
+    ``transformers`` drops ``past_key_values`` under gradient checkpointing, in each checkpointed layer
+    and in some backbones' own loops (GPT-2), because a growing cache would be appended to twice.
+    Without this, the prefix would silently vanish. The layers still checkpoint; backbone-level
+    switches only ever decided about caches.
     """
     for module in model.modules():
-        if hasattr(module, "_can_checkpoint_with_cache"):
+        if isinstance(module, GradientCheckpointingLayer):
             module._can_checkpoint_with_cache = True
+        elif getattr(module, "gradient_checkpointing", False):
+            module.gradient_checkpointing = False

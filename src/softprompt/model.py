@@ -52,7 +52,9 @@ class SoftPromptModel(nn.Module):
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute the frozen layers' activations in backward; works with every method."""
-        self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.base_model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
         allow_checkpointing_with_cache(self.base_model)
 
     # -------------------------------------------------------------------------------------- prompts
@@ -145,13 +147,18 @@ class SoftPromptModel(nn.Module):
     # ----------------------------------------------------------------------------------- generation
     @torch.no_grad()
     def generate(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        prefix: injection.BatchPrefix | None = None,
+        **kwargs,
     ) -> torch.Tensor:
         """``transformers`` ``generate`` (greedy, sampling, beam search...) with the prompt in the cache.
 
         The prompt's prefix enters the key/value cache once, before the first token. Rows are
         left-aligned first, so right-padded batches generate as if each row ran alone. Returns the
-        (left-padded) input rows followed by the new tokens, without virtual tokens.
+        (left-padded) input rows followed by the new tokens, without virtual tokens. ``prefix``
+        overrides the model's own prompt with per-row prefixes (see :func:`injection.batch_prefix`).
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -163,7 +170,8 @@ class SoftPromptModel(nn.Module):
             kwargs.get("num_beams") or config.num_beams or 1,
             kwargs.get("num_return_sequences") or config.num_return_sequences or 1,
         )
-        prefix = self.batch_prefix(batch, input_ids.device)
+        if prefix is None:
+            prefix = self.batch_prefix(batch, input_ids.device)
         cache = generation_cache(self.base_model.config, prefix.repeat_interleave(expand).layers)
 
         # `generate` skips the input ids the cache already covers: stand-ins take the prefix's places.

@@ -1,0 +1,173 @@
+"""Behaviour of SoftPromptModel on every family: logits, loss, padding invariance, generation,
+gradient checkpointing and a frozen base."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny import FAMILIES, random_ids, tiny_causal_lm
+
+import softprompt
+
+CONFIGS = {
+    "prompt_tuning": lambda: softprompt.PromptTuningConfig(num_virtual_tokens=5, init="vocab"),
+    "prefix_tuning": lambda: softprompt.PrefixTuningConfig(num_virtual_tokens=4, init="vocab"),
+    "prefix_mlp": lambda: softprompt.PrefixTuningConfig(
+        num_virtual_tokens=4, init="random", projection_hidden_size=16
+    ),
+    "p_tuning": lambda: softprompt.PTuningConfig(num_virtual_tokens=3, encoder="lstm", encoder_hidden_size=8),
+}
+METHODS = sorted(CONFIGS)
+
+
+def wrapped(family, method, seed=0):
+    model = softprompt.wrap(tiny_causal_lm(family), CONFIGS[method]()).eval()
+    # Move the prompt away from its init so every test sees a prompt that matters.
+    with torch.no_grad():
+        for p in model.prompt.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 0.3)
+    return model
+
+
+def padded_batch(rows, side):
+    """Pad 1-D id tensors with id 0 on ``side``: (B, T_max) ids and mask."""
+    longest = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), longest, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        span = slice(longest - len(r), longest) if side == "left" else slice(0, len(r))
+        ids[i, span], mask[i, span] = r, 1
+    return ids, mask
+
+
+def test_logits_cover_real_tokens_only_and_loss_is_next_token_cross_entropy():
+    model = wrapped("llama", "prompt_tuning")
+    ids = random_ids(2, 6)
+    out = model(input_ids=ids, labels=ids)
+    assert out.logits.shape == (2, 6, 96)
+    expected = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    torch.testing.assert_close(out.loss, expected)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_logits_only_at_labels_match_full_logits(method):
+    model = wrapped("qwen2", method)
+    ids = random_ids(3, 7)
+    labels = torch.full_like(ids, -100)
+    labels[0, 6], labels[1, 3], labels[2, 4:] = ids[0, 6], ids[1, 3], ids[2, 4:]
+    full = model(input_ids=ids, labels=labels)
+    sparse = model(input_ids=ids, labels=labels, logits_at="labels")
+    where = labels[:, 1:] != -100
+    assert sparse.logits.shape == (int(where.sum()), 96)
+    torch.testing.assert_close(sparse.logits, full.logits[:, :-1][where])
+    torch.testing.assert_close(sparse.loss, full.loss)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_invariance_under_left_and_right_padding(family, method):
+    model = wrapped(family, method)
+    rows = [random_ids(1, n, seed=n)[0] for n in (7, 4, 5)]
+    alone = [model(input_ids=r[None]).logits[0] for r in rows]
+    alone_gen = [
+        model.generate(r[None], max_new_tokens=4, min_new_tokens=4, do_sample=False)[0, len(r) :]
+        for r in rows
+    ]
+    for side in ("left", "right"):
+        ids, mask = padded_batch(rows, side)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        generated = model.generate(
+            ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, do_sample=False
+        )[:, ids.shape[1] :]
+        for i, r in enumerate(rows):
+            torch.testing.assert_close(logits[i][mask[i].bool()], alone[i], atol=1e-5, rtol=1e-5)
+            assert generated[i].tolist() == alone_gen[i].tolist(), f"row {i}, {side} padding"
+
+
+def reference_generate(model, ids, **kwargs):
+    """What generation with the prompt's embeddings prepended to the input gives (no cache tricks)."""
+    base = model.base_model
+    prompt = model.prompt().embeddings.to(base.dtype)
+    embeds = torch.cat([prompt[None].expand(ids.shape[0], -1, -1), base.get_input_embeddings()(ids)], dim=1)
+    return base.generate(
+        inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long), **kwargs
+    )
+
+
+@pytest.mark.parametrize(
+    "decoding", [dict(do_sample=False), dict(num_beams=3, do_sample=False, num_return_sequences=2)]
+)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generation_equals_prompt_prepended_to_the_input(family, decoding):
+    model = wrapped(family, "prompt_tuning")
+    ids = random_ids(2, 5)
+    with torch.no_grad():
+        expected = reference_generate(model, ids, max_new_tokens=5, **decoding)
+    got = model.generate(ids, max_new_tokens=5, **decoding)
+    assert got[:, :5].tolist() == ids.repeat_interleave(decoding.get("num_return_sequences", 1), 0).tolist()
+    assert got[:, 5:].tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sampling_runs_and_is_reproducible(family, method):
+    model = wrapped(family, method)
+    ids = random_ids(2, 4)
+    torch.manual_seed(3)
+    first = model.generate(ids, max_new_tokens=4, do_sample=True, top_k=10)
+    torch.manual_seed(3)
+    second = model.generate(ids, max_new_tokens=4, do_sample=True, top_k=10)
+    assert first.shape == (2, 8) and first.tolist() == second.tolist()
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2", "falcon", "bloom"])
+def test_gradient_checkpointing_gives_the_same_gradients(family, method):
+    def grads(checkpointing):
+        model = wrapped(family, method).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert any(getattr(m, "gradient_checkpointing", False) for m in model.base_model.modules())
+        ids = random_ids(2, 6)
+        model(input_ids=ids, labels=ids).loss.backward()
+        return [p.grad.clone() for p in model.prompt.parameters()]
+
+    plain, checkpointed = grads(False), grads(True)
+    assert all(g.abs().sum() > 0 for g in plain)
+    for a, b in zip(plain, checkpointed, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_training_changes_only_the_prompt(method):
+    model = wrapped("gemma", method).train()
+    before = {k: v.clone() for k, v in model.base_model.state_dict().items()}
+    prompt_before = [p.detach().clone() for p in model.prompt.parameters()]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert {id(p) for p in trainable} == {id(p) for p in model.prompt.parameters()}
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    ids = random_ids(2, 6)
+    for _ in range(3):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = model.base_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(a, b) for a, b in zip(prompt_before, model.prompt.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_folding_keeps_the_logits(method):
+    model = wrapped("phi3", method)
+    ids = random_ids(2, 5)
+    expected = model(input_ids=ids).logits
+    folded = softprompt.methods.plain_prompt(model.config, model.prompt.folded(), model.shape)
+    model.prompt = folded
+    torch.testing.assert_close(model(input_ids=ids).logits, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_caller_position_ids_are_moved_past_the_prompt():
+    model = wrapped("llama", "prefix_tuning")
+    ids = random_ids(1, 5)
+    default = model(input_ids=ids).logits
+    explicit = model(input_ids=ids, position_ids=torch.arange(5)[None]).logits
+    torch.testing.assert_close(default, explicit)
