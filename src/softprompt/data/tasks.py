@@ -1,0 +1,304 @@
+"""Turn data rows into token ids for the two task kinds: classification and generation.
+
+A task is a small frozen dataclass: it formats a row with its template, tokenizes it, truncates
+it so that the answer position survives, and carries what the loss needs (label token ids for a
+verbalizer, or a target mask). Truncation is counted, never silent.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import datasets
+
+from softprompt.data.sources import require_columns
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+"""Label value the loss skips (PyTorch cross-entropy's default `ignore_index`)."""
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenized example.
+
+    Attributes:
+        input_ids: the tokens the model reads, `(T,)`.
+        label: class index (classification only).
+        labels: per-token targets, `IGNORE_INDEX` where no loss is taken (generation only), `(T,)`.
+        prompt_ids: the source tokens alone, to generate from at evaluation (generation only).
+        reference: the target text, to score generations against (generation only).
+        truncated: whether any part of the row was cut to fit the length limits.
+    """
+
+    input_ids: list[int]
+    label: int | None = None
+    labels: list[int] | None = None
+    prompt_ids: list[int] | None = None
+    reference: str | None = None
+    truncated: bool = False
+
+    def prompt(self) -> Encoded:
+        """This example as a generation prompt: source tokens only, no loss targets.
+
+        Example:
+            >>> Encoded([5, 6, 7, 0], labels=[-100, -100, 7, 0], prompt_ids=[5, 6]).prompt().input_ids
+            [5, 6]
+        """
+        ids = self.prompt_ids if self.prompt_ids is not None else self.input_ids
+        return Encoded(ids, label=self.label, reference=self.reference, truncated=self.truncated)
+
+
+class Task(Protocol):
+    """What `encode_dataset` needs from a task."""
+
+    max_length: int
+
+    @property
+    def columns(self) -> list[str]: ...
+
+    def encode(self, row: Mapping[str, Any], tokenizer: Any) -> Encoded: ...
+
+
+@dataclass(frozen=True)
+class ClassificationTask:
+    """Classify by scoring one label word per class at the position after the template.
+
+    Args:
+        template: `str.format` template over the row's columns, ending where the answer goes,
+            e.g. "Review: {sentence}\\nSentiment:" (no trailing space: the label word carries it).
+        label_column: the column holding the label value.
+        label_words: label value -> label word, or a list of words for labels 0..n-1. A word is
+            tokenized with a leading space (added if missing), and its first token scores the class.
+        max_length: longest input in tokens; longer inputs keep their last `max_length` tokens
+            (after any BOS), so the answer position survives.
+
+    Example:
+        >>> task = ClassificationTask("Review: {sentence}\\nSentiment:", "label", ["negative", "positive"], 128)
+        >>> ex = task.encode({"sentence": "great film", "label": 1}, tokenizer)  # doctest: +SKIP
+        >>> ex.label, task.label_token_ids(tokenizer)  # doctest: +SKIP
+        (1, [4633, 3967])
+    """
+
+    template: str
+    label_column: str
+    label_words: Mapping[Any, str] | Sequence[str]
+    max_length: int
+
+    def __post_init__(self) -> None:
+        if self.max_length < 1:
+            raise ValueError(f"max_length must be positive, got {self.max_length}")
+        keys = [str(k) for k, _ in self.classes]
+        if len(keys) < 2:
+            raise ValueError(f"label_words needs at least two classes, got {self.label_words!r}")
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"label_words keys collide once written as text: {keys}")
+
+    @property
+    def classes(self) -> list[tuple[Any, str]]:
+        """(label value, label word) per class, in class-index order."""
+        if isinstance(self.label_words, Mapping):
+            return list(self.label_words.items())
+        return list(enumerate(self.label_words))
+
+    @property
+    def columns(self) -> list[str]:
+        """Columns a row must have."""
+        return [*template_fields(self.template), self.label_column]
+
+    def label_index(self, value: Any) -> int:
+        """Class index of a label value; ints and strings match by their text (1 matches "1")."""
+        for i, (key, _) in enumerate(self.classes):
+            if str(key) == str(value):
+                return i
+        known = [k for k, _ in self.classes]
+        raise ValueError(
+            f"label value {value!r} in column {self.label_column!r} is not a key of label_words; known: {known}"
+        )
+
+    def label_token_ids(self, tokenizer: Any) -> list[int]:
+        """First token id of each label word (with its leading space), one per class.
+
+        Raises:
+            ValueError: a word tokenizes to nothing, or two words share their first token.
+        """
+        ids: list[int] = []
+        for _, word in self.classes:
+            spaced = word if word[:1].isspace() else " " + word
+            tokens = tokenizer(spaced, add_special_tokens=False)["input_ids"]
+            if not tokens:
+                raise ValueError(f"label word {word!r} tokenizes to no tokens")
+            ids.append(tokens[0])
+        first_word: dict[int, str] = {}
+        for (_, word), tid in zip(self.classes, ids, strict=True):
+            if tid in first_word:
+                raise ValueError(
+                    f"label words {first_word[tid]!r} and {word!r} share their first token (id {tid}); "
+                    "choose words that start differently"
+                )
+            first_word[tid] = word
+        return ids
+
+    def encode(self, row: Mapping[str, Any], tokenizer: Any) -> Encoded:
+        """Tokenize the templated row (no answer appended) and look up its class index."""
+        text = format_template(self.template, row)
+        if self.label_column not in row:
+            raise ValueError(f"row has no label column {self.label_column!r}; available columns: {list(row)}")
+        ids = tokenizer(text)["input_ids"]
+        kept = _keep_end(ids, self.max_length, tokenizer)
+        return Encoded(kept, label=self.label_index(row[self.label_column]), truncated=len(kept) < len(ids))
+
+
+@dataclass(frozen=True)
+class GenerationTask:
+    """Generate a target text from a source text; the loss covers the target tokens only.
+
+    `input_ids` = source + target + EOS and `labels` = `IGNORE_INDEX` over the source, the target
+    ids + EOS over the rest. The source keeps at most `max_length - max_target_length` tokens (its
+    last ones, next to the answer), the target its first `max_target_length - 1` tokens + EOS, so
+    training rows and evaluation prompts plus generations both fit in `max_length`.
+
+    Args:
+        source_template: e.g. "Table: {mr}\\nText:".
+        target_template: e.g. " {ref}" (leading space: it continues the source text).
+        max_length: longest `input_ids` in tokens.
+        max_target_length: longest target in tokens, EOS included.
+
+    Example:
+        >>> task = GenerationTask("Table: {mr}\\nText:", " {ref}", max_length=256, max_target_length=64)
+        >>> ex = task.encode({"mr": "name[Aromi]", "ref": "Aromi is a pub."}, tokenizer)  # doctest: +SKIP
+        >>> ex.labels[: len(ex.prompt_ids)] == [-100] * len(ex.prompt_ids)  # doctest: +SKIP
+        True
+    """
+
+    source_template: str
+    target_template: str
+    max_length: int
+    max_target_length: int
+
+    def __post_init__(self) -> None:
+        if self.max_target_length < 1:
+            raise ValueError(f"max_target_length must be positive, got {self.max_target_length}")
+        if self.max_length <= self.max_target_length:
+            raise ValueError(
+                f"max_length ({self.max_length}) must exceed max_target_length ({self.max_target_length}) "
+                "to leave room for the source"
+            )
+
+    @property
+    def columns(self) -> list[str]:
+        """Columns a row must have."""
+        fields = template_fields(self.source_template) + template_fields(self.target_template)
+        return list(dict.fromkeys(fields))
+
+    def encode(self, row: Mapping[str, Any], tokenizer: Any) -> Encoded:
+        """Tokenize source and target; mask the source out of `labels`."""
+        if tokenizer.eos_token_id is None:
+            raise ValueError("GenerationTask needs a tokenizer with an eos_token to end targets")
+        source_text = format_template(self.source_template, row)
+        target_text = format_template(self.target_template, row)
+        source = tokenizer(source_text)["input_ids"]
+        target = tokenizer(target_text, add_special_tokens=False)["input_ids"]
+        prompt = _keep_end(source, self.max_length - self.max_target_length, tokenizer)
+        answer = target[: self.max_target_length - 1] + [tokenizer.eos_token_id]
+        return Encoded(
+            prompt + answer,
+            labels=[IGNORE_INDEX] * len(prompt) + answer,
+            prompt_ids=prompt,
+            reference=target_text.strip(),
+            truncated=len(prompt) < len(source) or len(target) > self.max_target_length - 1,
+        )
+
+
+def encode_dataset(
+    task: Task,
+    rows: datasets.Dataset | Iterable[Mapping[str, Any]],
+    tokenizer: Any,
+    *,
+    where: str = "data set",
+) -> tuple[list[Encoded], int]:
+    """Encode every row; return the examples and how many were truncated (warned about if any).
+
+    Example:
+        >>> examples, n_truncated = encode_dataset(task, load_rows("dev.tsv"), tokenizer)  # doctest: +SKIP
+    """
+    if isinstance(rows, datasets.Dataset):
+        # Fail once, up front, rather than on the first row.
+        require_columns(rows, task.columns, where=where)
+    examples = [task.encode(row, tokenizer) for row in rows]
+    n_truncated = sum(ex.truncated for ex in examples)
+    if n_truncated:
+        logger.warning(
+            "%s: %d of %d rows were truncated to fit max_length=%d",
+            where,
+            n_truncated,
+            len(examples),
+            task.max_length,
+        )
+    return examples, n_truncated
+
+
+def template_fields(template: str) -> list[str]:
+    """Column names a `str.format` template refers to, in order of first use.
+
+    Example:
+        >>> template_fields("{premise} Question: {hypothesis}? {premise}")
+        ['premise', 'hypothesis']
+    """
+    names = []
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field is None:
+            continue
+        # "{row.attr}" and "{row[0]}" both read column "row".
+        name = field.split(".", 1)[0].split("[", 1)[0]
+        if not name or name.isdigit():
+            raise ValueError(
+                f"template {template!r} has a positional field; name the column, e.g. {{sentence}}"
+            )
+        names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def format_template(template: str, row: Mapping[str, Any]) -> str:
+    """`template.format(**row)`, with a missing field named along with the available columns.
+
+    Example:
+        >>> format_template("Review: {sentence}", {"sentence": "fine", "label": 1})
+        'Review: fine'
+    """
+    try:
+        return template.format(**row)
+    except KeyError as exc:
+        raise ValueError(
+            f"template {template!r} uses field {exc.args[0]!r}, which the row lacks; "
+            f"available columns: {list(row)}"
+        ) from None
+    except IndexError:
+        raise ValueError(
+            f"template {template!r} has a positional field; name the column, e.g. {{sentence}}"
+        ) from None
+
+
+def _keep_end(ids: list[int], limit: int, tokenizer: Any) -> list[int]:
+    """The last `limit` tokens of `ids`, keeping the tokenizer's leading special tokens (BOS)."""
+    if len(ids) <= limit:
+        return ids
+    head = ids[: len(_leading_specials(tokenizer))]
+    if len(head) >= limit:
+        raise ValueError(f"length limit {limit} leaves no room after the special tokens {head}")
+    return head + ids[len(ids) - (limit - len(head)) :]
+
+
+def _leading_specials(tokenizer: Any) -> list[int]:
+    """Special tokens the tokenizer puts before the text (e.g. [BOS] for Llama, [] for GPT-2)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start]
+    return []

@@ -1,0 +1,169 @@
+"""Tasks turn rows into token ids: verbalizer classification and target-masked generation."""
+
+import logging
+from pathlib import Path
+
+import datasets
+import pytest
+from transformers import GPT2Tokenizer
+
+from softprompt.data.tasks import (
+    IGNORE_INDEX,
+    ClassificationTask,
+    Encoded,
+    GenerationTask,
+    encode_dataset,
+    format_template,
+    template_fields,
+)
+
+TOKENIZER_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "tokenizers" / "gpt2"
+SENTIMENT = "Review: {sentence}\nSentiment:"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    tokenizer = GPT2Tokenizer.from_pretrained(TOKENIZER_DIR)
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+class WithBos:
+    """GPT-2's tokenizer, but adding a BOS like Llama's, to check truncation keeps it."""
+
+    def __init__(self, tok):
+        self.tok, self.bos = tok, 50256
+        self.eos_token_id = tok.eos_token_id
+
+    def __call__(self, text, add_special_tokens=True):
+        body = self.tok(text, add_special_tokens=False)["input_ids"]
+        return {"input_ids": ([self.bos] if add_special_tokens else []) + body}
+
+
+def test_classification_encodes_template_without_answer(tok):
+    task = ClassificationTask(SENTIMENT, "label", ["negative", "positive"], max_length=64)
+    ex = task.encode({"sentence": "a fine film", "label": 1}, tok)
+    assert ex.input_ids == ids(tok, "Review: a fine film\nSentiment:")
+    assert ex.label == 1 and ex.labels is None and not ex.truncated
+
+
+def test_label_token_ids_use_leading_space(tok):
+    task = ClassificationTask(SENTIMENT, "label", {0: "negative", 1: " positive"}, max_length=64)
+    assert task.label_token_ids(tok) == [ids(tok, " negative")[0], ids(tok, " positive")[0]]
+    assert task.label_token_ids(tok)[1] == 3967  # " positive" is one GPT-2 token
+
+
+def test_label_words_sharing_first_token_are_named(tok):
+    # " entailment" is " entail" + "ment": only its first token would score the class.
+    assert ids(tok, " entailment")[0] == ids(tok, " entail")[0]
+    task = ClassificationTask("{premise}?", "label", ["entailment", "entail"], max_length=64)
+    with pytest.raises(ValueError, match="'entailment' and 'entail' share their first token"):
+        task.label_token_ids(tok)
+
+
+def test_string_and_int_label_values_map_through_keys(tok):
+    words = {"entailment": "yes", "not_entailment": "no"}
+    task = ClassificationTask("{premise}?", "label", words, max_length=32)
+    assert task.encode({"premise": "p", "label": "not_entailment"}, tok).label == 1
+    # Keys written as text (as JSON configs do) still match integer labels, and vice versa.
+    assert ClassificationTask("{s}", "y", {"0": "no", "1": "yes"}, 8).label_index(1) == 1
+    assert ClassificationTask("{s}", "y", ["no", "yes"], 8).label_index("1") == 1
+
+
+def test_unknown_label_value_is_named(tok):
+    task = ClassificationTask(
+        "{premise}?", "label", {"entailment": "yes", "contradiction": "no"}, max_length=32
+    )
+    with pytest.raises(
+        ValueError, match=r"label value 'neutral' in column 'label'.*\['entailment', 'contradiction'\]"
+    ):
+        task.encode({"premise": "p", "label": "neutral"}, tok)
+    with pytest.raises(ValueError, match="no label column 'label'; available columns: \\['premise'\\]"):
+        task.encode({"premise": "p"}, tok)
+
+
+def test_invalid_classification_configs():
+    with pytest.raises(ValueError, match="at least two classes"):
+        ClassificationTask("{s}", "y", ["only"], 8)
+    with pytest.raises(ValueError, match="collide"):
+        ClassificationTask("{s}", "y", {1: "a", "1": "b"}, 8)
+    with pytest.raises(ValueError, match="max_length"):
+        ClassificationTask("{s}", "y", ["a", "b"], 0)
+
+
+def test_classification_truncation_keeps_the_answer_position(tok):
+    task = ClassificationTask(SENTIMENT, "label", ["negative", "positive"], max_length=6)
+    row = {"sentence": "one two three four five six seven eight", "label": 0}
+    full = ids(tok, format_template(SENTIMENT, row))
+    ex = task.encode(row, tok)
+    assert ex.truncated and ex.input_ids == full[-6:]
+    assert ex.input_ids[-2:] == ids(tok, "\nSentiment:")[-2:]
+
+
+def test_truncation_keeps_bos_first(tok):
+    bos_tok = WithBos(tok)
+    task = ClassificationTask(SENTIMENT, "label", ["negative", "positive"], max_length=5)
+    ex = task.encode({"sentence": "one two three four five", "label": 0}, bos_tok)
+    full = ids(tok, "Review: one two three four five\nSentiment:")
+    assert ex.input_ids == [50256, *full[-4:]]
+
+
+def test_generation_masks_exactly_the_source(tok):
+    task = GenerationTask("Table: {mr}\nText:", " {ref}", max_length=64, max_target_length=16)
+    ex = task.encode({"mr": "name[Aromi]", "ref": "Aromi is a pub."}, tok)
+    source, target = ids(tok, "Table: name[Aromi]\nText:"), ids(tok, " Aromi is a pub.")
+    assert ex.input_ids == source + target + [tok.eos_token_id]
+    assert ex.labels == [IGNORE_INDEX] * len(source) + target + [tok.eos_token_id]
+    assert ex.prompt_ids == source and ex.reference == "Aromi is a pub."
+    assert not ex.truncated
+    assert ex.prompt() == Encoded(source, reference="Aromi is a pub.")
+
+
+def test_generation_truncates_source_start_and_target_end(tok):
+    task = GenerationTask("{mr} Text:", " {ref}", max_length=8, max_target_length=4)
+    row = {"mr": "a b c d e f g h", "ref": "one two three four five"}
+    ex = task.encode(row, tok)
+    source, target = ids(tok, "a b c d e f g h Text:"), ids(tok, " one two three four five")
+    assert ex.prompt_ids == source[-4:]  # max_length - max_target_length
+    assert ex.input_ids == source[-4:] + target[:3] + [tok.eos_token_id]
+    assert ex.labels[:4] == [IGNORE_INDEX] * 4 and ex.truncated
+    # A target of exactly max_target_length - 1 tokens fits with its EOS: not truncated.
+    fits = task.encode({"mr": "x", "ref": "one two three"}, tok)
+    assert not fits.truncated and fits.labels[-1] == tok.eos_token_id
+
+
+def test_generation_config_checks():
+    with pytest.raises(ValueError, match="must exceed max_target_length"):
+        GenerationTask("{a}", " {b}", max_length=4, max_target_length=4)
+
+
+def test_template_errors_name_field_and_columns(tok):
+    with pytest.raises(ValueError, match=r"uses field 'sentence'.*available columns: \['text', 'label'\]"):
+        format_template(SENTIMENT, {"text": "hi", "label": 0})
+    with pytest.raises(ValueError, match="positional field"):
+        format_template("Review: {}", {"text": "hi"})
+    assert template_fields("{a} and {b.x} and {c[0]} and {a}") == ["a", "b", "c"]
+
+
+def test_encode_dataset_counts_and_warns_truncation(tok, caplog):
+    rows = datasets.Dataset.from_dict(
+        {"sentence": ["short", "a much longer sentence than fits here"], "label": [0, 1]}
+    )
+    task = ClassificationTask(SENTIMENT, "label", ["negative", "positive"], max_length=8)
+    with caplog.at_level(logging.WARNING, logger="softprompt.data.tasks"):
+        examples, n_truncated = encode_dataset(task, rows, tok, where="train data")
+    assert n_truncated == 1 and [ex.label for ex in examples] == [0, 1]
+    assert "train data: 1 of 2 rows were truncated to fit max_length=8" in caplog.text
+
+
+def test_encode_dataset_checks_columns_up_front(tok):
+    rows = datasets.Dataset.from_dict({"text": ["hi"], "label": [0]})
+    task = ClassificationTask(SENTIMENT, "label", ["negative", "positive"], max_length=8)
+    with pytest.raises(
+        ValueError, match=r"eval data has no column 'sentence'; available columns: \['text', 'label'\]"
+    ):
+        encode_dataset(task, rows, tok, where="eval data")
