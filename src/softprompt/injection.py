@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from softprompt.cache import capture_cache, captured_states
-from softprompt.methods.base import PrefixStates, PromptOutput, VirtualTokens
+from softprompt.families import ModelShape
+from softprompt.methods.base import PrefixStates, PromptOutput
 
 
 def compile_prompt(model: nn.Module, prompt: PromptOutput) -> PrefixStates:
@@ -95,6 +96,15 @@ def batch_prefix(
     return BatchPrefix(layers, mask[index])
 
 
+def no_prefix(shape: ModelShape, batch: int, dtype: torch.dtype, device: torch.device) -> BatchPrefix:
+    """An empty prefix (P = 0) for ``batch`` rows: the bare model."""
+    layers = [
+        (torch.zeros(batch, s.num_kv_heads, 0, s.head_dim, dtype=dtype, device=device),) * 2
+        for s in shape.layers
+    ]
+    return BatchPrefix(layers, torch.zeros(batch, 0, dtype=torch.long, device=device))
+
+
 def _left_pad(states: torch.Tensor, length: int) -> torch.Tensor:
     """(H, P, D) -> (H, length, D) with zeros before the real positions."""
     return nn.functional.pad(states, (0, 0, length - states.shape[-2], 0))
@@ -117,9 +127,9 @@ def left_align(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[t
 
 __all__ = [
     "BatchPrefix",
-    "VirtualTokens",
     "batch_prefix",
     "compile_prompt",
     "left_align",
+    "no_prefix",
     "positions_after_prefix",
 ]

@@ -33,9 +33,10 @@ class SoftPromptModel(nn.Module):
     """A frozen ``transformers`` causal LM adapted by a trainable soft prompt.
 
     Only ``self.prompt`` has trainable parameters; the base model is frozen and never modified.
+    With ``prompt=None`` it runs the bare model unless a call passes per-row prefixes (the task bank).
     """
 
-    def __init__(self, base_model: nn.Module, prompt: SoftPrompt, shape: ModelShape) -> None:
+    def __init__(self, base_model: nn.Module, prompt: SoftPrompt | None, shape: ModelShape) -> None:
         super().__init__()
         self.base_model = base_model.requires_grad_(False)
         self.prompt = prompt
@@ -60,6 +61,8 @@ class SoftPromptModel(nn.Module):
     # -------------------------------------------------------------------------------------- prompts
     def batch_prefix(self, batch_size: int, device: torch.device) -> injection.BatchPrefix:
         """The prompt's per-layer prefix for ``batch_size`` rows (recomputed, so gradients flow)."""
+        if self.prompt is None:
+            return injection.no_prefix(self.shape, batch_size, self.base_model.dtype, device)
         prefix = injection.compile_prompt(self.base_model, self.prompt())
         rows = torch.zeros(batch_size, dtype=torch.long)
         return injection.batch_prefix([prefix], rows, self.base_model.dtype, device)

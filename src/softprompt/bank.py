@@ -1,0 +1,171 @@
+"""Many task prompts on one frozen model, mixed freely within a batch (Lester et al. §2).
+
+A :class:`TaskBank` holds named task prompts of any method and length. Each row of a batch names
+its task (or none, for the bare model); rows get their own prefix in one forward pass, through the
+same per-row injection every model uses (:func:`softprompt.injection.batch_prefix`).
+
+Each task is *compiled* on first use: its per-layer keys/values are computed once and kept, so a
+prompt-tuned task costs no prefill per request — it starts from its cache like a prefix-tuned one.
+A compiled cache is dropped when its task is replaced or removed, or when its parameters change
+in place (an optimiser step), detected through the tensors' version counters.
+
+Example:
+    >>> bank = TaskBank(base_model)
+    >>> bank.add("sentiment", "sentiment.safetensors")
+    >>> bank.add("topic", "topic.safetensors")
+    >>> bank.generate(input_ids, attention_mask=mask, tasks=["sentiment", "topic", None], max_new_tokens=8)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from softprompt import injection
+from softprompt.api import load
+from softprompt.families import model_shape
+from softprompt.methods import PrefixStates, SoftPrompt
+from softprompt.model import SoftPromptModel
+
+TaskRef = str | int | None
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One task of a bank: its method, prompt length and size of its folded numbers."""
+
+    name: str
+    method: str
+    length: int
+    numbers: int
+    bytes: int
+
+
+class TaskBank(nn.Module):
+    """Named soft prompts on one frozen base model; a batch may mix tasks row by row."""
+
+    def __init__(self, base_model: nn.Module) -> None:
+        super().__init__()
+        self.runner = SoftPromptModel(base_model, None, model_shape(base_model))
+        self.tasks = nn.ModuleDict()
+        # name -> (parameter versions when compiled, compiled prefix)
+        self._compiled: dict[str, tuple[tuple[int, ...], PrefixStates]] = {}
+
+    @property
+    def base_model(self) -> nn.Module:
+        return self.runner.base_model
+
+    # ------------------------------------------------------------------------------ managing tasks
+    def add(
+        self, name: str, source: str | os.PathLike | SoftPromptModel | SoftPrompt, replace: bool = False
+    ) -> None:
+        """Add a task from an adapter file or folder (softprompt or peft), a ``SoftPromptModel`` or a prompt.
+
+        Refuses a name already taken unless ``replace=True``, and a prompt made for another model.
+        """
+        if name in self.tasks and not replace:
+            raise KeyError(f"task {name!r} exists; pass replace=True to replace it")
+        if isinstance(source, SoftPromptModel):
+            if source.shape.fingerprint() != self.runner.shape.fingerprint():
+                raise ValueError(
+                    f"task {name!r} was made for another base model ({source.shape.name_or_path})"
+                )
+            prompt = source.prompt
+        elif isinstance(source, SoftPrompt):
+            prompt = source
+        else:
+            prompt = load(self.base_model, source).prompt
+        self.tasks[name] = prompt
+        self._compiled.pop(name, None)
+
+    def remove(self, name: str) -> None:
+        if name not in self.tasks:
+            raise KeyError(f"no task {name!r}; tasks: {', '.join(self.tasks) or 'none'}")
+        del self.tasks[name]
+        self._compiled.pop(name, None)
+
+    def info(self) -> list[TaskInfo]:
+        """The tasks with their method, prompt length and size."""
+        rows = []
+        for name, prompt in self.tasks.items():
+            (table,) = prompt.folded().values()
+            rows.append(
+                TaskInfo(
+                    name,
+                    prompt.config.method,
+                    table.shape[0],
+                    table.numel(),
+                    table.numel() * table.element_size(),
+                )
+            )
+        return rows
+
+    # ----------------------------------------------------------------------------------- compiling
+    @torch.no_grad()
+    def compiled(self, name: str) -> PrefixStates:
+        """The task's per-layer prefix, computed once and reused until the task changes."""
+        prompt = self.tasks[name]
+        versions = tuple(p._version for p in prompt.parameters())
+        kept = self._compiled.get(name)
+        if kept is None or kept[0] != versions:
+            prefix = injection.compile_prompt(self.base_model, prompt())
+            kept = (versions, PrefixStates([(k.detach(), v.detach()) for k, v in prefix.layers]))
+            self._compiled[name] = kept
+        return kept[1]
+
+    def batch_prefix(self, tasks: Sequence[TaskRef], device: torch.device) -> injection.BatchPrefix:
+        """Each row's compiled prefix (shorter ones left-padded and masked; ``None`` = no prompt)."""
+        names = [self._name(task) for task in tasks]
+        used = sorted({n for n in names if n is not None}, key=list(self.tasks).index)
+        if not used:
+            return injection.no_prefix(self.runner.shape, len(names), self.base_model.dtype, device)
+        rows = torch.tensor([-1 if n is None else used.index(n) for n in names])
+        return injection.batch_prefix([self.compiled(n) for n in used], rows, self.base_model.dtype, device)
+
+    def _name(self, task: TaskRef) -> str | None:
+        if task is None or (isinstance(task, int) and task < 0):
+            return None
+        if isinstance(task, int):
+            if task >= len(self.tasks):
+                raise IndexError(f"task index {task} out of range: the bank has {len(self.tasks)} tasks")
+            return list(self.tasks)[task]
+        if task not in self.tasks:
+            raise KeyError(f"no task {task!r}; tasks: {', '.join(self.tasks) or 'none'}")
+        return task
+
+    # ------------------------------------------------------------------------------------- running
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        tasks: Sequence[TaskRef],
+        **kwargs,
+    ):
+        """Like :meth:`SoftPromptModel.forward`, with ``tasks[i]`` naming row ``i``'s task."""
+        self._check_rows(input_ids, tasks)
+        prefix = self.batch_prefix(tasks, input_ids.device)
+        return self.runner(input_ids=input_ids, attention_mask=attention_mask, prefix=prefix, **kwargs)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        tasks: Sequence[TaskRef],
+        **kwargs,
+    ) -> torch.Tensor:
+        """Like :meth:`SoftPromptModel.generate`, with ``tasks[i]`` naming row ``i``'s task."""
+        self._check_rows(input_ids, tasks)
+        prefix = self.batch_prefix(tasks, input_ids.device)
+        return self.runner.generate(input_ids, attention_mask, prefix=prefix, **kwargs)
+
+    @staticmethod
+    def _check_rows(input_ids: torch.Tensor, tasks: Sequence[TaskRef]) -> None:
+        if len(tasks) != input_ids.shape[0]:
+            raise ValueError(f"tasks names {len(tasks)} rows but the batch has {input_ids.shape[0]}")
