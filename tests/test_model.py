@@ -78,7 +78,7 @@ def test_batch_invariance_under_left_and_right_padding(family, method):
         generated = model.generate(
             ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, do_sample=False
         )[:, ids.shape[1] :]
-        for i, r in enumerate(rows):
+        for i in range(len(rows)):
             torch.testing.assert_close(logits[i][mask[i].bool()], alone[i], atol=1e-5, rtol=1e-5)
             assert generated[i].tolist() == alone_gen[i].tolist(), f"row {i}, {side} padding"
 
@@ -171,3 +171,19 @@ def test_caller_position_ids_are_moved_past_the_prompt():
     default = model(input_ids=ids).logits
     explicit = model(input_ids=ids, position_ids=torch.arange(5)[None]).logits
     torch.testing.assert_close(default, explicit)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_bfloat16_base_trains_an_fp32_prompt(method):
+    model = wrapped("llama", method)
+    ids = random_ids(2, 6)
+    expected = model(input_ids=ids).logits
+    model.base_model.to(torch.bfloat16)
+    out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    assert all(
+        p.dtype == torch.float32 and p.grad is not None and p.grad.isfinite().all()
+        for p in model.prompt.parameters()
+    )
+    torch.testing.assert_close(out.logits.float(), expected, atol=0.1, rtol=0.05)
+    assert model.generate(ids, max_new_tokens=2).shape == (2, 8)
