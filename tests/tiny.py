@@ -64,3 +64,100 @@ def tiny_causal_lm(family: str, seed: int = 0) -> torch.nn.Module:
 def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     """Token ids that avoid the special ids 0-2."""
     return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------- encoder-decoder
+_SEQ2SEQ_IDS = dict(pad_token_id=0, eos_token_id=1, bos_token_id=2, decoder_start_token_id=2)
+_T5 = dict(
+    vocab_size=VOCAB, d_model=32, d_ff=48, num_heads=4, relative_attention_num_buckets=8, **_SEQ2SEQ_IDS
+)
+_BART = dict(
+    vocab_size=VOCAB,
+    d_model=32,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=48,
+    decoder_ffn_dim=48,
+    max_position_embeddings=128,
+    **_SEQ2SEQ_IDS,
+)
+
+SEQ2SEQ_CONFIGS = {
+    "t5": lambda: T.T5Config(**_T5, d_kv=8, num_layers=2),
+    # explicit head size (d_kv 16 != 32 / 4), as real mT5 checkpoints have
+    "mt5": lambda: T.MT5Config(**_T5, d_kv=16, num_layers=2),
+    # T5 v1.1: gated-GELU, untied head, and a decoder deeper than the encoder
+    "t5v1.1": lambda: T.T5Config(
+        **_T5,
+        d_kv=8,
+        num_layers=2,
+        num_decoder_layers=3,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+    ),
+    "bart": lambda: T.BartConfig(**_BART, encoder_layers=2, decoder_layers=2),
+    # mBART: pre-norm, embedding layer norm, scaled embeddings; an odd layer count (see peft's layout)
+    "mbart": lambda: T.MBartConfig(**_BART, encoder_layers=3, decoder_layers=3, scale_embedding=True),
+}
+SEQ2SEQ_FAMILIES = sorted(SEQ2SEQ_CONFIGS)
+
+
+def tiny_seq2seq_lm(family: str, seed: int = 0) -> torch.nn.Module:
+    """A tiny randomly initialised encoder-decoder LM of ``family`` in eval mode (fp32)."""
+    torch.manual_seed(seed)
+    model = T.AutoModelForSeq2SeqLM.from_config(SEQ2SEQ_CONFIGS[family]())
+    model.config._name_or_path = f"tiny-{family}"
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------ encoders
+_ENCODER = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=128,
+    pad_token_id=0,
+)
+
+ENCODER_CONFIGS = {
+    "bert": lambda: T.BertConfig(**_ENCODER, type_vocab_size=2),
+    # positions start after the padding id (RoBERTa's quirk); pad id 1 as in the real checkpoints
+    "roberta": lambda: T.RobertaConfig(**{**_ENCODER, "pad_token_id": 1}, type_vocab_size=1),
+    # DeBERTa v3 style: relative attention only, no absolute positions, no token types
+    "deberta-v2": lambda: T.DebertaV2Config(
+        **_ENCODER,
+        type_vocab_size=0,
+        relative_attention=True,
+        position_buckets=16,
+        max_relative_positions=-1,
+        pos_att_type=["p2c", "c2p"],
+        position_biased_input=False,
+    ),
+    "distilbert": lambda: T.DistilBertConfig(
+        vocab_size=VOCAB,
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        hidden_dim=48,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    ),
+}
+ENCODER_FAMILIES = sorted(ENCODER_CONFIGS)
+ENCODER_TASKS = {
+    "sequence-classification": T.AutoModelForSequenceClassification,
+    "token-classification": T.AutoModelForTokenClassification,
+    "features": T.AutoModel,
+}
+
+
+def tiny_encoder(family: str, task: str = "sequence-classification", num_labels: int = 3, seed: int = 0):
+    """A tiny randomly initialised encoder of ``family`` with the head for ``task``, in eval mode (fp32)."""
+    torch.manual_seed(seed)
+    config = ENCODER_CONFIGS[family]()
+    config.num_labels = num_labels
+    model = ENCODER_TASKS[task].from_config(config)
+    model.config._name_or_path = f"tiny-{family}"
+    return model.eval()

@@ -1,4 +1,9 @@
-"""``wrap`` and ``load``: the two ways to get a :class:`~softprompt.model.SoftPromptModel`.
+"""``wrap`` and ``load``: the two ways to get a soft-prompted model.
+
+The model class follows the base model's kind (``ModelShape.kind``, from ``families.py``):
+:class:`~softprompt.model.SoftPromptModel` for causal LMs,
+:class:`~softprompt.seq2seq.Seq2SeqSoftPromptModel` for encoder-decoders (T5, BART) and
+:class:`~softprompt.encoder.EncoderSoftPromptModel` for encoders (BERT...).
 
 Example:
     >>> model = softprompt.wrap(base, softprompt.PromptTuningConfig(init="text", init_text="yes no"), tokenizer=tok)
@@ -16,38 +21,56 @@ import torch
 from torch import nn
 
 from softprompt import peft_format
+from softprompt.encoder import HEAD_PREFIX, EncoderSoftPromptModel
 from softprompt.families import ModelShape, model_shape
 from softprompt.io import AdapterFileError, read_adapter
 from softprompt.methods import METHODS, SoftPromptConfig, build_prompt, plain_prompt
-from softprompt.model import SoftPromptModel
+from softprompt.model import PromptedModel, SoftPromptModel
+from softprompt.seq2seq import Seq2SeqSoftPromptModel
+
+# The model class for each kind of base model.
+MODEL_CLASSES: dict[str, type[PromptedModel]] = {
+    "causal": SoftPromptModel,
+    "seq2seq": Seq2SeqSoftPromptModel,
+    "encoder": EncoderSoftPromptModel,
+}
 
 
-def wrap(base_model: nn.Module, config: SoftPromptConfig, tokenizer=None) -> SoftPromptModel:
+def wrap(base_model: nn.Module, config: SoftPromptConfig, tokenizer=None) -> PromptedModel:
     """Freeze ``base_model`` and attach a new trainable soft prompt described by ``config``.
 
-    ``tokenizer`` is needed only for ``init="text"``.
+    ``tokenizer`` is needed only for ``init="text"``. A classifier's new task head trains too.
     """
     shape = model_shape(base_model)
-    prompt = build_prompt(config, base_model, shape, tokenizer)
-    return SoftPromptModel(base_model, prompt.to(base_model.device), shape)
+    # The model first: it refuses a head it cannot serve before the prompt's init runs the base model.
+    model = MODEL_CLASSES[shape.kind](base_model, None, shape)
+    model.prompt = build_prompt(config, base_model, shape, tokenizer).to(base_model.device)
+    return model
 
 
-def load(base_model: nn.Module, path: str | os.PathLike) -> SoftPromptModel:
+def load(base_model: nn.Module, path: str | os.PathLike) -> PromptedModel:
     """Load a saved prompt (a softprompt file, or a ``peft`` adapter folder) onto ``base_model``.
 
-    The loaded prompt stays trainable, so it can start further training or another task. Refuses,
-    with the reason, a file made for a model of another family or shape, or a corrupt file.
+    The loaded prompt stays trainable, so it can start further training or another task. A saved
+    task head is loaded into the base model's head. Refuses, with the reason, a file made for a
+    model of another family or shape, or a corrupt file.
     """
     shape = model_shape(base_model)
     if peft_format.is_peft_folder(path):
-        config, tensors, _ = peft_format.read_peft_folder(path)
+        config, tensors, _ = peft_format.read_peft_folder(path, shape)
     else:
         record, tensors = read_adapter(path)
         _check_same_model(record.get("base_model", {}), shape, path)
         config = _config_from_record(record, path)
+    head = {name: tensors.pop(name) for name in list(tensors) if name.startswith(HEAD_PREFIX)}
     _check_tensors(tensors, config, shape, path)
     prompt = plain_prompt(config, tensors, shape)
-    return SoftPromptModel(base_model, prompt.to(base_model.device), shape)
+    model = MODEL_CLASSES[shape.kind](base_model, prompt.to(base_model.device), shape)
+    if head:
+        if not isinstance(model, EncoderSoftPromptModel):
+            raise AdapterFileError(f"{path} holds a task head, but this {shape.family} model has none")
+        model.load_head(head, path)
+    return model
 
 
 def _config_from_record(record: dict[str, Any], path) -> SoftPromptConfig:
@@ -87,7 +110,10 @@ def _check_tensors(
     if set(tensors) not in ({"embeddings"}, {"prefix"}):
         raise AdapterFileError(f"{path} holds tensors {sorted(tensors)}; expected 'embeddings' or 'prefix'")
     name, table = next(iter(tensors.items()))
-    width = shape.embed_dim if name == "embeddings" else shape.prefix_width
+    if name == "embeddings":
+        width = shape.embed_dim
+    else:
+        width = shape.prefix_layout(getattr(config, "prefix_sites", "all")).prefix_width
     expected = (config.num_virtual_tokens, width)
     if tuple(table.shape) != expected:
         raise AdapterFileError(

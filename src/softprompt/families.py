@@ -1,8 +1,13 @@
 """The one place that knows model families.
 
-A family is a row of ``FAMILIES``: how to read its attention shapes from a ``transformers`` config.
-Everything else in softprompt works from the immutable :class:`ModelShape` derived here once, so a
-new family is a table entry, never a branch elsewhere.
+A family is a row of ``FAMILIES``: its kind (causal decoder, encoder-decoder or encoder) and how to
+read its attention shapes from a ``transformers`` config. Everything else in softprompt works from
+the immutable :class:`ModelShape` derived here once, so a new family is a table entry, never a
+branch elsewhere.
+
+Attention *sites* are the places a prefix can enter: ``self`` (a causal decoder's self-attention),
+``encoder`` (encoder self-attention), ``decoder`` (an encoder-decoder's decoder self-attention) and
+``cross`` (its cross-attention). A :class:`PrefixLayout` lists the sites one prefix fills.
 
 Example:
     >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -16,13 +21,17 @@ Example:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from torch import nn
+from transformers.models.auto import modeling_auto
 
-ModelKind = Literal["causal"]
+ModelKind = Literal["causal", "seq2seq", "encoder"]
+Site = Literal["self", "encoder", "decoder", "cross"]
+# What the model's head does, read from its class (the AutoModelFor... mapping it belongs to).
+ModelTask = Literal["causal-lm", "seq2seq-lm", "sequence-classification", "token-classification", "features"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,19 @@ def _hidden(config: Any) -> int:
     return config.hidden_size
 
 
+def _no_offset(config: Any) -> int:
+    return 0
+
+
+def _t5_decoder(config: Any) -> tuple[int, LayerShape]:
+    return config.num_decoder_layers, LayerShape(num_kv_heads=config.num_heads, head_dim=config.d_kv)
+
+
+def _bart_decoder(config: Any) -> tuple[int, LayerShape]:
+    heads = config.decoder_attention_heads
+    return config.decoder_layers, LayerShape(num_kv_heads=heads, head_dim=config.d_model // heads)
+
+
 @dataclass(frozen=True)
 class Family:
     """How to read one family's shapes from its config. Defaults fit the Llama-style configs."""
@@ -74,6 +96,13 @@ class Family:
     embed_dim: Callable[[Any], int] = _hidden
     # Config attribute holding a tanh soft-cap applied to the final logits (Gemma 2).
     logit_softcap_attr: str | None = None
+    # Encoder-decoders: (number of decoder layers, their self-/cross-attention shape).
+    decoder: Callable[[Any], tuple[int, LayerShape]] | None = None
+    # Whether encoder self-attention can take a key/value prefix. DeBERTa's disentangled attention
+    # computes position scores against every key itself and calls no replaceable attention function.
+    encoder_prefix: bool = True
+    # First position id of a real token (RoBERTa numbers positions from padding_idx + 1).
+    position_offset: Callable[[Any], int] = _no_offset
 
 
 FAMILIES: dict[str, Family] = {
@@ -89,11 +118,70 @@ FAMILIES: dict[str, Family] = {
     "opt": Family("causal", kv_heads=_heads, embed_dim=lambda c: c.word_embed_proj_dim),
     "falcon": Family("causal", kv_heads=_falcon_kv_heads),
     "bloom": Family("causal", kv_heads=_heads),
+    # Encoder-decoders. T5's head size is its own (d_kv); mT5 and T5 v1.1 share T5's entry.
+    "t5": Family("seq2seq", kv_heads=_heads, decoder=_t5_decoder),
+    "mt5": Family("seq2seq", kv_heads=_heads, decoder=_t5_decoder),
+    "bart": Family("seq2seq", kv_heads=_heads, decoder=_bart_decoder),
+    "mbart": Family("seq2seq", kv_heads=_heads, decoder=_bart_decoder),
+    # Encoders.
+    "bert": Family("encoder", kv_heads=_heads),
+    "roberta": Family("encoder", kv_heads=_heads, position_offset=lambda c: c.pad_token_id + 1),
+    "deberta-v2": Family("encoder", kv_heads=_heads, encoder_prefix=False),
+    "distilbert": Family("encoder", kv_heads=_heads),
+}
+
+KIND_NAMES = {"causal": "causal LMs", "seq2seq": "encoder-decoders", "encoder": "encoders"}
+# Sites each kind has, in the order a full ("all") prefix stores them.
+SITES: dict[str, tuple[Site, ...]] = {
+    "causal": ("self",),
+    "seq2seq": ("encoder", "decoder", "cross"),
+    "encoder": ("encoder",),
+}
+# Which sites each ``PrefixTuningConfig.prefix_sites`` choice fills, per kind.
+PREFIX_SITES: dict[str, dict[str, tuple[Site, ...]]] = {
+    "all": SITES,
+    # peft's encoder-decoder layout: the decoder's self-attention only (peft issue #2989).
+    "decoder": {"seq2seq": ("decoder",)},
 }
 
 
 class UnsupportedModelError(ValueError):
-    """Raised for a model family softprompt has no table entry for."""
+    """Raised for a model family softprompt has no table entry for, or a combination it cannot run."""
+
+
+@dataclass(frozen=True)
+class PrefixLayout:
+    """The attention layers one prefix fills, site by site, in storage order.
+
+    Like :class:`ModelShape` it has ``layers`` and ``prefix_width``, so
+    :func:`softprompt.methods.base.split_prefix` cuts a flat prefix by either.
+    """
+
+    sites: tuple[tuple[Site, tuple[LayerShape, ...]], ...]
+
+    @property
+    def layers(self) -> tuple[LayerShape, ...]:
+        return tuple(layer for _, layers in self.sites for layer in layers)
+
+    @property
+    def prefix_width(self) -> int:
+        return sum(layer.kv_size for layer in self.layers)
+
+    @property
+    def site_names(self) -> tuple[Site, ...]:
+        return tuple(name for name, _ in self.sites)
+
+    def by_site(self, per_layer: Sequence) -> dict[Site, list]:
+        """Cut a per-layer sequence in storage order (e.g. ``PrefixStates.layers``) into its sites."""
+        if len(per_layer) != len(self.layers):
+            raise ValueError(
+                f"expected {len(self.layers)} layers for sites {self.site_names}, got {len(per_layer)}"
+            )
+        out, start = {}, 0
+        for name, layers in self.sites:
+            out[name] = list(per_layer[start : start + len(layers)])
+            start += len(layers)
+        return out
 
 
 @dataclass(frozen=True)
@@ -107,23 +195,52 @@ class ModelShape:
     embed_dim: int
     vocab_size: int
     num_attention_heads: int
+    # Self-attention layers of the stack that reads the input: the causal decoder, or the encoder.
     layers: tuple[LayerShape, ...]
     # Whether the model's forward takes position_ids (Bloom derives ALiBi positions from the mask instead).
     takes_position_ids: bool
     logit_softcap: float | None = None
+    # Encoder-decoders: the decoder's layers (its self- and cross-attention share these shapes).
+    decoder_layers: tuple[LayerShape, ...] = ()
+    task: ModelTask | None = None
+    encoder_prefix: bool = True
+    position_offset: int = 0
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
 
     @property
+    def sites(self) -> tuple[Site, ...]:
+        return SITES[self.kind]
+
+    def prefix_layout(self, prefix_sites: str = "all") -> PrefixLayout:
+        """The layers a prefix fills for the ``prefix_sites`` choice ("all", or "decoder" for peft's layout)."""
+        choices = PREFIX_SITES.get(prefix_sites, {})
+        if self.kind not in choices:
+            valid = sorted(c for c, kinds in PREFIX_SITES.items() if self.kind in kinds)
+            raise UnsupportedModelError(
+                f"prefix_sites={prefix_sites!r} does not apply to {self.family} ({self.kind} model); "
+                f"choose one of {valid}"
+            )
+        if "encoder" in choices[self.kind] and not self.encoder_prefix:
+            raise UnsupportedModelError(
+                f"{self.family} encoders cannot take a key/value prefix: their attention has no cache path "
+                "and calls no replaceable attention function, so prefix tuning / deep prompts are not "
+                f"supported on {self.family}. Prompt tuning and P-tuning are (PromptTuningConfig, PTuningConfig)."
+            )
+        site_layers = {"self": self.layers, "encoder": self.layers, "decoder": self.decoder_layers}
+        site_layers["cross"] = self.decoder_layers
+        return PrefixLayout(tuple((site, site_layers[site]) for site in choices[self.kind]))
+
+    @property
     def prefix_width(self) -> int:
-        """Numbers per virtual token of a prefix over all layers: ``sum_l 2 * kv_heads_l * head_dim_l``."""
-        return sum(layer.kv_size for layer in self.layers)
+        """Numbers per virtual token of a full prefix: ``sum_l 2 * kv_heads_l * head_dim_l`` over all sites."""
+        return self.prefix_layout().prefix_width
 
     def fingerprint(self) -> dict[str, Any]:
         """The facts an adapter file records, to refuse loading onto a model of another shape."""
-        return {
+        facts = {
             "family": self.family,
             "hidden_size": self.hidden_size,
             "embed_dim": self.embed_dim,
@@ -132,18 +249,46 @@ class ModelShape:
             "num_attention_heads": self.num_attention_heads,
             "layers": [[layer.num_kv_heads, layer.head_dim] for layer in self.layers],
         }
+        if self.decoder_layers:
+            facts["decoder_layers"] = [[layer.num_kv_heads, layer.head_dim] for layer in self.decoder_layers]
+        return facts
 
 
 def family_of(config: Any) -> tuple[str, Family]:
     """Return ``(model_type, Family)`` for a config, or raise naming the supported families."""
     model_type = getattr(config, "model_type", None)
     if model_type not in FAMILIES:
-        supported = ", ".join(sorted(FAMILIES))
+        supported = "; ".join(
+            ", ".join(sorted(name for name, family in FAMILIES.items() if family.kind == kind))
+            + f" ({label})"
+            for kind, label in KIND_NAMES.items()
+        )
         raise UnsupportedModelError(
             f"softprompt does not support model family {model_type!r} yet. Supported families: {supported}. "
             "A family is one entry in softprompt.families.FAMILIES."
         )
     return model_type, FAMILIES[model_type]
+
+
+# The AutoModelFor... mappings that name each task's classes, per model type.
+_TASK_CLASSES: dict[str, dict[str, Any]] = {
+    "causal-lm": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    "seq2seq-lm": modeling_auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    "sequence-classification": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    "token-classification": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+    "features": modeling_auto.MODEL_MAPPING_NAMES,
+}
+
+
+def task_of(model: nn.Module) -> ModelTask | None:
+    """What ``model``'s head does, from the ``AutoModelFor...`` class it is (or derives from); else ``None``."""
+    model_type = model.config.model_type
+    classes = {cls.__name__ for cls in type(model).__mro__}
+    for task, mapping in _TASK_CLASSES.items():
+        names = mapping.get(model_type, ())
+        if classes & ({names} if isinstance(names, str) else set(names)):
+            return task
+    return None
 
 
 def model_shape(model: nn.Module) -> ModelShape:
@@ -152,6 +297,10 @@ def model_shape(model: nn.Module) -> ModelShape:
     name, family = family_of(config)
     layer = LayerShape(num_kv_heads=family.kv_heads(config), head_dim=family.head_dim(config))
     softcap = getattr(config, family.logit_softcap_attr) if family.logit_softcap_attr else None
+    decoder_layers: tuple[LayerShape, ...] = ()
+    if family.decoder is not None:
+        count, decoder_layer = family.decoder(config)
+        decoder_layers = tuple(decoder_layer for _ in range(count))
     return ModelShape(
         family=name,
         kind=family.kind,
@@ -163,4 +312,8 @@ def model_shape(model: nn.Module) -> ModelShape:
         layers=tuple(layer for _ in range(config.num_hidden_layers)),
         takes_position_ids="position_ids" in inspect.signature(model.forward).parameters,
         logit_softcap=softcap,
+        decoder_layers=decoder_layers,
+        task=task_of(model),
+        encoder_prefix=family.encoder_prefix,
+        position_offset=family.position_offset(config),
     )

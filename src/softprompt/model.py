@@ -29,11 +29,12 @@ from softprompt.methods import SoftPrompt
 IGNORE_INDEX = -100
 
 
-class SoftPromptModel(nn.Module):
-    """A frozen ``transformers`` causal LM adapted by a trainable soft prompt.
+class PromptedModel(nn.Module):
+    """A frozen ``transformers`` model plus one trainable soft prompt: what every model shape shares.
 
-    Only ``self.prompt`` has trainable parameters; the base model is frozen and never modified.
-    With ``prompt=None`` it runs the bare model unless a call passes per-row prefixes (the task bank).
+    One subclass per kind of model (``ModelShape.kind``) says how the prompt joins a batch:
+    :class:`SoftPromptModel` (causal LMs), :class:`softprompt.seq2seq.Seq2SeqSoftPromptModel` and
+    :class:`softprompt.encoder.EncoderSoftPromptModel`.
     """
 
     def __init__(self, base_model: nn.Module, prompt: SoftPrompt | None, shape: ModelShape) -> None:
@@ -57,6 +58,36 @@ class SoftPromptModel(nn.Module):
             activation_checkpointing_kwargs={"use_reentrant": False}
         )
         allow_checkpointing_with_cache(self.base_model)
+
+    # ---------------------------------------------------------------------------------------- files
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """What an adapter file holds: the folded prompt (classifiers add their task head)."""
+        return self.prompt.folded()
+
+    def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write the folded prompt (optionally as fp16/bf16) and its record to one safetensors file."""
+        tensors = {name: t.to(dtype) if dtype else t for name, t in self.adapter_tensors().items()}
+        record = {
+            "method": self.config.method,
+            "config": asdict(self.config),
+            "base_model": {"name_or_path": self.shape.name_or_path, **self.shape.fingerprint()},
+            "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch."),
+        }
+        return write_adapter(path, tensors, record)
+
+    def export_peft(self, directory: str | os.PathLike) -> Path:
+        """Write the prompt as a ``peft`` adapter folder that ``PeftModel.from_pretrained`` loads."""
+        from softprompt.peft_format import export_peft
+
+        return export_peft(self, directory)
+
+
+class SoftPromptModel(PromptedModel):
+    """A frozen ``transformers`` causal LM adapted by a trainable soft prompt.
+
+    Only ``self.prompt`` has trainable parameters; the base model is frozen and never modified.
+    With ``prompt=None`` it runs the bare model unless a call passes per-row prefixes (the task bank).
+    """
 
     # -------------------------------------------------------------------------------------- prompts
     def batch_prefix(self, batch_size: int, device: torch.device) -> injection.BatchPrefix:
@@ -200,21 +231,3 @@ class SoftPromptModel(nn.Module):
         )
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
         return sequences[:, virtual:]
-
-    # ---------------------------------------------------------------------------------------- files
-    def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-        """Write the folded prompt (optionally as fp16/bf16) and its record to one safetensors file."""
-        tensors = {name: t.to(dtype) if dtype else t for name, t in self.prompt.folded().items()}
-        record = {
-            "method": self.config.method,
-            "config": asdict(self.config),
-            "base_model": {"name_or_path": self.shape.name_or_path, **self.shape.fingerprint()},
-            "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch."),
-        }
-        return write_adapter(path, tensors, record)
-
-    def export_peft(self, directory: str | os.PathLike) -> Path:
-        """Write the prompt as a ``peft`` adapter folder that ``PeftModel.from_pretrained`` loads."""
-        from softprompt.peft_format import export_peft
-
-        return export_peft(self, directory)

@@ -46,7 +46,8 @@ def plain_prompt(config: SoftPromptConfig, tensors: dict[str, torch.Tensor], sha
     """A trainable prompt from folded tensors (``embeddings`` or ``prefix``), e.g. read from a file."""
     if "embeddings" in tensors:
         return PromptEmbedding(config, tensors["embeddings"].float())
-    return PrefixTable(config, tensors["prefix"].float(), shape)
+    layout = shape.prefix_layout(getattr(config, "prefix_sites", "all"))
+    return PrefixTable(config, tensors["prefix"].float(), layout)
 
 
 __all__ = [

@@ -11,8 +11,15 @@ uniform noise, which with a large learning rate can wreck the model (shared/PITF
 With the MLP and a non-random init the MLP's last layer starts at zero and the init is the
 ``anchor``, so training starts exactly at the init.
 
+Sites: on an encoder-decoder the prefix fills encoder self-attention, decoder self-attention and
+cross-attention, each with its own numbers (Li & Liang's BART setting); ``prefix_sites="decoder"``
+fills the decoder's self-attention only, the sites ``peft`` uses. On an encoder it fills every
+encoder layer: with the default plain table (no reparameterisation) this is P-tuning v2's *deep
+prompt* (Liu et al. 2022, arXiv 2110.07602), so deep prompts need no config of their own.
+
 Example:
     >>> config = PrefixTuningConfig(num_virtual_tokens=10, projection_hidden_size=512)
+    >>> deep_prompt = PrefixTuningConfig(num_virtual_tokens=20, init="zero")  # P-tuning v2 on BERT
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ import torch
 from torch import nn
 
 from softprompt import initializers
-from softprompt.families import ModelShape
-from softprompt.methods.base import PrefixStates, SoftPrompt, SoftPromptConfig, split_prefix
+from softprompt.cache import site_states
+from softprompt.families import PREFIX_SITES, ModelShape, PrefixLayout
+from softprompt.methods.base import PrefixStates, SoftPrompt, SoftPromptConfig, flatten_prefix, split_prefix
 
 PrefixInit = Literal["random", "zero", "vocab", "text", "file"]
 
@@ -44,6 +52,8 @@ class PrefixTuningConfig(SoftPromptConfig):
         vocab_top_k: sample ``vocab`` init from this many most frequent ids; ``None`` for all.
         random_scale: half-width of the ``random`` init.
         seed: seed of the random and ``vocab`` inits.
+        prefix_sites: which attention sites the prefix fills: ``all`` (every site of the model) or, on
+            encoder-decoders, ``decoder`` (decoder self-attention only: ``peft``'s layout).
     """
 
     method: ClassVar[str] = "prefix_tuning"
@@ -55,11 +65,14 @@ class PrefixTuningConfig(SoftPromptConfig):
     vocab_top_k: int | None = 5000
     random_scale: float = 0.5
     seed: int = 0
+    prefix_sites: str = "all"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.init not in PrefixInit.__args__:
             raise ValueError(f"init must be one of {PrefixInit.__args__}, got {self.init!r}")
+        if self.prefix_sites not in PREFIX_SITES:
+            raise ValueError(f"prefix_sites must be one of {sorted(PREFIX_SITES)}, got {self.prefix_sites!r}")
         if self.init == "text" and not self.init_text:
             raise ValueError("init='text' needs init_text")
         if self.init == "file" and not self.init_file:
@@ -67,9 +80,11 @@ class PrefixTuningConfig(SoftPromptConfig):
 
 
 class PrefixTable(SoftPrompt):
-    """A plain trainable prefix. Parameter ``prefix``: (P, F)."""
+    """A plain trainable prefix. Parameter ``prefix``: (P, F); ``shape`` says which layers it fills."""
 
-    def __init__(self, config: SoftPromptConfig, prefix: torch.Tensor, shape: ModelShape) -> None:
+    def __init__(
+        self, config: SoftPromptConfig, prefix: torch.Tensor, shape: ModelShape | PrefixLayout
+    ) -> None:
         super().__init__(config)
         self.shape = shape
         self.prefix = nn.Parameter(prefix)
@@ -86,7 +101,7 @@ class ReparameterizedPrefix(SoftPrompt):
         config: PrefixTuningConfig,
         embedding: torch.Tensor,
         anchor: torch.Tensor | None,
-        shape: ModelShape,
+        shape: ModelShape | PrefixLayout,
     ) -> None:
         super().__init__(config)
         self.shape = shape
@@ -113,14 +128,18 @@ def initial_prefix(
 ) -> torch.Tensor:
     """The (P, F) starting prefix that ``config.init`` asks for."""
     length = config.num_virtual_tokens
+    layout = shape.prefix_layout(config.prefix_sites)
+    width = layout.prefix_width
     generator = torch.Generator().manual_seed(config.seed)
     if config.init == "random":
-        return initializers.uniform(length, shape.prefix_width, config.random_scale, generator)
+        return initializers.uniform(length, width, config.random_scale, generator)
     if config.init == "zero":
-        return torch.zeros(length, shape.prefix_width)
+        return torch.zeros(length, width)
     if config.init == "file":
-        return initializers.rows_from_file(config.init_file, "prefix", length, shape.prefix_width)
-    return initializers.prefix_of(model, _init_ids(config, shape, tokenizer, generator))
+        return initializers.rows_from_file(config.init_file, "prefix", length, width)
+    # The keys/values the frozen model computes for real tokens, at every site the prefix fills.
+    states = site_states(model, shape, _init_ids(config, shape, tokenizer, generator))
+    return flatten_prefix(PrefixStates([kv for site in layout.site_names for kv in states[site]])).clone()
 
 
 def _init_ids(
@@ -135,8 +154,9 @@ def _init_ids(
 
 def build(config: PrefixTuningConfig, model: nn.Module, shape: ModelShape, tokenizer=None) -> SoftPrompt:
     prefix = initial_prefix(config, model, shape, tokenizer)
+    layout = shape.prefix_layout(config.prefix_sites)
     if config.projection_hidden_size is None:
-        return PrefixTable(config, prefix, shape)
+        return PrefixTable(config, prefix, layout)
     generator = torch.Generator().manual_seed(config.seed + 1)
     if config.init in ("vocab", "text"):
         embedding = initializers.embeddings_of(model, _init_ids(config, shape, tokenizer, generator))
@@ -145,4 +165,4 @@ def build(config: PrefixTuningConfig, model: nn.Module, shape: ModelShape, token
             config.num_virtual_tokens, shape.embed_dim, config.random_scale, generator
         )
     anchor = None if config.init == "random" else prefix
-    return ReparameterizedPrefix(config, embedding, anchor, shape)
+    return ReparameterizedPrefix(config, embedding, anchor, layout)

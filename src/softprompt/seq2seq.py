@@ -1,0 +1,205 @@
+"""``Seq2SeqSoftPromptModel``: a frozen encoder-decoder (T5, mT5, BART, mBART) plus a soft prompt.
+
+How each method enters an encoder-decoder:
+
+* **prompt tuning / P-tuning** (Lester et al.'s T5 setting) — virtual tokens are prepended to the
+  encoder's input (see :mod:`softprompt.encoder`); the decoder's cross-attention sees their encoded
+  states too.
+* **prefix tuning** (Li & Liang's BART setting) — a prefix in every attention of the model, each
+  site with its own numbers: encoder self-attention (through
+  :class:`softprompt.cache.AttentionPrefix`), decoder self-attention and decoder cross-attention
+  (through an ``EncoderDecoderCache``, see :func:`softprompt.cache.encoder_decoder_prefix_cache`).
+  ``PrefixTuningConfig(prefix_sites="decoder")`` fills the decoder's self-attention only, as
+  ``peft`` does. Decoder positions start after the decoder prefix (as after ``P`` real tokens);
+  encoder prefix slots carry no position (T5 gives them no relative bias).
+
+Example:
+    >>> model = softprompt.wrap(t5, softprompt.PrefixTuningConfig(num_virtual_tokens=10))
+    >>> model(input_ids, attention_mask=mask, labels=target_ids).loss.backward()
+    >>> model.generate(input_ids, attention_mask=mask, num_beams=4, max_new_tokens=32)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+
+from softprompt.cache import (
+    attention_modules,
+    encoder_decoder_generation_cache,
+    encoder_decoder_prefix_cache,
+    use_prefix_attention,
+)
+from softprompt.encoder import BatchPrompt, encoder_batch, prompt_for_batch
+from softprompt.families import ModelShape, UnsupportedModelError
+from softprompt.methods import SoftPrompt
+from softprompt.model import PromptedModel
+
+
+class Seq2SeqSoftPromptModel(PromptedModel):
+    """A frozen ``transformers`` encoder-decoder LM adapted by a trainable soft prompt."""
+
+    def __init__(self, base_model: nn.Module, prompt: SoftPrompt | None, shape: ModelShape) -> None:
+        if shape.task != "seq2seq-lm":
+            raise UnsupportedModelError(
+                f"softprompt cannot adapt a {type(base_model).__name__}: on {shape.family} it supports "
+                "conditional generation (AutoModelForSeq2SeqLM)"
+            )
+        super().__init__(base_model, prompt, shape)
+        self._attention: list[nn.Module] | None = None
+
+    # -------------------------------------------------------------------------------------- prompts
+    def batch_prefix(self, batch_size: int, device: torch.device) -> BatchPrompt:
+        """The prompt for ``batch_size`` rows: virtual tokens, or prefixes per attention site."""
+        return prompt_for_batch(self.prompt, self.shape, batch_size, self.base_model.dtype, device)
+
+    def encode(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        prefix: BatchPrompt | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, BatchPrompt]:
+        """Run the encoder with the prompt: ``(states (B, P + T, H), mask (B, P + T), prompt)``.
+
+        The states include the virtual tokens' (cross-attention reads them) and are in the encoder's
+        row order (right-aligned), which cross-attention does not depend on.
+        """
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        if prefix is None:
+            prefix = self.batch_prefix(tokens.shape[0], tokens.device)
+        if "encoder" in prefix.sites and self._attention is None:
+            use_prefix_attention(self.base_model)
+            self._attention = attention_modules(self.base_model.get_encoder())
+        encoder = self.base_model.get_encoder()
+        batch = encoder_batch(
+            self.base_model.get_input_embeddings(),
+            self.shape,
+            prefix,
+            self._attention,
+            input_ids,
+            attention_mask,
+            inputs_embeds,
+        )
+        states = encoder(**batch.kwargs).last_hidden_state
+        return states, batch.kwargs["attention_mask"], prefix
+
+    @staticmethod
+    def _cross_mask(prefix: BatchPrompt, encoder_mask: torch.Tensor) -> torch.Tensor:
+        """What cross-attention may read: the cross prefix, then the encoder's states (B, P_c + P + T)."""
+        if "cross" not in prefix.sites:
+            return encoder_mask
+        return torch.cat([prefix.sites["cross"].mask, encoder_mask], dim=-1)
+
+    @staticmethod
+    def _decoder_mask(prefix: BatchPrompt, mask: torch.Tensor | None, batch: int, length: int, device):
+        """The decoder's self-attention mask: its prefix, then its tokens (B, P_d + T_dec)."""
+        if "decoder" not in prefix.sites:
+            return mask
+        if mask is None:
+            mask = torch.ones(batch, length, dtype=torch.long, device=device)
+        return torch.cat([prefix.sites["decoder"].mask, mask.long()], dim=-1)
+
+    @staticmethod
+    def _states(prefix: BatchPrompt, site: str):
+        return prefix.sites[site].layers if site in prefix.sites else None
+
+    # -------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        prefix: BatchPrompt | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput:
+        """Decoder logits (B, T_dec, V) and, with ``labels``, the model's own loss.
+
+        Args:
+            input_ids: (B, T) encoder input (or ``inputs_embeds``); ``attention_mask`` (B, T), any padding.
+            decoder_input_ids: (B, T_dec); when omitted, made from ``labels`` as the model does
+                (shifted right after the decoder start token).
+            labels: (B, T_dec) target ids, -100 ignored.
+        """
+        encoded, encoder_mask, prefix = self.encode(input_ids, attention_mask, inputs_embeds, prefix)
+        batch = encoded.shape[0]
+        if decoder_input_ids is None and labels is not None:
+            decoder_input_ids = self.base_model.prepare_decoder_input_ids_from_labels(labels=labels)
+        cache = None
+        if "decoder" in prefix.sites or "cross" in prefix.sites:
+            cache = encoder_decoder_prefix_cache(
+                self._states(prefix, "decoder"), self._states(prefix, "cross"), len(self.shape.decoder_layers)
+            )
+            decoder_attention_mask = self._decoder_mask(
+                prefix, decoder_attention_mask, batch, decoder_input_ids.shape[1], encoded.device
+            )
+        outputs = self.base_model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
+            attention_mask=self._cross_mask(prefix, encoder_mask),
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            past_key_values=cache,
+            labels=labels,
+            # No growing cache of the model's own: only the pure prefix cache may be replayed by
+            # gradient checkpointing (see softprompt.cache).
+            use_cache=False,
+            **kwargs,
+        )
+        return Seq2SeqLMOutput(loss=outputs.loss, logits=outputs.logits)
+
+    # ----------------------------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        prefix: BatchPrompt | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """``transformers`` ``generate`` (greedy, sampling, beam search...) with the prompt in place.
+
+        The encoder runs once with the prompt; decoder prefixes enter the cache once, before the first
+        token. Returns the decoder's sequences (start token first), as ``generate`` does.
+        """
+        encoded, encoder_mask, prefix = self.encode(input_ids, attention_mask, None, prefix)
+        batch = encoded.shape[0]
+        config = kwargs.get("generation_config") or self.base_model.generation_config
+        # `generate` repeats each row for beams / returned sequences, but cannot repeat a cache.
+        expand = max(
+            kwargs.get("num_beams") or config.num_beams or 1,
+            kwargs.get("num_return_sequences") or config.num_return_sequences or 1,
+        )
+        virtual = 0
+        # Our own cache even without decoder prefixes: it grows one layer at a time, where the one
+        # `generate` builds from the config miscounts decoders deeper than their encoder (T5 v1.1 style).
+        repeated = prefix.repeat_interleave(expand)
+        kwargs["past_key_values"] = encoder_decoder_generation_cache(
+            self._states(repeated, "decoder"), self._states(repeated, "cross")
+        )
+        if "decoder" in prefix.sites:
+            # `generate` skips the decoder ids the cache already covers: start tokens take the prefix's
+            # places (the first id must be the start token, or `generate` prepends one).
+            virtual = prefix.sites["decoder"].mask.shape[1]
+            start = config.decoder_start_token_id
+            if start is None:
+                start = self.base_model.config.decoder_start_token_id
+            kwargs["decoder_input_ids"] = torch.full(
+                (batch, virtual + 1), start, dtype=torch.long, device=encoded.device
+            )
+            kwargs["decoder_attention_mask"] = self._decoder_mask(prefix, None, batch, 1, encoded.device)
+            if "max_length" in kwargs:
+                kwargs["max_length"] += virtual
+        output = self.base_model.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
+            attention_mask=self._cross_mask(prefix, encoder_mask),
+            **kwargs,
+        )
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        return sequences[:, virtual:]
+
+
+__all__ = ["Seq2SeqSoftPromptModel"]
