@@ -12,17 +12,22 @@ from softprompt.api import load, wrap
 from softprompt.families import FAMILIES, UnsupportedModelError, model_shape
 from softprompt.io import AdapterFileError
 from softprompt.methods import PrefixTuningConfig, PromptTuningConfig, PTuningConfig, SoftPromptConfig
-from softprompt.model import SoftPromptModel
+from softprompt.encoder import EncoderSoftPromptModel
+from softprompt.model import PromptedModel, SoftPromptModel
+from softprompt.seq2seq import Seq2SeqSoftPromptModel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FAMILIES",
     "AdapterFileError",
+    "EncoderSoftPromptModel",
     "PTuningConfig",
     "PrefixTuningConfig",
+    "PromptedModel",
     "PromptTuningConfig",
     "SoftPromptConfig",
+    "Seq2SeqSoftPromptModel",
     "SoftPromptModel",
     "UnsupportedModelError",
     "load",
