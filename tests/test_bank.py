@@ -128,3 +128,68 @@ def test_bad_requests_are_refused_with_the_reason(tmp_path):
     other = softprompt.wrap(tiny_causal_lm("gpt2"), TASKS["prefix"])
     with pytest.raises(ValueError, match="another base model \\(tiny-gpt2\\)"):
         bank.add("gpt2_task", other)
+
+
+SEQ2SEQ_TASKS = {
+    "short_prompt": softprompt.PromptTuningConfig(num_virtual_tokens=2, init="random", seed=1),
+    "long_prompt": softprompt.PromptTuningConfig(num_virtual_tokens=5, init="random", seed=2),
+    "prefix_all_sites": softprompt.PrefixTuningConfig(num_virtual_tokens=3, init="random", random_scale=1.0),
+    "prefix_decoder": softprompt.PrefixTuningConfig(
+        num_virtual_tokens=4, init="random", random_scale=1.0, prefix_sites="decoder", seed=5
+    ),
+}
+
+
+SEQ2SEQ_MIXES = {
+    # T5's relative positions do not move with a row's offset: any mix works.
+    "t5": ["long_prompt", "prefix_all_sites", None, "short_prompt", "prefix_decoder"],
+    # BART numbers positions by index: only tasks of equal prompt lengths share a batch.
+    "bart": ["long_prompt", "long_prompt_too", "long_prompt", "long_prompt_too", "long_prompt"],
+}
+
+
+def seq2seq_bank(family):
+    from tiny import tiny_seq2seq_lm
+
+    base = tiny_seq2seq_lm(family)
+    bank = TaskBank(base).eval()
+    singles = {None: softprompt.Seq2SeqSoftPromptModel(base, None, bank.runner.shape)}
+    tasks = {
+        **SEQ2SEQ_TASKS,
+        "long_prompt_too": softprompt.PTuningConfig(num_virtual_tokens=5, encoder_hidden_size=8),
+    }
+    for name, config in tasks.items():
+        singles[name] = softprompt.wrap(base, config).eval()
+        bank.add(name, singles[name])
+    return bank, singles
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_encoder_decoder_rows_of_a_mixed_batch_equal_the_rows_alone(family, side):
+    bank, singles = seq2seq_bank(family)
+    tasks = SEQ2SEQ_MIXES[family]
+    rows = [random_ids(1, n, seed=n)[0] for n in (5, 3, 6, 4, 7)]
+    ids, mask = padded_batch(rows, side)
+    targets = random_ids(len(rows), 4, seed=9)
+    logits = bank(ids, mask, tasks=tasks, labels=targets).logits
+    generated = bank.generate(ids, mask, tasks=tasks, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    for i, (task, row) in enumerate(zip(tasks, rows, strict=True)):
+        alone = singles[task]
+        expected = alone(input_ids=row[None], labels=targets[i : i + 1]).logits[0]
+        torch.testing.assert_close(logits[i], expected, atol=1e-5, rtol=1e-5)
+        expected_ids = alone.generate(row[None], max_new_tokens=4, min_new_tokens=4, do_sample=False)[0]
+        assert generated[i].tolist() == expected_ids.tolist(), f"row {i} ({task})"
+
+
+def test_bart_refuses_to_mix_prompts_that_would_shift_positions():
+    bank, _ = seq2seq_bank("bart")
+    with pytest.raises(softprompt.UnsupportedModelError, match="numbers positions by index"):
+        bank(random_ids(2, 4), tasks=["long_prompt", "short_prompt"], labels=random_ids(2, 3))
+
+
+def test_a_bank_refuses_encoder_classifiers():
+    from tiny import tiny_encoder
+
+    with pytest.raises(softprompt.UnsupportedModelError, match="serves causal and seq2seq models"):
+        TaskBank(tiny_encoder("bert"))

@@ -187,3 +187,16 @@ def test_a_bfloat16_base_trains_an_fp32_prompt(method):
     )
     torch.testing.assert_close(out.logits.float(), expected, atol=0.1, rtol=0.05)
     assert model.generate(ids, max_new_tokens=2).shape == (2, 8)
+
+
+def test_serving_reuses_the_compiled_prompt_until_it_changes():
+    model = wrapped("llama", "prompt_tuning")
+    ids = random_ids(1, 4)
+    with torch.no_grad():
+        first = model(input_ids=ids).logits
+        kept = model._served
+        assert model(input_ids=ids).logits.equal(first) and model._served is kept  # no recompile
+        model.prompt.embeddings.add_(0.5)  # an optimiser step, in place
+        changed = model(input_ids=ids).logits
+    assert model._served is not kept and not changed.allclose(first)
+    torch.testing.assert_close(changed, model(input_ids=ids).logits)  # with gradients: recomputed, same numbers

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from softprompt import injection
-from softprompt.api import load
-from softprompt.families import model_shape
-from softprompt.methods import PrefixStates, SoftPrompt
-from softprompt.model import SoftPromptModel
+from softprompt.api import MODEL_CLASSES, load
+from softprompt.families import UnsupportedModelError, model_shape
+from softprompt.methods import SoftPrompt
+from softprompt.model import PromptedModel, parameter_versions
+
+BANK_KINDS = ("causal", "seq2seq")
 
 TaskRef = str | int | None
 
@@ -50,10 +51,16 @@ class TaskBank(nn.Module):
 
     def __init__(self, base_model: nn.Module) -> None:
         super().__init__()
-        self.runner = SoftPromptModel(base_model, None, model_shape(base_model))
+        shape = model_shape(base_model)
+        if shape.kind not in BANK_KINDS:
+            raise UnsupportedModelError(
+                f"a task bank serves {' and '.join(BANK_KINDS)} models; {shape.family} is a {shape.kind} model "
+                "(classifiers carry a task head each: serve them one model per task)"
+            )
+        self.runner = MODEL_CLASSES[shape.kind](base_model, None, shape)
         self.tasks = nn.ModuleDict()
-        # name -> (parameter versions when compiled, compiled prefix)
-        self._compiled: dict[str, tuple[tuple[int, ...], PrefixStates]] = {}
+        # name -> (parameter versions when compiled, compiled prompt)
+        self._compiled: dict[str, tuple[tuple[int, ...], object]] = {}
 
     @property
     def base_model(self) -> nn.Module:
@@ -61,15 +68,15 @@ class TaskBank(nn.Module):
 
     # ------------------------------------------------------------------------------ managing tasks
     def add(
-        self, name: str, source: str | os.PathLike | SoftPromptModel | SoftPrompt, replace: bool = False
+        self, name: str, source: str | os.PathLike | PromptedModel | SoftPrompt, replace: bool = False
     ) -> None:
-        """Add a task from an adapter file or folder (softprompt or peft), a ``SoftPromptModel`` or a prompt.
+        """Add a task from an adapter file or folder (softprompt or peft), a wrapped model or a prompt.
 
         Refuses a name already taken unless ``replace=True``, and a prompt made for another model.
         """
         if name in self.tasks and not replace:
             raise KeyError(f"task {name!r} exists; pass replace=True to replace it")
-        if isinstance(source, SoftPromptModel):
+        if isinstance(source, PromptedModel):
             if source.shape.fingerprint() != self.runner.shape.fingerprint():
                 raise ValueError(
                     f"task {name!r} was made for another base model ({source.shape.name_or_path})"
@@ -106,25 +113,22 @@ class TaskBank(nn.Module):
 
     # ----------------------------------------------------------------------------------- compiling
     @torch.no_grad()
-    def compiled(self, name: str) -> PrefixStates:
-        """The task's per-layer prefix, computed once and reused until the task changes."""
+    def compiled(self, name: str):
+        """The task's compiled prompt (causal: per-layer keys/values), reused until the task changes."""
         prompt = self.tasks[name]
-        versions = tuple(p._version for p in prompt.parameters())
+        versions = parameter_versions(prompt)
         kept = self._compiled.get(name)
         if kept is None or kept[0] != versions:
-            prefix = injection.compile_prompt(self.base_model, prompt())
-            kept = (versions, PrefixStates([(k.detach(), v.detach()) for k, v in prefix.layers]))
+            kept = (versions, self.runner.compile_prompt(prompt))
             self._compiled[name] = kept
         return kept[1]
 
-    def batch_prefix(self, tasks: Sequence[TaskRef], device: torch.device) -> injection.BatchPrefix:
-        """Each row's compiled prefix (shorter ones left-padded and masked; ``None`` = no prompt)."""
+    def batch_prefix(self, tasks: Sequence[TaskRef], device: torch.device):
+        """Each row's compiled prompt (shorter ones left-padded and masked; ``None`` = no prompt)."""
         names = [self._name(task) for task in tasks]
         used = sorted({n for n in names if n is not None}, key=list(self.tasks).index)
-        if not used:
-            return injection.no_prefix(self.runner.shape, len(names), self.base_model.dtype, device)
         rows = torch.tensor([-1 if n is None else used.index(n) for n in names])
-        return injection.batch_prefix([self.compiled(n) for n in used], rows, self.base_model.dtype, device)
+        return self.runner.rows_prompt([self.compiled(n) for n in used], rows, device)
 
     def _name(self, task: TaskRef) -> str | None:
         if task is None or (isinstance(task, int) and task < 0):
@@ -146,7 +150,7 @@ class TaskBank(nn.Module):
         tasks: Sequence[TaskRef],
         **kwargs,
     ):
-        """Like :meth:`SoftPromptModel.forward`, with ``tasks[i]`` naming row ``i``'s task."""
+        """Like the wrapped model's ``forward``, with ``tasks[i]`` naming row ``i``'s task."""
         self._check_rows(input_ids, tasks)
         prefix = self.batch_prefix(tasks, input_ids.device)
         return self.runner(input_ids=input_ids, attention_mask=attention_mask, prefix=prefix, **kwargs)
@@ -160,7 +164,7 @@ class TaskBank(nn.Module):
         tasks: Sequence[TaskRef],
         **kwargs,
     ) -> torch.Tensor:
-        """Like :meth:`SoftPromptModel.generate`, with ``tasks[i]`` naming row ``i``'s task."""
+        """Like the wrapped model's ``generate``, with ``tasks[i]`` naming row ``i``'s task."""
         self._check_rows(input_ids, tasks)
         prefix = self.batch_prefix(tasks, input_ids.device)
         return self.runner.generate(input_ids, attention_mask, prefix=prefix, **kwargs)

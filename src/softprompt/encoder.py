@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -75,23 +76,69 @@ class BatchPrompt:
         return BatchPrompt(tokens, mask, {s: p.repeat_interleave(repeats) for s, p in self.sites.items()})
 
 
+@dataclass
+class PromptParts:
+    """One prompt's output where it enters a model with an encoder.
+
+    ``tokens``: virtual tokens (P, E) before the encoder's input; ``sites``: per-site prefixes.
+    """
+
+    tokens: torch.Tensor | None = None
+    sites: dict[Site, PrefixStates] = field(default_factory=dict)
+
+
+def prompt_parts(prompt: SoftPrompt, shape: ModelShape) -> PromptParts:
+    """Run ``prompt`` and cut its output into the places it enters (gradients flow)."""
+    out = prompt()
+    if isinstance(out, VirtualTokens):
+        return PromptParts(tokens=out.embeddings)
+    layout = shape.prefix_layout(getattr(prompt.config, "prefix_sites", "all"))
+    return PromptParts(
+        sites={site: PrefixStates(layers) for site, layers in layout.by_site(out.layers).items()}
+    )
+
+
+def batch_prompt(
+    parts: Sequence[PromptParts], rows: torch.Tensor, dtype: torch.dtype, device: torch.device
+) -> BatchPrompt:
+    """Each row's prompt: ``rows`` (B,) indexes ``parts``, -1 for none.
+
+    Shorter virtual-token blocks and prefixes are left-padded with masked slots, so each row's real
+    virtual tokens sit right before its input and no row sees another row's prompt.
+    """
+    batch = rows.shape[0]
+    tokens = mask = None
+    with_tokens = [i for i, part in enumerate(parts) if part.tokens is not None]
+    if with_tokens and len(parts) == 1 and bool((rows == 0).all()):
+        # One shared prompt: broadcast without copying.
+        tokens = parts[0].tokens.to(device, dtype)[None].expand(batch, -1, -1)
+        mask = torch.ones(batch, tokens.shape[1], dtype=torch.long, device=device)
+    elif with_tokens:
+        longest = max(parts[i].tokens.shape[0] for i in with_tokens)
+        width = parts[with_tokens[0]].tokens.shape[-1]
+        tokens = torch.zeros(batch, longest, width, dtype=dtype, device=device)
+        mask = torch.zeros(batch, longest, dtype=torch.long, device=device)
+        for row, index in enumerate(rows.tolist()):
+            if index >= 0 and parts[index].tokens is not None:
+                own = parts[index].tokens
+                tokens[row, longest - own.shape[0] :] = own.to(device, dtype)
+                mask[row, longest - own.shape[0] :] = 1
+    sites = {}
+    for site in dict.fromkeys(site for part in parts for site in part.sites):
+        holders = [i for i, part in enumerate(parts) if site in part.sites]
+        site_rows = torch.tensor([holders.index(i) if i in holders else -1 for i in rows.tolist()])
+        if bool((site_rows >= 0).any()):
+            sites[site] = batch_prefix([parts[i].sites[site] for i in holders], site_rows, dtype, device)
+    return BatchPrompt(tokens, mask, sites)
+
+
 def prompt_for_batch(
     prompt: SoftPrompt | None, shape: ModelShape, batch: int, dtype: torch.dtype, device: torch.device
 ) -> BatchPrompt:
     """One prompt's output, broadcast to ``batch`` rows (recomputed, so gradients flow)."""
     if prompt is None:
         return BatchPrompt()
-    out = prompt()
-    if isinstance(out, VirtualTokens):
-        tokens = out.embeddings.to(device, dtype)[None].expand(batch, -1, -1)
-        return BatchPrompt(tokens, torch.ones(batch, out.length, dtype=torch.long, device=device))
-    layout = shape.prefix_layout(getattr(prompt.config, "prefix_sites", "all"))
-    rows = torch.zeros(batch, dtype=torch.long)
-    sites = {
-        site: batch_prefix([PrefixStates(layers)], rows, dtype, device)
-        for site, layers in layout.by_site(out.layers).items()
-    }
-    return BatchPrompt(sites=sites)
+    return batch_prompt([prompt_parts(prompt, shape)], torch.zeros(batch, dtype=torch.long), dtype, device)
 
 
 @dataclass

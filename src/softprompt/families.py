@@ -103,6 +103,9 @@ class Family:
     encoder_prefix: bool = True
     # First position id of a real token (RoBERTa numbers positions from padding_idx + 1).
     position_offset: Callable[[Any], int] = _no_offset
+    # Positions counted by index in the sequence and not overridable (BART's learned positions):
+    # rows whose prompts differ in length cannot share a batch without shifting each other.
+    index_positions: bool = False
 
 
 FAMILIES: dict[str, Family] = {
@@ -121,8 +124,8 @@ FAMILIES: dict[str, Family] = {
     # Encoder-decoders. T5's head size is its own (d_kv); mT5 and T5 v1.1 share T5's entry.
     "t5": Family("seq2seq", kv_heads=_heads, decoder=_t5_decoder),
     "mt5": Family("seq2seq", kv_heads=_heads, decoder=_t5_decoder),
-    "bart": Family("seq2seq", kv_heads=_heads, decoder=_bart_decoder),
-    "mbart": Family("seq2seq", kv_heads=_heads, decoder=_bart_decoder),
+    "bart": Family("seq2seq", kv_heads=_heads, decoder=_bart_decoder, index_positions=True),
+    "mbart": Family("seq2seq", kv_heads=_heads, decoder=_bart_decoder, index_positions=True),
     # Encoders.
     "bert": Family("encoder", kv_heads=_heads),
     "roberta": Family("encoder", kv_heads=_heads, position_offset=lambda c: c.pad_token_id + 1),
@@ -205,6 +208,7 @@ class ModelShape:
     task: ModelTask | None = None
     encoder_prefix: bool = True
     position_offset: int = 0
+    index_positions: bool = False
 
     @property
     def num_layers(self) -> int:
@@ -316,4 +320,5 @@ def model_shape(model: nn.Module) -> ModelShape:
         task=task_of(model),
         encoder_prefix=family.encoder_prefix,
         position_offset=family.position_offset(config),
+        index_positions=family.index_positions,
     )

@@ -24,9 +24,14 @@ from softprompt import injection
 from softprompt.cache import allow_checkpointing_with_cache, generation_cache, prefix_cache
 from softprompt.families import ModelShape
 from softprompt.io import write_adapter
-from softprompt.methods import SoftPrompt
+from softprompt.methods import PrefixStates, SoftPrompt
 
 IGNORE_INDEX = -100
+
+
+def parameter_versions(module: nn.Module) -> tuple[int, ...]:
+    """Version counters of ``module``'s parameters: they change with every in-place update (optimiser steps)."""
+    return tuple(p._version for p in module.parameters())
 
 
 class PromptedModel(nn.Module):
@@ -89,12 +94,39 @@ class SoftPromptModel(PromptedModel):
     With ``prompt=None`` it runs the bare model unless a call passes per-row prefixes (the task bank).
     """
 
+    def __init__(self, base_model: nn.Module, prompt: SoftPrompt | None, shape: ModelShape) -> None:
+        super().__init__(base_model, prompt, shape)
+        # (parameter versions, prefix) of the last compile without gradients
+        self._served: tuple[tuple[int, ...], PrefixStates] | None = None
+
     # -------------------------------------------------------------------------------------- prompts
+    def compile_prompt(self, prompt: SoftPrompt) -> PrefixStates:
+        """A task's prompt as the per-layer prefix it amounts to (what a task bank keeps per task)."""
+        return injection.compile_prompt(self.base_model, prompt())
+
+    def rows_prompt(
+        self, compiled: list[PrefixStates], rows: torch.Tensor, device: torch.device
+    ) -> injection.BatchPrefix:
+        """Per-row prefixes from compiled prompts: ``rows`` (B,) indexes ``compiled``, -1 for none."""
+        if not compiled:
+            return injection.no_prefix(self.shape, rows.shape[0], self.base_model.dtype, device)
+        return injection.batch_prefix(compiled, rows, self.base_model.dtype, device)
+
     def batch_prefix(self, batch_size: int, device: torch.device) -> injection.BatchPrefix:
-        """The prompt's per-layer prefix for ``batch_size`` rows (recomputed, so gradients flow)."""
+        """The prompt's per-layer prefix for ``batch_size`` rows.
+
+        Recomputed while gradients are on, so they flow into the prompt; without gradients (serving)
+        it is compiled once and reused until the prompt's parameters change.
+        """
         if self.prompt is None:
             return injection.no_prefix(self.shape, batch_size, self.base_model.dtype, device)
-        prefix = injection.compile_prompt(self.base_model, self.prompt())
+        if torch.is_grad_enabled():
+            prefix = self.compile_prompt(self.prompt)
+        else:
+            versions = parameter_versions(self.prompt)
+            if self._served is None or self._served[0] != versions:
+                self._served = (versions, self.compile_prompt(self.prompt))
+            prefix = self._served[1]
         rows = torch.zeros(batch_size, dtype=torch.long)
         return injection.batch_prefix([prefix], rows, self.base_model.dtype, device)
 

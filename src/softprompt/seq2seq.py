@@ -31,7 +31,14 @@ from softprompt.cache import (
     encoder_decoder_prefix_cache,
     use_prefix_attention,
 )
-from softprompt.encoder import BatchPrompt, encoder_batch, prompt_for_batch
+from softprompt.encoder import (
+    BatchPrompt,
+    PromptParts,
+    batch_prompt,
+    encoder_batch,
+    prompt_for_batch,
+    prompt_parts,
+)
 from softprompt.families import ModelShape, UnsupportedModelError
 from softprompt.methods import SoftPrompt
 from softprompt.model import PromptedModel
@@ -50,6 +57,33 @@ class Seq2SeqSoftPromptModel(PromptedModel):
         self._attention: list[nn.Module] | None = None
 
     # -------------------------------------------------------------------------------------- prompts
+    def compile_prompt(self, prompt: SoftPrompt) -> PromptParts:
+        """A task's prompt cut into where it enters (what a task bank keeps per task)."""
+        return prompt_parts(prompt, self.shape)
+
+    def rows_prompt(
+        self, compiled: list[PromptParts], rows: torch.Tensor, device: torch.device
+    ) -> BatchPrompt:
+        """Per-row prompts from compiled ones: ``rows`` (B,) indexes ``compiled``, -1 for none."""
+        if self.shape.index_positions:
+            # Virtual tokens and decoder prefixes shift the positions of what follows them.
+            lengths = {
+                (0, 0)
+                if i < 0
+                else (
+                    0 if compiled[i].tokens is None else compiled[i].tokens.shape[0],
+                    compiled[i].sites["decoder"].length if "decoder" in compiled[i].sites else 0,
+                )
+                for i in rows.tolist()
+            }
+            if len(lengths) > 1:
+                raise UnsupportedModelError(
+                    f"{self.shape.family} numbers positions by index and cannot take them from the mask, so rows "
+                    f"whose prompts differ in length (virtual tokens, decoder prefix: {sorted(lengths)}) would "
+                    "shift each other: batch together only tasks of equal lengths"
+                )
+        return batch_prompt(compiled, rows, self.base_model.dtype, device)
+
     def batch_prefix(self, batch_size: int, device: torch.device) -> BatchPrompt:
         """The prompt for ``batch_size`` rows: virtual tokens, or prefixes per attention site."""
         return prompt_for_batch(self.prompt, self.shape, batch_size, self.base_model.dtype, device)
