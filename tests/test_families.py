@@ -3,7 +3,7 @@
 import pytest
 import torch
 import transformers as T
-from tiny import FAMILIES, random_ids, tiny_causal_lm
+from tiny import FAMILIES, MORE_FAMILIES, random_ids, tiny_causal_lm
 
 import softprompt
 from softprompt.families import model_shape
@@ -29,7 +29,47 @@ def test_grouped_query_and_explicit_head_dim_are_read_from_config():
 def test_unsupported_family_error_names_it_and_lists_supported():
     torch.manual_seed(0)
     model = T.AutoModelForCausalLM.from_config(
-        T.GPTJConfig(vocab_size=64, n_embd=32, n_layer=1, n_head=4, rotary_dim=4, n_positions=64)
+        T.CodeGenConfig(vocab_size=64, n_embd=32, n_layer=1, n_head=4, rotary_dim=4, n_positions=64)
     )
-    with pytest.raises(softprompt.UnsupportedModelError, match="'gptj'.*Supported families: bloom, falcon"):
+    with pytest.raises(
+        softprompt.UnsupportedModelError, match="'codegen'.*Supported families: bloom, cohere, falcon"
+    ):
         softprompt.wrap(model, softprompt.PromptTuningConfig(num_virtual_tokens=2))
+
+
+@pytest.mark.parametrize("family", FAMILIES + MORE_FAMILIES)
+def test_without_a_prompt_the_logits_are_the_base_models_own(family):
+    # Checks every family's output-head facts (soft-caps, logit scales, projections).
+    model = tiny_causal_lm(family)
+    bare = softprompt.SoftPromptModel(model, None, model_shape(model))
+    ids = random_ids(2, 5)
+    torch.testing.assert_close(bare(input_ids=ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", MORE_FAMILIES)
+def test_more_families_shapes_padding_invariance_and_generation(family):
+    test_shape_matches_the_models_own_cache(family)
+    for config in (
+        softprompt.PromptTuningConfig(num_virtual_tokens=3),
+        softprompt.PrefixTuningConfig(num_virtual_tokens=2),
+    ):
+        model = softprompt.wrap(tiny_causal_lm(family), config).eval()
+        row = random_ids(1, 4)[0]
+        ids = torch.stack(
+            [
+                torch.cat([torch.zeros(2, dtype=torch.long), row]),
+                torch.cat([random_ids(1, 2, seed=1)[0], row]),
+            ]
+        )
+        mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6])
+        torch.testing.assert_close(
+            model(input_ids=ids, attention_mask=mask).logits[0, 2:],
+            model(input_ids=row[None]).logits[0],
+            atol=1e-5,
+            rtol=1e-5,
+        )
+        alone = model.generate(row[None], max_new_tokens=3, min_new_tokens=3)[0, 4:]
+        assert (
+            model.generate(ids, attention_mask=mask, max_new_tokens=3, min_new_tokens=3)[0, 6:].tolist()
+            == alone.tolist()
+        )

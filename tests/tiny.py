@@ -51,12 +51,57 @@ CONFIGS = {
     ),
 }
 FAMILIES = sorted(CONFIGS)
+# Families beyond the issue's list: one table entry each, run through the shape and logits checks.
+MORE_CONFIGS = {
+    "gemma3_text": lambda: T.Gemma3TextConfig(
+        **_COMMON, num_key_value_heads=2, head_dim=16, sliding_window=64, final_logit_softcapping=30.0
+    ),
+    "mixtral": lambda: T.MixtralConfig(
+        **_COMMON, num_key_value_heads=2, num_local_experts=2, num_experts_per_tok=1
+    ),
+    "qwen2_moe": lambda: T.Qwen2MoeConfig(
+        **_COMMON,
+        num_key_value_heads=2,
+        num_experts=2,
+        num_experts_per_tok=1,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=16,
+    ),
+    "starcoder2": lambda: T.Starcoder2Config(**_COMMON, num_key_value_heads=2),
+    "olmo2": lambda: T.Olmo2Config(**_COMMON, num_key_value_heads=2),
+    "stablelm": lambda: T.StableLmConfig(**_COMMON, num_key_value_heads=2),
+    "phi": lambda: T.PhiConfig(**_COMMON, num_key_value_heads=2),
+    "gptj": lambda: T.GPTJConfig(
+        vocab_size=VOCAB,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        rotary_dim=4,
+        n_positions=128,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    ),
+    "gpt_bigcode": lambda: T.GPTBigCodeConfig(
+        vocab_size=VOCAB,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        multi_query=True,
+        n_positions=128,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    ),
+    "cohere": lambda: T.CohereConfig(**_COMMON, num_key_value_heads=2, logit_scale=0.5),
+}
+MORE_FAMILIES = sorted(MORE_CONFIGS)
 
 
 def tiny_causal_lm(family: str, seed: int = 0) -> torch.nn.Module:
     """A tiny randomly initialised causal LM of ``family`` in eval mode (fp32)."""
     torch.manual_seed(seed)
-    model = T.AutoModelForCausalLM.from_config(CONFIGS[family]())
+    model = T.AutoModelForCausalLM.from_config({**CONFIGS, **MORE_CONFIGS}[family]())
     model.config._name_or_path = f"tiny-{family}"
     return model.eval()
 

@@ -96,6 +96,8 @@ class Family:
     embed_dim: Callable[[Any], int] = _hidden
     # Config attribute holding a tanh soft-cap applied to the final logits (Gemma 2).
     logit_softcap_attr: str | None = None
+    # Config attribute holding a factor the final logits are multiplied by (Cohere).
+    logit_scale_attr: str | None = None
     # Encoder-decoders: (number of decoder layers, their self-/cross-attention shape).
     decoder: Callable[[Any], tuple[int, LayerShape]] | None = None
     # Whether encoder self-attention can take a key/value prefix. DeBERTa's disentangled attention
@@ -121,6 +123,17 @@ FAMILIES: dict[str, Family] = {
     "opt": Family("causal", kv_heads=_heads, embed_dim=lambda c: c.word_embed_proj_dim),
     "falcon": Family("causal", kv_heads=_falcon_kv_heads),
     "bloom": Family("causal", kv_heads=_heads),
+    # Further causal decoders: each one entry, checked by the same tests as the families above.
+    "gemma3_text": Family("causal", logit_softcap_attr="final_logit_softcapping"),
+    "mixtral": Family("causal"),
+    "qwen2_moe": Family("causal"),
+    "starcoder2": Family("causal"),
+    "olmo2": Family("causal"),
+    "stablelm": Family("causal"),
+    "phi": Family("causal"),
+    "gptj": Family("causal", kv_heads=_heads),
+    "gpt_bigcode": Family("causal", kv_heads=lambda c: 1 if c.multi_query else c.num_attention_heads),
+    "cohere": Family("causal", logit_scale_attr="logit_scale"),
     # Encoder-decoders. T5's head size is its own (d_kv); mT5 and T5 v1.1 share T5's entry.
     "t5": Family("seq2seq", kv_heads=_heads, decoder=_t5_decoder),
     "mt5": Family("seq2seq", kv_heads=_heads, decoder=_t5_decoder),
@@ -203,6 +216,7 @@ class ModelShape:
     # Whether the model's forward takes position_ids (Bloom derives ALiBi positions from the mask instead).
     takes_position_ids: bool
     logit_softcap: float | None = None
+    logit_scale: float | None = None
     # Encoder-decoders: the decoder's layers (its self- and cross-attention share these shapes).
     decoder_layers: tuple[LayerShape, ...] = ()
     task: ModelTask | None = None
@@ -316,6 +330,7 @@ def model_shape(model: nn.Module) -> ModelShape:
         layers=tuple(layer for _ in range(config.num_hidden_layers)),
         takes_position_ids="position_ids" in inspect.signature(model.forward).parameters,
         logit_softcap=softcap,
+        logit_scale=getattr(config, family.logit_scale_attr) if family.logit_scale_attr else None,
         decoder_layers=decoder_layers,
         task=task_of(model),
         encoder_prefix=family.encoder_prefix,

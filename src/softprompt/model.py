@@ -167,6 +167,8 @@ class SoftPromptModel(PromptedModel):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project hidden states (..., H) to vocabulary logits (..., V) with the frozen output head."""
         logits = self.base_model.get_output_embeddings()(hidden)
+        if self.shape.logit_scale is not None:
+            logits = logits * self.shape.logit_scale
         if self.shape.logit_softcap is not None:
             cap = self.shape.logit_softcap
             logits = torch.tanh(logits / cap) * cap
