@@ -10,7 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quickstart_trains_saves_reloads_and_generates():
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--steps", "3"],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     assert "saved prompt.safetensors" in result.stdout
     assert "generated:" in result.stdout

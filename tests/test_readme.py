@@ -7,7 +7,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def setup_commands() -> list[str]:
-    section = ROOT.joinpath("README.md").read_text().split("## Set up on a fresh machine", 1)[1].split("\n## ", 1)[0]
+    section = (
+        ROOT.joinpath("README.md")
+        .read_text()
+        .split("## Set up on a fresh machine", 1)[1]
+        .split("\n## ", 1)[0]
+    )
     return re.findall(r"```bash\n(.+?)\n```", section, flags=re.S)
 
 

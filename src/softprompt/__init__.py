@@ -9,10 +9,10 @@ Example:
 """
 
 from softprompt.api import load, wrap
+from softprompt.encoder import EncoderSoftPromptModel
 from softprompt.families import FAMILIES, UnsupportedModelError, model_shape
 from softprompt.io import AdapterFileError
 from softprompt.methods import PrefixTuningConfig, PromptTuningConfig, PTuningConfig, SoftPromptConfig
-from softprompt.encoder import EncoderSoftPromptModel
 from softprompt.model import PromptedModel, SoftPromptModel
 from softprompt.seq2seq import Seq2SeqSoftPromptModel
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from softprompt.cache import capture_cache, captured_states
+from softprompt.compat import cache_kwargs
 from softprompt.io import read_adapter
 from softprompt.methods.base import PrefixStates, flatten_prefix
 
@@ -74,7 +75,7 @@ def prefix_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     backbone.eval()  # the init is the model's own numbers, not a dropout sample of them
     try:
         with torch.no_grad():
-            backbone(input_ids=ids[None].to(device), past_key_values=cache, use_cache=True)
+            backbone(input_ids=ids[None].to(device), use_cache=True, **cache_kwargs(backbone, cache))
     finally:
         backbone.train(was_training)
     states = PrefixStates([(k[0].float(), v[0].float()) for k, v in captured_states(cache)])

@@ -31,6 +31,7 @@ from softprompt.cache import (
     encoder_decoder_prefix_cache,
     use_prefix_attention,
 )
+from softprompt.compat import cache_kwargs
 from softprompt.encoder import (
     BatchPrompt,
     PromptParts,
@@ -176,7 +177,7 @@ class Seq2SeqSoftPromptModel(PromptedModel):
             attention_mask=self._cross_mask(prefix, encoder_mask),
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
-            past_key_values=cache,
+            **cache_kwargs(self.base_model, cache),
             labels=labels,
             # No growing cache of the model's own: only the pure prefix cache may be replayed by
             # gradient checkpointing (see softprompt.cache).
@@ -211,8 +212,11 @@ class Seq2SeqSoftPromptModel(PromptedModel):
         # Our own cache even without decoder prefixes: it grows one layer at a time, where the one
         # `generate` builds from the config miscounts decoders deeper than their encoder (T5 v1.1 style).
         repeated = prefix.repeat_interleave(expand)
-        kwargs["past_key_values"] = encoder_decoder_generation_cache(
-            self._states(repeated, "decoder"), self._states(repeated, "cross")
+        kwargs |= cache_kwargs(
+            self.base_model,
+            encoder_decoder_generation_cache(
+                self._states(repeated, "decoder"), self._states(repeated, "cross")
+            ),
         )
         if "decoder" in prefix.sites:
             # `generate` skips the decoder ids the cache already covers: start tokens take the prefix's

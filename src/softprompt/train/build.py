@@ -1,0 +1,96 @@
+"""Turn a validated run config into the run's parts: the task, the encoded data, the prompt, the objective.
+
+Example:
+    >>> task = make_task(config.task)  # doctest: +SKIP
+    >>> data = load_data(config.data, task, tokenizer)  # doctest: +SKIP
+    >>> model = softprompt.wrap(base, prompt_config(config, task), tokenizer=tokenizer)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from softprompt.data import (
+    ClassificationTask,
+    Encoded,
+    GenerationTask,
+    Task,
+    encode_dataset,
+    load_rows,
+    require_columns,
+)
+from softprompt.methods import SoftPromptConfig
+from softprompt.model import SoftPromptModel
+from softprompt.train.config import DataSection, RunConfig, TaskSection
+from softprompt.train.objectives import ClassificationObjective, GenerationObjective, Objective
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Data:
+    """Encoded examples of each split (``dev``/``test`` are None when not configured)."""
+
+    train: list[Encoded]
+    dev: list[Encoded] | None = None
+    test: list[Encoded] | None = None
+
+
+def make_task(task: TaskSection) -> Task:
+    """The data layer's task object for the ``task`` section."""
+    if task.kind == "classification":
+        return ClassificationTask(task.template, task.label_column, task.label_words, task.max_length)
+    return GenerationTask(task.source_template, task.target_template, task.max_length, task.max_target_length)
+
+
+def load_data(
+    data: DataSection, task: Task, tokenizer: Any, *, splits: tuple[str, ...] = ("train", "dev", "test")
+) -> Data:
+    """Load, rename and encode the configured splits (truncations are counted and warned about)."""
+    encoded: dict[str, list[Encoded] | None] = {"train": [], "dev": None, "test": None}
+    for split in splits:
+        source = getattr(data, split)
+        if source is None:
+            continue
+        rows = load_rows(
+            source,
+            split=getattr(data, f"{split}_split"),
+            file_format=data.format,
+            limit=getattr(data, f"{split}_limit"),
+        )
+        if data.rename:
+            require_columns(rows, list(data.rename), where=f"data.{split} ({source}), for data.rename")
+            rows = rows.rename_columns(data.rename)
+        encoded[split], _ = encode_dataset(task, rows, tokenizer, where=f"data.{split} ({source})")
+    return Data(**encoded)
+
+
+def prompt_config(config: RunConfig, task: Task) -> SoftPromptConfig:
+    """The method's config; ``init: text`` without ``init_text`` starts from the class labels' words.
+
+    Lester et al. §3.2 ("class label" initialisation): each virtual token starts as the embedding
+    of a label word, the words repeated to fill the prompt.
+    """
+    prompt = config.prompt
+    if getattr(prompt, "init", None) == "text" and not getattr(prompt, "init_text", None):
+        words = " ".join(word for _, word in task.classes)
+        prompt = prompt.model_copy(update={"init_text": words})
+    return prompt.to_config()
+
+
+def make_objective(model: SoftPromptModel, task: Task, tokenizer: Any) -> Objective:
+    """The loss module for ``task``: verbalizer cross-entropy, or target-token cross-entropy."""
+    if isinstance(task, ClassificationTask):
+        return ClassificationObjective(model, task.label_token_ids(tokenizer))
+    return GenerationObjective(model)
+
+
+def bare_objective(objective: Objective) -> Objective:
+    """The same objective on the frozen model without any prompt (the zero-shot baseline)."""
+    model = objective.model
+    bare = SoftPromptModel(model.base_model, None, model.shape)
+    if isinstance(objective, ClassificationObjective):
+        return ClassificationObjective(bare, objective.label_ids.tolist()).to(objective.label_ids.device)
+    return GenerationObjective(bare)

@@ -1,0 +1,505 @@
+"""The run config: a YAML file validated by pydantic, with a docstring under every field.
+
+Sections: ``model`` (the frozen base), ``prompt`` (the method and its options — the fields of the
+method's config dataclass, so a new method needs no change here), ``task`` (classification by
+label words, or generation), ``data``, ``train``, ``eval`` and ``output``; and ``preset``, a
+paper recipe that fills whatever ``prompt`` and ``train`` leave out (without one, softprompt's
+measured defaults for the method do; see :mod:`presets`).
+
+Relative paths inside a config file (data files, ``prompt.init_file``) are relative to that file;
+paths given with ``--set`` and ``output.dir`` are relative to the current folder. Every error names
+its key: ``train.lr: Input should be a valid number``.
+
+Example:
+    >>> config = load_config("configs/sst2.yaml", ["train.max_steps=100"])  # doctest: +SKIP
+    >>> config.train.optimizer, config.prompt.to_config().num_virtual_tokens  # doctest: +SKIP
+    ('adamw', 20)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from softprompt.data import SUPPORTED_FORMATS
+from softprompt.methods import METHODS, SoftPromptConfig
+from softprompt.metrics import ROUGE_TYPES
+from softprompt.train.presets import PRESETS, apply_preset
+
+# Keys whose relative paths are resolved against the config file's folder.
+FILE_KEYS = (("data", "train"), ("data", "dev"), ("data", "test"), ("prompt", "init_file"))
+
+
+class ConfigError(ValueError):
+    """A run config that does not load or validate; each line of the message names a key."""
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, field docstrings are the documentation."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+
+
+# ---------------------------------------------------------------------------------------- model
+class ModelSection(Section):
+    name_or_path: str = "smollm2-135m-instruct"
+    """The frozen causal LM: a built-in alias (smollm2-135m-instruct), a local folder, or a hub name."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Parameter dtype of the frozen model (the prompt always trains in float32)."""
+
+
+# --------------------------------------------------------------------------------------- prompt
+class PromptSectionBase(Section):
+    """The method's own config fields; ``to_config`` builds the method's config dataclass."""
+
+    def to_config(self) -> SoftPromptConfig:
+        """The method's config dataclass (its own checks run here)."""
+        options = self.model_dump(exclude={"method"})
+        return METHODS[self.method].config(**options)
+
+    @field_validator("init_file", check_fields=False)
+    @classmethod
+    def _file_exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).exists():
+            raise ValueError(f"file not found: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self):
+        checked = self
+        # init "text" without init_text is allowed here: a classification task fills in its labels.
+        if getattr(self, "init", None) == "text" and not getattr(self, "init_text", None):
+            checked = self.model_copy(update={"init_text": "label words"})
+        checked.to_config()
+        return self
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """Field descriptions from the ``Attributes:`` sections of a dataclass and its bases."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        text = klass.__doc__ or ""
+        if "Attributes:" not in text:
+            continue
+        section = text.split("Attributes:", 1)[1]
+        for match in re.finditer(r"^\s+(\w+): (.*(?:\n\s{12,}.*)*)", section, re.MULTILINE):
+            docs[match.group(1)] = " ".join(match.group(2).split())
+    return docs
+
+
+def _prompt_section(name: str, config_cls: type[SoftPromptConfig]) -> type[PromptSectionBase]:
+    hints = typing.get_type_hints(config_cls)
+    docs = _attribute_docs(config_cls)
+    fields: dict[str, Any] = {
+        "method": (Literal[name], Field(description=f"The method: one of {', '.join(METHODS)}.")),
+    }
+    for f in dataclasses.fields(config_cls):
+        fields[f.name] = (hints[f.name], Field(default=f.default, description=docs.get(f.name)))
+    camel = "".join(part.title() for part in name.split("_"))
+    return create_model(f"{camel}Section", __base__=PromptSectionBase, **fields)
+
+
+PROMPT_SECTIONS: dict[str, type[PromptSectionBase]] = {
+    name: _prompt_section(name, method.config) for name, method in METHODS.items()
+}
+PromptSection = Annotated[
+    typing.Union[tuple(PROMPT_SECTIONS.values())],  # noqa: UP007 (a runtime tuple of classes)
+    Field(discriminator="method"),
+]
+
+
+# ----------------------------------------------------------------------------------------- task
+class ClassificationSection(Section):
+    kind: Literal["classification"]
+    """Classify by label words: the loss and the prediction use only the label words' logits."""
+
+    template: str
+    """Turns a row into text ending where the answer goes, e.g. "Review: {sentence}\\nSentiment:"."""
+
+    label_column: str = "label"
+    """The column holding each row's label value."""
+
+    label_words: dict[str | int, str] | list[str]
+    """Label value -> label word ({0: negative, 1: positive}), or a list of words for labels 0..n-1.
+    Each word's first token (with a leading space) scores its class."""
+
+    max_length: int = Field(256, gt=0)
+    """Longest input in tokens; longer rows keep their end (where the answer goes), with a warning."""
+
+    metrics: list[Literal["accuracy", "macro_f1"]] = ["accuracy", "macro_f1"]
+    """Dev/test scores to report (percentages)."""
+
+
+class GenerationSection(Section):
+    kind: Literal["generation"]
+    """Generate a target text from a source text; the loss covers the target tokens only."""
+
+    source_template: str
+    """Turns a row into the source text, e.g. "Table: {mr}\\nText:"."""
+
+    target_template: str
+    """Turns a row into the target text, e.g. " {ref}" (a leading space continues the source)."""
+
+    max_length: int = Field(256, gt=1)
+    """Longest source + target in tokens; longer sources keep their end, with a warning."""
+
+    max_target_length: int = Field(64, gt=0)
+    """Longest target in tokens (end-of-text included); also the default max_new_tokens."""
+
+    metrics: list[Literal["bleu", "rouge", "exact_match"]] = ["bleu", "rouge"]
+    """Dev/test scores to report (percentages); rouge gives rouge1, rouge2 and rougeL."""
+
+    max_new_tokens: int | None = Field(None, gt=0)
+    """Tokens to generate at evaluation; default: max_target_length."""
+
+    num_beams: int = Field(1, gt=0)
+    """Beam width at evaluation; 1 is greedy decoding."""
+
+
+TaskSection = Annotated[ClassificationSection | GenerationSection, Field(discriminator="kind")]
+
+
+# ----------------------------------------------------------------------------------------- data
+class DataSection(Section):
+    format: Literal["jsonl", "json", "csv", "tsv"] | None = None
+    """Read local files as this format whatever their extension."""
+
+    train: str
+    """Training rows: a .jsonl/.json/.csv/.tsv file, or a `datasets` hub name (needs network)."""
+
+    dev: str | None = None
+    """Rows to evaluate on during training (best adapter, early stopping) and at the end."""
+
+    test: str | None = None
+    """Rows to evaluate on once, at the end, with the best adapter."""
+
+    train_split: str = "train"
+    """Split of a hub data set used for training."""
+
+    dev_split: str = "validation"
+    """Split of a hub data set used as dev."""
+
+    test_split: str = "test"
+    """Split of a hub data set used as test."""
+
+    train_limit: int | None = Field(None, gt=0)
+    """Use only the first N training rows."""
+
+    dev_limit: int | None = Field(None, gt=0)
+    """Use only the first N dev rows."""
+
+    test_limit: int | None = Field(None, gt=0)
+    """Use only the first N test rows."""
+
+    rename: dict[str, str] = {}
+    """Rename columns before the templates see them: {source column: name used in templates}."""
+
+    @field_validator("train", "dev", "test")
+    @classmethod
+    def _file_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        path = Path(value)
+        local = path.suffix.lower().lstrip(".") in SUPPORTED_FORMATS or info.data.get("format") is not None
+        if local and not path.is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
+
+
+# ---------------------------------------------------------------------------------------- train
+class TrainSection(Section):
+    optimizer: Literal["adafactor", "adamw"] = "adamw"
+    """adafactor (Lester et al.: no parameter scaling, no relative step) or adamw."""
+
+    lr: float = Field(1e-2, gt=0)
+    """Peak learning rate."""
+
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning-rate schedule after warm-up: constant, linear decay to 0, or cosine decay to 0."""
+
+    warmup_steps: int = Field(0, ge=0)
+    """Steps of linear warm-up from 0 to lr."""
+
+    weight_decay: float = Field(0.0, ge=0)
+    """Decoupled weight decay of the trainable parameters."""
+
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the gradient's global norm to this; null turns clipping off."""
+
+    max_steps: int = Field(300, gt=0)
+    """Optimiser steps to train for (ignored when epochs is set)."""
+
+    epochs: float | None = Field(None, gt=0)
+    """Train this many passes over the training rows instead of max_steps."""
+
+    batch_size: int = Field(8, gt=0)
+    """Rows per optimiser step, over all processes (the global batch)."""
+
+    micro_batch_size: int | None = Field(None, gt=0)
+    """Rows per forward pass in each process (gradients accumulate); default: the whole share."""
+
+    group_by_length: bool = True
+    """Batch rows of similar length together (less padding, faster), in a seeded random order."""
+
+    eval_every: int | None = Field(50, gt=0)
+    """Evaluate on dev every N steps (and at the end); null: only at the end."""
+
+    save_every: int | None = Field(None, gt=0)
+    """Write a resumable checkpoint every N steps; default: at every evaluation."""
+
+    early_stopping_patience: int | None = Field(None, gt=0)
+    """Stop after this many evaluations without a better dev score; null never stops early."""
+
+    best_metric: str | None = None
+    """The dev score that picks the best adapter and early stopping; default: the task's first metric."""
+
+    log_every: int = Field(10, gt=0)
+    """Log the mean training loss every N steps."""
+
+    seed: int = 0
+    """Seed of the data order and of every random number the run draws."""
+
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """Autocast the frozen model's compute (accelerate); the prompt keeps float32 weights."""
+
+    gradient_checkpointing: bool = False
+    """Recompute the frozen layers' activations in backward: less memory, ~30 % slower."""
+
+    cpu: bool = False
+    """Train on the CPU even when a GPU is available."""
+
+
+class EvalSection(Section):
+    batch_size: int = Field(32, gt=0)
+    """Rows per evaluation batch."""
+
+    zero_shot: bool = True
+    """Also score the frozen model without any prompt before training, to compare against."""
+
+
+class OutputSection(Section):
+    dir: str | None = None
+    """The run folder (relative to the current folder); default: runs/<config file name>."""
+
+    save_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Dtype of the saved adapter's tensors."""
+
+    overwrite: bool = False
+    """Allow a new run in a folder that holds an earlier run's checkpoint (without --resume)."""
+
+    tensorboard: bool = True
+    """Write TensorBoard event files to <dir>/tensorboard."""
+
+    plot: bool = True
+    """Draw the loss and dev-score curves into <dir>/curves.png."""
+
+
+# ------------------------------------------------------------------------------------------ run
+class RunConfig(Section):
+    """A whole training run."""
+
+    preset: Literal[tuple(PRESETS)] | None = None  # type: ignore[valid-type]
+    """A paper recipe filling what prompt and train leave out (lester, li-liang, p-tuning); null: softprompt's
+    measured defaults for prompt.method."""
+
+    model: ModelSection = ModelSection()
+    """The frozen base model."""
+
+    prompt: PromptSection
+    """The soft prompt: method (prompt_tuning, prefix_tuning, p_tuning) and its options."""
+
+    task: TaskSection
+    """What the prompt learns: classification by label words, or generation."""
+
+    data: DataSection
+    """Where the rows come from."""
+
+    train: TrainSection = TrainSection()
+    """The optimiser and the loop."""
+
+    eval: EvalSection = EvalSection()
+    """Evaluation settings."""
+
+    output: OutputSection = OutputSection()
+    """What the run writes, and where."""
+
+    @model_validator(mode="after")
+    def _check_run(self):
+        names = self.metric_names()
+        if self.train.best_metric is not None and self.train.best_metric not in names:
+            raise ValueError(f"train.best_metric {self.train.best_metric!r} is not one of the task's {names}")
+        if self.prompt.init == "text" and not self.prompt.init_text and self.task.kind != "classification":
+            raise ValueError("prompt.init_text is needed for init 'text' (only classification defaults it)")
+        return self
+
+    def metric_names(self) -> list[str]:
+        """The names of the scores evaluation reports ("rouge" gives three)."""
+        names: list[str] = []
+        for metric in self.task.metrics:
+            names.extend(ROUGE_TYPES if metric == "rouge" else [metric])
+        return names
+
+    @property
+    def selection_metric(self) -> str:
+        """The dev score that picks the best adapter."""
+        return self.train.best_metric or self.metric_names()[0]
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML: what the run folder keeps next to the adapter."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# -------------------------------------------------------------------------------------- loading
+def load_config(
+    path: str | Path | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Read a YAML config, apply ``key=value`` overrides and the preset, and validate.
+
+    Args:
+        path: the YAML file; ``None`` starts from ``base`` (or an empty config).
+        overrides: ``"train.lr=0.1"``-style settings; values are parsed as YAML (numbers, lists, null).
+        base: a raw config dict to start from instead of a file (its paths must be absolute).
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a key is unknown, mistyped or invalid.
+
+    Example:
+        >>> load_config("run.yaml", ["train.lr=0.1", "data.dev_limit=100"])  # doctest: +SKIP
+    """
+    raw = dict(base or {})
+    if path is not None:
+        raw = _read_yaml(Path(path))
+        _resolve_files(raw, Path(path).resolve().parent)
+    for item in overrides:
+        _apply_override(raw, item)
+    if isinstance(raw.get("output"), dict) or "output" not in raw:
+        output = raw.setdefault("output", {})
+        if output.get("dir") is None:
+            output["dir"] = str(Path("runs") / (Path(path).stem if path is not None else "run"))
+        output["dir"] = str(Path(output["dir"]).expanduser().resolve())
+    try:
+        return RunConfig.model_validate(apply_preset(raw))
+    except ValidationError as err:
+        raise ConfigError(format_errors(err, path)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (model, prompt, task, ...)")
+    return raw
+
+
+def _resolve_files(raw: dict[str, Any], folder: Path) -> None:
+    """Make relative file paths in the file absolute, against the config file's folder."""
+    for section, key in FILE_KEYS:
+        value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
+        if isinstance(value, str) and _is_local_path(value, folder):
+            raw[section][key] = str((folder / value).expanduser().resolve())
+
+
+def _is_local_path(value: str, folder: Path) -> bool:
+    """A path (not a hub name): it has a file extension, a folder part, or exists next to the config."""
+    path = Path(value).expanduser()
+    return path.suffix != "" or value.startswith((".", "/", "~")) or (folder / path).exists()
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``a.b=value`` in the nested dict; a path value is made absolute against the current folder."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=0.1")
+    parts = key.split(".")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {'.'.join(parts[: depth + 1])} is not a section")
+        node = child
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    if tuple(parts) in FILE_KEYS and isinstance(value, str) and _is_local_path(value, Path.cwd()):
+        value = str(Path(value).expanduser().resolve())
+    node[parts[-1]] = value
+
+
+def format_errors(err: ValidationError, path: str | Path | None = None) -> str:
+    """One line per bad key: ``train.lr: Input should be a valid number (got 'fast')``."""
+    lines: dict[str, list[str]] = {}
+    for error in err.errors():
+        loc = [str(part) for part in error["loc"] if not _is_union_tag(part)]
+        key = ".".join(loc) or "config"
+        if error["type"] == "extra_forbidden":
+            message = "unknown key" + _suggestion(loc, error["loc"])
+        elif error["type"] == "missing":
+            message = "missing (required)"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] != "value_error" and not isinstance(error.get("input"), dict | type(None)):
+                message += f" (got {error['input']!r})"
+        if message not in lines.setdefault(key, []):
+            lines[key].append(message)
+    where = f"{path}: " if path is not None else ""
+    body = "\n".join(f"  {key}: {' | '.join(messages)}" for key, messages in lines.items())
+    return f"{where}invalid config\n{body}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    """Discriminator tags and union-member names that pydantic puts inside error locations."""
+    text = str(part)
+    return text in METHODS or text in ("classification", "generation") or "[" in text
+
+
+def _suggestion(loc: list[str], raw_loc: tuple) -> str:
+    """', known keys: ...' for the section of an unknown key, with a close match first."""
+    section = _section_class(raw_loc[:-1])
+    if section is None:
+        return ""
+    known = list(section.model_fields)
+    close = difflib.get_close_matches(loc[-1], known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{hint}; known keys: {', '.join(known)}"
+
+
+def _section_class(raw_loc: tuple) -> type[BaseModel] | None:
+    if not raw_loc:
+        return RunConfig
+    head = raw_loc[0]
+    if head == "prompt":
+        return PROMPT_SECTIONS.get(str(raw_loc[1])) if len(raw_loc) > 1 else None
+    if head == "task":
+        tag = str(raw_loc[1]) if len(raw_loc) > 1 else ""
+        return {"classification": ClassificationSection, "generation": GenerationSection}.get(tag)
+    field = RunConfig.model_fields.get(str(head))
+    annotation = field.annotation if field else None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None

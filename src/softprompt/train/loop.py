@@ -1,0 +1,260 @@
+"""The training loop, built on ``accelerate``: the same code on a CPU, a GPU, in mixed precision or DDP.
+
+Every process builds the same global batch (the batch order is a pure function of seed and epoch),
+takes its contiguous share of the rows, and accumulates gradients over micro-batches. Each
+micro-batch's summed loss is divided by the item count of the whole global batch (and multiplied by
+the number of processes, which DDP's gradient averaging divides out again), so one process and N
+processes compute the gradient of the same batch — the same prompt up to float rounding.
+
+Evaluation runs every ``eval_every`` steps; a better dev score saves the adapter (the best one is
+kept) and ``early_stopping_patience`` evaluations without one stop the run. Checkpoints are written
+at every evaluation (or every ``save_every`` steps), at the end, and when Ctrl-C interrupts: the
+loop then finishes the current step first, so the checkpoint is exact.
+
+Example:
+    >>> result = fit(objective, optimizer, scheduler, data.train, hooks, train=config.train,
+    ...              accelerator=accelerator, pad_token_id=tok.pad_token_id, total_steps=300,
+    ...              progress=Progress())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from softprompt.data import Encoded, make_dataloader
+from softprompt.train.checkpoint import Progress
+from softprompt.train.config import TrainSection
+from softprompt.train.objectives import Objective
+
+
+@dataclass
+class Hooks:
+    """What the loop calls out to; every hook runs on every process (they decide who writes).
+
+    Attributes:
+        evaluate: dev scores of the current prompt, or None when there is no dev set.
+        save_best: save the current prompt as the best adapter.
+        checkpoint: write a resumable checkpoint of the current state.
+        log: record ``(split, step, values)``.
+    """
+
+    evaluate: Callable[[], dict[str, float]] | None
+    save_best: Callable[[], None]
+    checkpoint: Callable[[Progress], None]
+    log: Callable[[str, int, dict[str, float]], None]
+
+
+@dataclass
+class FitResult:
+    """How the loop ended: ``finished`` (all steps or early stopping) or interrupted (Ctrl-C, ``stop_after``)."""
+
+    progress: Progress
+    finished: bool
+
+
+def total_steps(train: TrainSection, batches_per_epoch: int) -> int:
+    """``max_steps``, or ``epochs`` worth of batches when ``epochs`` is set."""
+    if train.epochs is not None:
+        return max(1, math.ceil(train.epochs * batches_per_epoch))
+    return train.max_steps
+
+
+def fit(
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    examples: Sequence[Encoded],
+    hooks: Hooks,
+    *,
+    train: TrainSection,
+    accelerator,
+    pad_token_id: int,
+    total_steps: int,
+    progress: Progress,
+    metric: str,
+    stop_after: int | None = None,
+) -> FitResult:
+    """Train until ``total_steps``, early stopping, or an interruption; ``progress`` is updated in place.
+
+    ``objective`` and ``optimizer`` must already be ``accelerator.prepare``-d; ``progress`` is a
+    fresh :class:`Progress` or one restored from a checkpoint.
+    """
+    loader = make_dataloader(
+        examples,
+        train.batch_size,
+        pad_token_id,
+        type(accelerator.unwrap_model(objective)).padding_side,
+        seed=train.seed,
+        group_by_length=train.group_by_length,
+        drop_last=True,  # every step sees a full global batch, whatever the number of processes
+    )
+    batches_per_epoch = loader.batch_sampler.num_batches
+    save_every = train.save_every or train.eval_every
+    count = type(accelerator.unwrap_model(objective)).count
+    bar = tqdm(
+        total=total_steps,
+        initial=progress.step,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not accelerator.is_local_main_process,
+    )
+    session_steps, window = 0, []
+    started = time.perf_counter()
+
+    def save(state: Progress) -> None:
+        nonlocal started
+        state.train_seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        hooks.checkpoint(state)
+
+    interrupt = _Interrupt()
+    try:
+        with interrupt:
+            while progress.step < total_steps:
+                loader.batch_sampler.set_epoch(progress.epoch, progress.batches_done)
+                for batch in loader:
+                    loss = _step(objective, optimizer, scheduler, batch, count, train, accelerator)
+                    progress.step += 1
+                    progress.batches_done += 1
+                    if progress.batches_done == batches_per_epoch:
+                        progress.epoch, progress.batches_done = progress.epoch + 1, 0
+                    session_steps += 1
+                    window.append(loss)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+                    last = progress.step >= total_steps
+                    if progress.step % train.log_every == 0 or last:
+                        lr = scheduler.get_last_lr()[0]
+                        hooks.log("train", progress.step, {"loss": sum(window) / len(window), "lr": lr})
+                        window = []
+                    stop = False
+                    if hooks.evaluate is not None and (
+                        last or (train.eval_every and progress.step % train.eval_every == 0)
+                    ):
+                        stop = progress.stopped_early = _evaluate(hooks, progress, train, metric, bar)
+                    interrupted = interrupt.requested(accelerator) or (
+                        stop_after is not None and session_steps >= stop_after
+                    )
+                    if last or stop or interrupted or (save_every and progress.step % save_every == 0):
+                        save(progress)
+                    if last or stop:
+                        return FitResult(progress, finished=True)
+                    if interrupted:
+                        return FitResult(progress, finished=False)
+                    if progress.batches_done == 0:
+                        break  # an epoch ended: restart the loader on the next epoch's order
+        return FitResult(progress, finished=True)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once; the last checkpoint stands
+        return FitResult(progress, finished=False)
+    finally:
+        bar.close()
+
+
+class _Interrupt:
+    """Ctrl-C (SIGINT) asks the loop to stop after the current step, so the checkpoint it writes is
+    exact; a second Ctrl-C raises ``KeyboardInterrupt`` at once."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self.previous = None
+
+    def __enter__(self) -> _Interrupt:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+        print(
+            "\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", flush=True
+        )
+
+    def requested(self, accelerator) -> bool:
+        """Whether any process was interrupted (all processes must stop at the same step)."""
+        if accelerator.num_processes == 1:
+            return self.flag
+        flag = torch.tensor(float(self.flag), device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum") > 0)
+
+
+def _step(objective, optimizer, scheduler, batch, count, train: TrainSection, accelerator) -> float:
+    """One optimiser step on a global batch; returns the batch's mean loss over all processes."""
+    optimizer.zero_grad(set_to_none=True)
+    denominator = count(batch)  # items of the whole global batch
+    world = accelerator.num_processes
+    share = _rows(batch, accelerator.process_index, world)
+    rows = share["input_ids"].shape[0]
+    micro = train.micro_batch_size or rows
+    starts = range(0, rows, micro)
+    local_sum = torch.zeros((), device=accelerator.device)
+    for i, start in enumerate(starts):
+        piece = _trim({k: v[start : start + micro] for k, v in share.items()})
+        piece = {k: v.to(accelerator.device) for k, v in piece.items()}
+        last = i == len(starts) - 1
+        # Only the last micro-batch all-reduces the gradients across processes.
+        sync = contextlib.nullcontext() if last else accelerator.no_sync(objective)
+        with sync:
+            with accelerator.autocast():
+                summed = objective(piece)
+            accelerator.backward(summed * (world / denominator))
+        local_sum += summed.detach().float()
+    if train.max_grad_norm is not None:
+        accelerator.clip_grad_norm_(
+            [p for p in objective.parameters() if p.requires_grad], train.max_grad_norm
+        )
+    optimizer.step()
+    if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the step did not happen
+        scheduler.step()
+    total = accelerator.reduce(local_sum, reduction="sum") if world > 1 else local_sum
+    return float(total) / denominator
+
+
+def _rows(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, torch.Tensor]:
+    """This process's contiguous share of the global batch's rows."""
+    size = batch["input_ids"].shape[0]
+    bounds = [size * r // world for r in range(world + 1)]
+    return {k: v[bounds[rank] : bounds[rank + 1]] for k, v in batch.items()}
+
+
+def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the pad columns no row of this piece needs (the global batch was padded to its longest row)."""
+    keep = batch["attention_mask"].bool().any(0)  # (T,)
+    if bool(keep.all()):
+        return batch
+    return {k: v[:, keep] if v.dim() == 2 else v for k, v in batch.items()}
+
+
+def _evaluate(hooks: Hooks, progress: Progress, train: TrainSection, metric: str, bar) -> bool:
+    """Score dev, keep the best adapter; True when early stopping says stop."""
+    scores = hooks.evaluate()
+    hooks.log("dev", progress.step, scores)
+    score = scores[metric]
+    if progress.best_score is None or score > progress.best_score:
+        progress.best_score, progress.best_step, progress.evals_since_best = score, progress.step, 0
+        progress.best_scores = scores
+        hooks.save_best()
+    else:
+        progress.evals_since_best += 1
+    if not bar.disable:  # the main process reports
+        bar.write(
+            f"step {progress.step}: dev {metric} {score:.2f} (best {progress.best_score:.2f} at step {progress.best_step})"
+        )
+    patience = train.early_stopping_patience
+    return patience is not None and progress.evals_since_best >= patience

@@ -1,0 +1,108 @@
+"""What training minimises: the verbalizer loss for classification, the target-token loss for generation.
+
+An objective is an ``nn.Module`` around the prompted model, so ``accelerate`` can wrap it for
+data-parallel training (DDP reduces gradients only through a wrapped module's ``forward``).
+``forward(batch)`` returns the loss *summed* over the batch's items and ``count(batch)`` says how
+many items that is; the loop divides by the count of the whole global batch, so a batch split over
+processes or micro-batches gives the gradient of one big batch.
+
+Neither objective materialises full-vocabulary logits where no label is: classification projects
+one hidden state per row onto the label words' output rows only — (B, H) -> (B, C) — and generation
+asks the model for logits at labelled positions only (``logits_at="labels"``).
+
+Example:
+    >>> objective = ClassificationObjective(model, label_token_ids=[4633, 3967])  # doctest: +SKIP
+    >>> loss = objective(batch) / ClassificationObjective.count(batch)             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from softprompt.data import IGNORE_INDEX
+from softprompt.model import SoftPromptModel
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real token, with left or right padding: (B, T) -> (B,).
+
+    Example:
+        >>> last_token_index(torch.tensor([[0, 1, 1], [1, 1, 0]])).tolist()
+        [2, 1]
+    """
+    trailing_pads = attention_mask.flip(-1).long().argmax(-1)  # first 1 from the right
+    return attention_mask.shape[-1] - 1 - trailing_pads
+
+
+def label_word_logits(model: SoftPromptModel, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """The frozen output head applied for ``token_ids`` only: (B, H) -> (B, C).
+
+    Equals ``model.logits(hidden)[:, token_ids]`` (soft-capping included) without computing the
+    other V - C logits.
+    """
+    head = model.base_model.get_output_embeddings()
+    weight = head.weight[token_ids]  # (C, H)
+    bias = head.bias[token_ids] if getattr(head, "bias", None) is not None else None
+    logits = F.linear(hidden, weight, bias)
+    cap = model.shape.logit_softcap
+    return torch.tanh(logits / cap) * cap if cap is not None else logits
+
+
+class ClassificationObjective(nn.Module):
+    """Cross-entropy over the label words' first-token logits at each row's last real token."""
+
+    padding_side = "left"  # the answer position is then -1 in every row
+
+    def __init__(self, model: SoftPromptModel, label_token_ids: Sequence[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("label_ids", torch.tensor(list(label_token_ids)), persistent=False)
+
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Label-word logits (B, C) at the position after each row's template."""
+        hidden = self.model.hidden_states(input_ids, attention_mask)  # (B, T, H)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        answer = hidden[rows, last_token_index(attention_mask)]  # (B, H)
+        return label_word_logits(self.model, answer, self.label_ids)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed cross-entropy of the batch's rows."""
+        scores = self.scores(batch["input_ids"], batch["attention_mask"])
+        return F.cross_entropy(scores.float(), batch["label"], reduction="sum")
+
+    @staticmethod
+    def count(batch: dict[str, torch.Tensor]) -> int:
+        """Rows the loss sums over."""
+        return int(batch["label"].shape[0])
+
+
+class GenerationObjective(nn.Module):
+    """Next-token cross-entropy on the target tokens only (the source is masked out of ``labels``)."""
+
+    padding_side = "right"
+
+    def __init__(self, model: SoftPromptModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed cross-entropy of the batch's target tokens."""
+        out = self.model(
+            batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            logits_at="labels",
+        )
+        return out.loss * self.count(batch)
+
+    @staticmethod
+    def count(batch: dict[str, torch.Tensor]) -> int:
+        """Target tokens the loss sums over (``labels[:, t]`` is predicted at ``t - 1``)."""
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+Objective = ClassificationObjective | GenerationObjective

@@ -1,0 +1,339 @@
+"""A whole training run, read top to bottom: setup -> zero-shot -> fit -> evaluate -> save.
+
+The run folder (``output.dir``) ends up holding:
+
+* ``softprompt.safetensors`` — the best prompt by the dev score (the last one without a dev set);
+* ``config.yaml`` — the resolved config (preset and defaults filled in);
+* ``metrics.jsonl`` / ``metrics.csv`` / ``tensorboard/`` — training loss and dev/test scores;
+* ``curves.png`` — loss and dev-score curves;
+* ``checkpoint.safetensors`` — the resumable state (``softprompt train ... --resume``);
+* ``summary.json`` — the numbers :func:`format_summary` prints.
+
+Example:
+    >>> from softprompt.train import load_config, train
+    >>> summary = train(load_config("configs/sst2.yaml"))  # doctest: +SKIP
+    >>> print(format_summary(summary))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import softprompt
+from softprompt.hub import load_base_model
+from softprompt.io import ADAPTER_FILENAME
+from softprompt.train.build import bare_objective, load_data, make_objective, make_task, prompt_config
+from softprompt.train.checkpoint import CHECKPOINT_NAME, Progress, load_checkpoint, save_checkpoint
+from softprompt.train.config import RunConfig
+from softprompt.train.evaluate import evaluate_classification, evaluate_generation
+from softprompt.train.logs import JSONL_NAME, PLOT_NAME, MetricsLog, plot_curves
+from softprompt.train.loop import Hooks, fit, total_steps
+from softprompt.train.objectives import ClassificationObjective, Objective
+from softprompt.train.optim import make_optimizer, make_scheduler
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_NAME = ADAPTER_FILENAME  # "softprompt.safetensors": softprompt.load(base, run_dir) finds it
+CONFIG_NAME = "config.yaml"
+SUMMARY_NAME = "summary.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class RunError(RuntimeError):
+    """A run that cannot start as asked (e.g. a folder with an earlier run and no --resume)."""
+
+
+@dataclass
+class RunSummary:
+    """What a run did. Scores are percentages; ``zero_shot`` is the bare model's dev scores."""
+
+    run_dir: str
+    finished: bool
+    method: str
+    num_virtual_tokens: int
+    trainable_parameters: int
+    adapter: str | None
+    adapter_bytes: int | None
+    metric: str
+    steps: int
+    total_steps: int
+    best_step: int | None
+    stopped_early: bool
+    zero_shot: dict[str, float] | None
+    dev: dict[str, float] | None
+    test: dict[str, float] | None
+    zero_shot_test: dict[str, float] | None
+    train_seconds: float
+    total_seconds: float
+
+
+def train(
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    base: tuple[Any, Any] | None = None,
+) -> RunSummary:
+    """Train the prompt ``config`` describes and write the run folder; see the module docstring.
+
+    Args:
+        config: a validated run config (:func:`softprompt.train.load_config`).
+        resume: continue from the run folder's checkpoint; the result equals an uninterrupted run.
+        stop_after: stop (resumably, as Ctrl-C does) after this many steps in this session.
+        base: an already loaded ``(model, tokenizer)`` to use instead of loading ``model.name_or_path``
+            (it is frozen, not otherwise changed, so several runs can share it).
+
+    Example:
+        >>> summary = train(load_config("run.yaml"), resume=True)  # doctest: +SKIP
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import set_seed
+
+    started = time.perf_counter()
+    # accelerate keeps its settings in a process-wide singleton; a second run in the same process
+    # (a notebook, the tests) may ask for others. The process group (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(cpu=config.train.cpu, mixed_precision=config.train.mixed_precision)
+    say = accelerator.print
+    run_dir = Path(config.output.dir)
+    _prepare_run_dir(run_dir, config, resume, accelerator.is_main_process)
+    set_seed(config.train.seed)
+
+    # ------------------------------------------------------------------------------------- setup
+    if base is None:
+        say(f"loading {config.model.name_or_path} ...")
+        base = load_base_model(config.model.name_or_path, dtype=DTYPES[config.model.dtype])
+    base, tokenizer = base
+    base.to(accelerator.device).eval()  # eval: the frozen model runs without dropout
+    task = make_task(config.task)
+    data = load_data(config.data, task, tokenizer)
+    if accelerator.num_processes > config.train.batch_size:
+        raise RunError(
+            f"train.batch_size {config.train.batch_size} is smaller than the {accelerator.num_processes} processes"
+        )
+    batches_per_epoch = len(data.train) // config.train.batch_size
+    if batches_per_epoch == 0:
+        raise RunError(
+            f"{len(data.train)} training rows do not fill one batch of train.batch_size={config.train.batch_size}"
+        )
+    model = softprompt.wrap(base, prompt_config(config, task), tokenizer=tokenizer)
+    if config.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    objective = make_objective(model, task, tokenizer).to(accelerator.device)
+    optimizer = make_optimizer(model.parameters(), config.train)
+    steps = total_steps(config.train, batches_per_epoch)
+    scheduler = make_scheduler(optimizer, config.train, steps)
+    progress = Progress()
+    if resume:
+        progress = load_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, scheduler)
+        say(f"resuming at step {progress.step} of {steps}")
+    wrapped, optimizer = accelerator.prepare(objective, optimizer)
+    log = (
+        MetricsLog(
+            run_dir, tensorboard=config.output.tensorboard, resume_step=progress.step if resume else None
+        )
+        if accelerator.is_main_process
+        else None
+    )
+    say(
+        f"{model.config.method}: {model.num_trainable_parameters():,} trainable parameters, "
+        f"{len(data.train)} training rows, {steps} steps of {config.train.batch_size}"
+    )
+
+    def evaluate(split_examples, scoring: Objective) -> dict[str, float]:
+        return _evaluate(config, scoring, split_examples, tokenizer, accelerator)
+
+    def write_log(split: str, step: int, values: dict[str, float]) -> None:
+        if log is not None:
+            log.write(split, step, values)
+
+    # -------------------------------------------------------------------------------- zero-shot
+    if config.eval.zero_shot and data.dev is not None and progress.zero_shot is None:
+        say("scoring the frozen model without a prompt (zero-shot) on dev ...")
+        progress.zero_shot = evaluate(data.dev, bare_objective(objective))
+        write_log("zero_shot", 0, progress.zero_shot)
+        say(f"zero-shot dev {config.selection_metric}: {progress.zero_shot[config.selection_metric]:.2f}")
+
+    # -------------------------------------------------------------------------------------- fit
+    adapter_path = run_dir / ADAPTER_NAME
+    save_dtype = DTYPES[config.output.save_dtype]
+
+    def save_best() -> None:
+        if accelerator.is_main_process:
+            model.save(adapter_path, dtype=save_dtype if save_dtype != torch.float32 else None)
+
+    def checkpoint(state: Progress) -> None:
+        if accelerator.is_main_process:
+            save_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, scheduler, state)
+        accelerator.wait_for_everyone()
+
+    hooks = Hooks(
+        evaluate=(lambda: evaluate(data.dev, objective)) if data.dev is not None else None,
+        save_best=save_best,
+        checkpoint=checkpoint,
+        log=write_log,
+    )
+    result = fit(
+        wrapped,
+        optimizer,
+        scheduler,
+        data.train,
+        hooks,
+        train=config.train,
+        accelerator=accelerator,
+        pad_token_id=tokenizer.pad_token_id,
+        total_steps=steps,
+        progress=progress,
+        metric=config.selection_metric,
+        stop_after=stop_after,
+    )
+    if result.finished and data.dev is None:
+        save_best()  # no dev set: the adapter is the last prompt
+    accelerator.wait_for_everyone()  # the adapter file is complete before any process reads it
+
+    # --------------------------------------------------------------------------------- evaluate
+    test_scores = zero_shot_test = None
+    if result.finished and data.test is not None:
+        best = softprompt.load(base, adapter_path).to(accelerator.device)
+        say("scoring the best adapter on test ...")
+        test_scores = evaluate(data.test, make_objective(best, task, tokenizer).to(accelerator.device))
+        write_log("test", progress.best_step or progress.step, test_scores)
+        if config.eval.zero_shot:
+            zero_shot_test = evaluate(data.test, bare_objective(objective))
+
+    # ------------------------------------------------------------------------------------- save
+    summary = RunSummary(
+        run_dir=str(run_dir),
+        finished=result.finished,
+        method=model.config.method,
+        num_virtual_tokens=model.config.num_virtual_tokens,
+        trainable_parameters=model.num_trainable_parameters(),
+        adapter=str(adapter_path) if adapter_path.exists() else None,
+        adapter_bytes=adapter_path.stat().st_size if adapter_path.exists() else None,
+        metric=config.selection_metric,
+        steps=progress.step,
+        total_steps=steps,
+        best_step=progress.best_step if data.dev is not None else progress.step,
+        stopped_early=progress.stopped_early,
+        zero_shot=progress.zero_shot,
+        dev=progress.best_scores,
+        test=test_scores,
+        zero_shot_test=zero_shot_test,
+        train_seconds=progress.train_seconds,
+        total_seconds=time.perf_counter() - started,
+    )
+    if log is not None:
+        log.close()
+        if config.output.plot:
+            plot_curves(run_dir / JSONL_NAME, run_dir / PLOT_NAME, metric=config.selection_metric)
+        (run_dir / SUMMARY_NAME).write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    return summary
+
+
+def _evaluate(
+    config: RunConfig, objective: Objective, examples, tokenizer: Any, accelerator
+) -> dict[str, float]:
+    """Scores of ``objective``'s model on ``examples`` as the task section asks."""
+    objective = accelerator.unwrap_model(objective)
+    if isinstance(objective, ClassificationObjective):
+        return evaluate_classification(
+            objective,
+            examples,
+            batch_size=config.eval.batch_size,
+            pad_token_id=tokenizer.pad_token_id,
+            metrics=config.task.metrics,
+            accelerator=accelerator,
+        )
+    scores, _ = evaluate_generation(
+        objective.model,
+        tokenizer,
+        examples,
+        batch_size=config.eval.batch_size,
+        metrics=config.task.metrics,
+        max_new_tokens=config.task.max_new_tokens or config.task.max_target_length,
+        num_beams=config.task.num_beams,
+        accelerator=accelerator,
+    )
+    return scores
+
+
+def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, is_main: bool) -> None:
+    """Refuse to clobber an earlier run; write the resolved config."""
+    checkpoint = run_dir / CHECKPOINT_NAME
+    if resume and not checkpoint.exists():
+        raise RunError(f"nothing to resume: {checkpoint} does not exist (start without --resume)")
+    if not resume and checkpoint.exists() and not config.output.overwrite:
+        raise RunError(
+            f"{run_dir} already holds a run; continue it with --resume, or start afresh with "
+            "--set output.overwrite=true, or choose another output.dir"
+        )
+    if not is_main:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = config.to_yaml()
+    config_path = run_dir / CONFIG_NAME
+    if resume and config_path.exists() and config_path.read_text() != resolved:
+        logger.warning("the config differs from the one the run started with; the result may differ")
+    if not resume:
+        for name in (ADAPTER_NAME, SUMMARY_NAME, PLOT_NAME):
+            (run_dir / name).unlink(missing_ok=True)
+    config_path.write_text(resolved)
+
+
+def format_summary(summary: RunSummary) -> str:
+    """The end-of-run report: files, size, steps, time, and zero-shot vs trained scores side by side."""
+    lines = [f"run folder   {summary.run_dir}"]
+    if not summary.finished:
+        lines.append(f"interrupted  at step {summary.steps} of {summary.total_steps}; continue with --resume")
+    if summary.adapter:
+        lines.append(f"adapter      {summary.adapter} ({_size(summary.adapter_bytes)})")
+    lines.append(
+        f"prompt       {summary.method}, {summary.num_virtual_tokens} virtual tokens, "
+        f"{summary.trainable_parameters:,} trainable parameters"
+    )
+    best = f", best at step {summary.best_step}" if summary.best_step is not None else ""
+    early = ", stopped early" if summary.stopped_early else ""
+    lines.append(f"steps        {summary.steps} of {summary.total_steps}{best}{early}")
+    lines.append(
+        f"time         {_duration(summary.train_seconds)} training, {_duration(summary.total_seconds)} total"
+    )
+    table = _score_table(summary)
+    if table:
+        lines += ["", *table]
+    return "\n".join(lines)
+
+
+def _score_table(summary: RunSummary) -> list[str]:
+    rows = []
+    for split, before, after in (
+        ("dev", summary.zero_shot, summary.dev),
+        ("test", summary.zero_shot_test, summary.test),
+    ):
+        for name in after or before or {}:
+            if name == "loss":
+                continue
+            zero = f"{before[name]:9.2f}" if before and name in before else f"{'-':>9}"
+            trained = f"{after[name]:9.2f}" if after and name in after else f"{'-':>9}"
+            rows.append(f"{split + ' ' + name:<18}{zero}  {trained}")
+    if not rows:
+        return []
+    return [f"{'':<18}{'zero-shot':>9}  {'trained':>9}", *rows]
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1024:.1f} KiB" if n < 1024**2 else f"{n / 1024**2:.1f} MiB"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"

@@ -1,0 +1,128 @@
+"""Whole runs on a tiny GPT-2: files, exact resume, gradient accumulation, early stopping, generation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_helpers import classification_config
+
+from softprompt.train import RunError, load_config, train
+from softprompt.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
+
+
+def run(raw: dict, **kwargs):
+    return train(load_config(None, base=raw), **kwargs)
+
+
+def final_state(run_dir) -> dict[str, torch.Tensor]:
+    return read_checkpoint(run_dir / CHECKPOINT_NAME)["trainable"]
+
+
+def test_a_run_writes_its_folder(tiny_gpt2, cls_data, tmp_path):
+    raw = classification_config(tiny_gpt2, cls_data, tmp_path / "run")
+    raw["output"].update(tensorboard=True, plot=True)
+    summary = run(raw)
+    out = tmp_path / "run"
+    for name in ["softprompt.safetensors", "config.yaml", "metrics.jsonl", "metrics.csv", "curves.png",
+                 "summary.json", CHECKPOINT_NAME, "tensorboard"]:  # fmt: skip
+        assert (out / name).exists(), name
+    assert summary.finished and summary.steps == 6 and summary.best_step in (3, 6)
+    assert summary.trainable_parameters == 4 * 16 and summary.adapter_bytes > 0
+    assert set(summary.zero_shot) == {"loss", "accuracy", "macro_f1"} and summary.dev is not None
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "dev"] == [3, 6]
+    assert [r["split"] for r in records][0] == "zero_shot"
+    # The resolved config reloads to the same run config.
+    assert load_config(out / "config.yaml") == load_config(None, base=raw)
+    # A second run into the same folder must be asked for.
+    with pytest.raises(RunError, match="--resume"):
+        run(raw)
+    with pytest.raises(RunError, match="nothing to resume"):
+        run({**raw, "output": {**raw["output"], "dir": str(tmp_path / "empty")}}, resume=True)
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_prompt(tiny_gpt2, gpt2_base, cls_data, tmp_path):
+    # Prefix tuning with its MLP, Adafactor's factored state and a decaying schedule: all must resume.
+    # 5 batches per epoch and 8 steps: the interruption and the end fall mid-epoch, in different epochs.
+    def config(name: str) -> dict:
+        raw = classification_config(
+            tiny_gpt2, cls_data, tmp_path / name, max_steps=8, eval_every=2, lr=0.05, seed=3,
+            optimizer="adafactor", schedule="linear", warmup_steps=2,
+        )  # fmt: skip
+        raw["prompt"] = {"method": "prefix_tuning", "num_virtual_tokens": 3, "projection_hidden_size": 8}
+        raw["data"]["train_limit"] = 20
+        raw["eval"]["zero_shot"] = False
+        return raw
+
+    whole = run(config("whole"), base=gpt2_base)
+    assert whole.finished
+    first = run(config("parts"), stop_after=6, base=gpt2_base)
+    assert not first.finished and first.steps == 6
+    last = run(config("parts"), resume=True, base=gpt2_base)
+    assert last.finished and last.steps == 8
+
+    expected, got = final_state(tmp_path / "whole"), final_state(tmp_path / "parts")
+    assert expected.keys() == got.keys() and len(expected) == 5  # embedding + MLP
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    whole_adapter = load_file(tmp_path / "whole" / "softprompt.safetensors")
+    parts_adapter = load_file(tmp_path / "parts" / "softprompt.safetensors")
+    assert all(torch.equal(whole_adapter[k], parts_adapter[k]) for k in whole_adapter)
+    assert last.best_step == whole.best_step and last.dev == whole.dev
+    # The logs read as one run.
+    logs = [(tmp_path / name / "metrics.jsonl").read_text() for name in ("whole", "parts")]
+    assert [json.loads(line)["step"] for line in logs[0].splitlines()] == [
+        json.loads(line)["step"] for line in logs[1].splitlines()
+    ]
+
+
+def test_micro_batches_give_the_gradient_of_the_whole_batch(tiny_gpt2, gpt2_base, cls_data, tmp_path):
+    states = []
+    for name, micro in (("whole", None), ("micro", 1)):
+        raw = classification_config(
+            tiny_gpt2, cls_data, tmp_path / name, max_steps=3, eval_every=None, micro_batch_size=micro,
+            optimizer="adamw", lr=0.01,
+        )  # fmt: skip
+        raw["eval"]["zero_shot"] = False
+        run(raw, base=gpt2_base)
+        states.append(final_state(tmp_path / name))
+    for name in states[0]:
+        torch.testing.assert_close(states[0][name], states[1][name], rtol=1e-5, atol=1e-6)
+
+
+def test_early_stopping_ends_the_run(tiny_gpt2, gpt2_base, cls_data, tmp_path):
+    raw = classification_config(
+        tiny_gpt2, cls_data, tmp_path / "run", max_steps=40, eval_every=2, early_stopping_patience=1, lr=1e-9,
+        optimizer="adamw",
+    )  # fmt: skip
+    raw["eval"]["zero_shot"] = False
+    summary = run(raw, base=gpt2_base)
+    assert summary.finished and summary.stopped_early
+    assert summary.steps == 4 and summary.best_step == 2
+
+
+def test_generation_run_scores_generated_text(tiny_gpt2, gpt2_base, gen_data, tmp_path):
+    raw = {
+        "model": {"name_or_path": str(tiny_gpt2)},
+        "prompt": {"method": "prefix_tuning", "num_virtual_tokens": 2, "projection_hidden_size": 8},
+        "task": {
+            "kind": "generation",
+            "source_template": "Data: {mr}\nText:",
+            "target_template": " {ref}",
+            "max_length": 48,
+            "max_target_length": 12,
+            "metrics": ["bleu", "rouge", "exact_match"],
+            "max_new_tokens": 4,
+        },
+        "data": {"train": str(gen_data["train"]), "dev": str(gen_data["dev"]), "test": str(gen_data["dev"])},
+        "train": {"max_steps": 2, "batch_size": 4, "eval_every": 2},
+        "eval": {"batch_size": 4, "zero_shot": False},
+        "output": {"dir": str(tmp_path / "gen"), "tensorboard": False},
+    }
+    summary = run(raw, base=gpt2_base)
+    assert summary.method == "prefix_tuning" and summary.metric == "bleu"
+    assert set(summary.dev) == {"bleu", "rouge1", "rouge2", "rougeL", "exact_match"}
+    assert set(summary.test) == set(summary.dev)
