@@ -337,6 +337,7 @@ def test_all_minilm_l6_v2_forward_backward_save_load(tmp_path):
     start = time.perf_counter()
     base, tokenizer = load_base_model("all-minilm-l6-v2", kind="sequence-classification", num_labels=2)
     model = softprompt.wrap(base, softprompt.PrefixTuningConfig(num_virtual_tokens=8, init="vocab")).train()
+    assert model.shape.name_or_path == "all-minilm-l6-v2"  # files name the alias, not a local path
     batch = tokenizer(["a gripping, funny film", "dull"], return_tensors="pt", padding=True)
     out = model(**batch, labels=torch.tensor([1, 0]))
     out.loss.backward()

@@ -124,6 +124,9 @@ def load_base_model(
     # trust_remote_code stays at its default (False): a checkpoint must never run its own code here.
     model = AUTO_CLASSES[kind].from_pretrained(source, dtype=dtype, **extra)
     tokenizer = AutoTokenizer.from_pretrained(source)
+    if name_or_path in BUILTIN_MODELS:
+        # Adapters record the base model's name: the alias works on every machine, a cache path not.
+        model.name_or_path = model.config.name_or_path = tokenizer.name_or_path = name_or_path
     ensure_pad_token(tokenizer, model)
     model.eval()
     return model, tokenizer

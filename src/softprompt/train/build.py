@@ -71,11 +71,12 @@ def prompt_config(config: RunConfig, task: Task) -> SoftPromptConfig:
     """The method's config; ``init: text`` without ``init_text`` starts from the class labels' words.
 
     Lester et al. §3.2 ("class label" initialisation): each virtual token starts as the embedding
-    of a label word, the words repeated to fill the prompt.
+    of a label word, the words repeated to fill the prompt. Each word gets its leading space, so
+    the prompt starts from the very tokens the verbalizer scores (" billing", not "b" + "illing").
     """
     prompt = config.prompt
     if getattr(prompt, "init", None) == "text" and not getattr(prompt, "init_text", None):
-        words = " ".join(word for _, word in task.classes)
+        words = "".join(" " + word.strip() for _, word in task.classes)
         prompt = prompt.model_copy(update={"init_text": words})
     return prompt.to_config()
 
