@@ -199,4 +199,6 @@ def test_serving_reuses_the_compiled_prompt_until_it_changes():
         model.prompt.embeddings.add_(0.5)  # an optimiser step, in place
         changed = model(input_ids=ids).logits
     assert model._served is not kept and not changed.allclose(first)
-    torch.testing.assert_close(changed, model(input_ids=ids).logits)  # with gradients: recomputed, same numbers
+    torch.testing.assert_close(
+        changed, model(input_ids=ids).logits
+    )  # with gradients: recomputed, same numbers

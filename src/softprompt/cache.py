@@ -16,6 +16,10 @@ argument, which ``transformers`` hands down to every attention function, where
 :data:`PREFIX_ATTENTION` (sdpa plus prefixes) prepends it. :func:`site_states` captures what
 tokens leave at every site, for every kind of model.
 
+The same attention function keeps grouped key/value heads in masked attention on CPU for the calls
+that ask for it (``softprompt_grouped=True``, see :func:`use_grouped_attention`): a prefix makes every
+mask explicit, and ``transformers``' sdpa then copies keys/values to every query head.
+
 All of these never change what they return when called twice with the same input, so layers may
 keep them under gradient checkpointing, whose backward pass replays each layer's forward.
 """
@@ -34,6 +38,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from softprompt.compat import cache_kwargs
 from softprompt.families import ModelShape, Site
 
 # Per layer: (keys, values), each (B, kv_heads, P, head_dim).
@@ -210,9 +215,11 @@ def _prefix_attention(
     attention_mask: torch.Tensor | None,
     softprompt_prefix: AttentionPrefix | None = None,
     softprompt_capture: AttentionCapture | None = None,
+    softprompt_grouped: bool = False,
     **kwargs,
 ):
-    """sdpa attention that prepends ``softprompt_prefix``'s keys/values for the modules it names."""
+    """sdpa attention that prepends ``softprompt_prefix``'s keys/values for the modules it names and,
+    with ``softprompt_grouped``, keeps grouped key/value heads where it can (:func:`_grouped_sdpa`)."""
     if softprompt_capture is not None:
         softprompt_capture.calls.append((module, key, value))
     if softprompt_prefix is not None and module in softprompt_prefix.layers:
@@ -223,7 +230,50 @@ def _prefix_attention(
         if kwargs.get("position_bias") is not None:
             # T5's relative-position bias (.., Q, T): prefix slots carry no position, so no bias.
             kwargs["position_bias"] = F.pad(kwargs["position_bias"], (prefix_keys.shape[-2], 0))
+    if softprompt_grouped and _can_keep_grouped_heads(query, key, attention_mask, kwargs):
+        return _grouped_sdpa(query, key, value, attention_mask, **kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _can_keep_grouped_heads(
+    query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, kwargs: dict
+) -> bool:
+    """Whether :func:`_grouped_sdpa` replaces ``sdpa_attention_forward`` for this call.
+
+    Only where the latter would ``repeat_kv``: grouped heads, an explicit mask, more than one query.
+    (Without a mask it already passes ``enable_gqa``; for one query it packs the heads.) It repeats
+    because CUDA's kernels cannot take a mask and grouped heads together; torch's CPU kernels can.
+    Biases and soft-caps stay with ``sdpa_attention_forward``, which handles or refuses them.
+    """
+    return (
+        query.device.type == "cpu"
+        and mask is not None
+        and query.shape[1] != key.shape[1]
+        and query.shape[2] > 1
+        and kwargs.get("position_bias") is None
+        and kwargs.get("softcap") is None
+    )
+
+
+def _grouped_sdpa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Masked sdpa on grouped heads: query (B, H_q, Q, D), keys/values (B, H_kv, K, D), H_q = g * H_kv.
+
+    Each key/value head serves its ``g`` query heads inside the kernel, so no (B, H_q, K, D) copies of
+    keys and values are made and saved for backward in every layer (``repeat_kv``). Returns the
+    attention output as ``sdpa_attention_forward`` does: (B, Q, H_q, D), and no weights.
+    """
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=True
+    )
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _mask_with_prefix(
@@ -253,6 +303,25 @@ def use_prefix_attention(model: nn.Module) -> None:
         model.set_attn_implementation(PREFIX_ATTENTION)
 
 
+def use_grouped_attention(model: nn.Module, shape: ModelShape) -> bool:
+    """Switch a causal LM with grouped key/value heads and sdpa attention to :data:`PREFIX_ATTENTION`.
+
+    Returns whether it did; softprompt's calls then pass ``softprompt_grouped=True`` to keep the
+    heads grouped in masked attention. Calls that do not pass it — the model used on its own, or by
+    another library — run ``sdpa_attention_forward`` exactly as before. Other attention
+    implementations (eager, flash...) were the user's choice and stay.
+    """
+    grouped = any(layer.num_kv_heads < shape.num_attention_heads for layer in shape.layers)
+    if not grouped or model.config._attn_implementation not in ("sdpa", PREFIX_ATTENTION):
+        return False
+    # Models whose attention does not call the AttentionInterface (Falcon) cannot switch; asking
+    # would only log a warning. This is the check ``set_attn_implementation`` itself makes.
+    if not model._can_set_attn_implementation():
+        return False
+    use_prefix_attention(model)
+    return model.config._attn_implementation == PREFIX_ATTENTION
+
+
 def attention_modules(stack: nn.Module) -> list[nn.Module]:
     """The attention modules ``stack`` (an encoder) calls, in call order: one per layer."""
     capture = AttentionCapture()
@@ -265,7 +334,7 @@ def attention_modules(stack: nn.Module) -> list[nn.Module]:
 # ------------------------------------------------------------------------------- capturing states
 def _causal_states(model: nn.Module, shape: ModelShape, ids: torch.Tensor) -> dict[Site, list]:
     cache = capture_cache(model.config.num_hidden_layers)
-    model.base_model(input_ids=ids, past_key_values=cache, use_cache=True)
+    model.base_model(input_ids=ids, use_cache=True, **cache_kwargs(model.base_model, cache))
     return {"self": captured_states(cache)}
 
 
@@ -282,7 +351,8 @@ def _seq2seq_states(model: nn.Module, shape: ModelShape, ids: torch.Tensor) -> d
     encoded = model.get_encoder()(input_ids=ids, softprompt_capture=capture).last_hidden_state
     count = len(shape.decoder_layers)
     cache = EncoderDecoderCache(capture_cache(count), capture_cache(count))
-    model.get_decoder()(input_ids=ids, encoder_hidden_states=encoded, past_key_values=cache, use_cache=True)
+    decoder = model.get_decoder()
+    decoder(input_ids=ids, encoder_hidden_states=encoded, use_cache=True, **cache_kwargs(decoder, cache))
     return {
         "encoder": [(keys, values) for _, keys, values in capture.calls],
         "decoder": captured_states(cache.self_attention_cache),

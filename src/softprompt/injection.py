@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from softprompt.cache import capture_cache, captured_states
+from softprompt.compat import cache_kwargs
 from softprompt.families import ModelShape
 from softprompt.methods.base import PrefixStates, PromptOutput
 
@@ -36,7 +37,7 @@ def compile_prompt(model: nn.Module, prompt: PromptOutput) -> PrefixStates:
         return prompt
     embeddings = prompt.embeddings.to(model.dtype)
     cache = capture_cache(model.config.num_hidden_layers)
-    model.base_model(inputs_embeds=embeddings[None], past_key_values=cache, use_cache=True)
+    model.base_model(inputs_embeds=embeddings[None], use_cache=True, **cache_kwargs(model.base_model, cache))
     return PrefixStates([(keys[0], values[0]) for keys, values in captured_states(cache)])
 
 

@@ -21,7 +21,13 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from softprompt import injection
-from softprompt.cache import allow_checkpointing_with_cache, generation_cache, prefix_cache
+from softprompt.cache import (
+    allow_checkpointing_with_cache,
+    generation_cache,
+    prefix_cache,
+    use_grouped_attention,
+)
+from softprompt.compat import cache_kwargs
 from softprompt.families import ModelShape
 from softprompt.io import write_adapter
 from softprompt.methods import PrefixStates, SoftPrompt
@@ -98,6 +104,8 @@ class SoftPromptModel(PromptedModel):
         super().__init__(base_model, prompt, shape)
         # (parameter versions, prefix) of the last compile without gradients
         self._served: tuple[tuple[int, ...], PrefixStates] | None = None
+        # Whether forward passes ask the attention to keep grouped key/value heads (cache.py).
+        self._grouped_attention = use_grouped_attention(base_model, shape)
 
     # -------------------------------------------------------------------------------------- prompts
     def compile_prompt(self, prompt: SoftPrompt) -> PrefixStates:
@@ -154,19 +162,25 @@ class SoftPromptModel(PromptedModel):
             else:  # the caller's own positions, moved past each row's prompt
                 position_ids = position_ids + prefix.lengths[:, None]
             kwargs["position_ids"] = position_ids
+        if self._grouped_attention:
+            kwargs["softprompt_grouped"] = True
         outputs = self.base_model.base_model(
             input_ids=input_ids,
             inputs_embeds=inputs_embeds,
             attention_mask=torch.cat([prefix.mask, attention_mask.long()], dim=-1),
-            past_key_values=prefix_cache(prefix.layers),
             use_cache=True,
+            **cache_kwargs(self.base_model.base_model, prefix_cache(prefix.layers)),
             **kwargs,
         )
         return outputs.last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project hidden states (..., H) to vocabulary logits (..., V) with the frozen output head."""
-        logits = self.base_model.get_output_embeddings()(hidden)
+        # One (N, H) @ (H, V) product. A sliced (B, k, H) view (``hidden[:, -2:-1]``) cannot be folded
+        # into one matrix, so ``linear`` would run a batched matmul that reads the (V, H) head once per
+        # row: 3x slower forward + backward on CPU. ``reshape`` copies such a view into (B * k, H).
+        flat = self.base_model.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1]))
+        logits = flat.view(*hidden.shape[:-1], flat.shape[-1])  # (..., V)
         if self.shape.logit_scale is not None:
             logits = logits * self.shape.logit_scale
         if self.shape.logit_softcap is not None:
@@ -260,7 +274,7 @@ class SoftPromptModel(PromptedModel):
         output = self.base_model.generate(
             input_ids=torch.cat([stand_ins, input_ids], dim=-1),
             attention_mask=full_mask,
-            past_key_values=cache,
+            **cache_kwargs(self.base_model, cache),
             **kwargs,
         )
         sequences = output if isinstance(output, torch.Tensor) else output.sequences

@@ -1,0 +1,110 @@
+"""The training fast paths: grouped key/value heads kept in masked attention, and a flat output head.
+
+A prefix (or padding) gives every attention call an explicit mask; ``transformers``' sdpa then copies
+keys/values to every query head. softprompt's calls keep them grouped on CPU (``cache.py``); these
+tests check that this computes what the repeated heads compute, saves only grouped keys, and leaves
+the bare model's own calls alone.
+"""
+
+import pytest
+import torch
+from test_model import padded_batch
+from tiny import random_ids, tiny_causal_lm
+
+import softprompt
+
+GROUPED_FAMILIES = ["llama", "mistral", "qwen2"]  # 4 query heads, 2 key/value heads
+CONFIGS = {
+    "prompt_tuning": lambda: softprompt.PromptTuningConfig(num_virtual_tokens=5, init="vocab"),
+    "prefix_tuning": lambda: softprompt.PrefixTuningConfig(num_virtual_tokens=4, init="vocab"),
+}
+
+
+def pair(family: str, method: str):
+    """The same prompt on an sdpa base (grouped route) and on an eager base (heads repeated)."""
+    model = softprompt.wrap(tiny_causal_lm(family), CONFIGS[method]())
+    eager = tiny_causal_lm(family)
+    eager.set_attn_implementation("eager")
+    reference = softprompt.wrap(eager, CONFIGS[method]())
+    with torch.no_grad():
+        for p in model.prompt.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
+    reference.prompt.load_state_dict(model.prompt.state_dict())
+    return model, reference
+
+
+def left_padded():
+    return padded_batch([random_ids(1, n, seed=n)[0] for n in (7, 3, 5)], "left")
+
+
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+@pytest.mark.parametrize("family", GROUPED_FAMILIES)
+def test_grouped_route_gives_the_logits_and_gradients_of_repeated_heads(family, method):
+    model, reference = pair(family, method)
+    assert model.base_model.config._attn_implementation == "softprompt_sdpa"
+    ids, mask = left_padded()
+    results = []
+    for m in (model, reference):
+        logits = m(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+        (logits[mask.bool()] ** 2).mean().backward()
+        results.append((logits[mask.bool()], [p.grad for p in m.prompt.parameters()]))
+    (got, got_grads), (expected, expected_grads) = results
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    for g, e in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_route_saves_grouped_keys_not_repeated_ones():
+    model, _ = pair("llama", "prefix_tuning")
+    ids, mask = left_padded()
+    saved: list[tuple[int, ...]] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, attention_mask=mask)
+    batch, keys = ids.shape[0], 4 + ids.shape[1]  # P + T
+    config = model.base_model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    assert (batch, config.num_key_value_heads, keys, head_dim) in saved  # (B, H_kv, P + T, D)
+    assert (batch, config.num_attention_heads, keys, head_dim) not in saved  # no repeat_kv copies
+
+
+def test_the_bare_model_computes_what_it_computed_before_wrapping():
+    base = tiny_causal_lm("llama")
+    ids, mask = left_padded()  # an explicit mask: the path that repeats heads
+    with torch.no_grad():
+        before = base(input_ids=ids, attention_mask=mask).logits
+        model = softprompt.wrap(base, CONFIGS["prefix_tuning"]())
+        model(input_ids=ids, attention_mask=mask)
+        after = base(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize(("family", "attention"), [("gpt2", "sdpa"), ("llama", "eager")])
+def test_models_without_grouped_sdpa_attention_keep_their_attention(family, attention):
+    base = tiny_causal_lm(family)
+    base.set_attn_implementation(attention)
+    softprompt.wrap(base, CONFIGS["prefix_tuning"]())
+    assert base.config._attn_implementation == attention
+
+
+# cohere scales its logits, gemma3_text soft-caps them
+@pytest.mark.parametrize("family", ["llama", "cohere", "gemma3_text"])
+def test_logits_of_any_leading_shape_equal_the_models_own(family):
+    base = tiny_causal_lm(family)
+    model = softprompt.wrap(base, CONFIGS["prompt_tuning"]())
+    ids = random_ids(3, 6)
+    with torch.no_grad():
+        expected = base(input_ids=ids).logits  # (B, T, V), the model's own head, scale and cap
+        hidden = base.base_model(input_ids=ids).last_hidden_state  # (B, T, H)
+        for got, want in [
+            (model.logits(hidden), expected),
+            (model.logits(hidden[:, -2:-1]), expected[:, -2:-1]),  # a strided (B, 1, H) view
+            (model.logits(hidden[:, -2]), expected[:, -2]),  # (B, H)
+            (torch.stack([model.logits(row) for row in hidden]), expected),  # row by row
+        ]:
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
