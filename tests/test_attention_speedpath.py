@@ -108,3 +108,15 @@ def test_logits_of_any_leading_shape_equal_the_models_own(family):
         ]:
             assert got.shape == want.shape
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_prefix_joins_each_layer_on_that_layers_device():
+    # Models split over devices (device_map) compute each layer's keys on its own device (peft #2134).
+    from softprompt.cache import prefix_cache
+
+    keys, values = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 4, 8)
+    layer = prefix_cache([(keys, values)]).layers[0]
+    new_keys, new_values = (torch.empty(2, 3, 5, 8, device="meta") for _ in range(2))
+    joined_keys, joined_values = layer.update(new_keys, new_values, 0)
+    assert joined_keys.device.type == joined_values.device.type == "meta"
+    assert joined_keys.shape == joined_values.shape == (2, 3, 9, 8)

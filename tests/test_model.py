@@ -202,3 +202,30 @@ def test_serving_reuses_the_compiled_prompt_until_it_changes():
     torch.testing.assert_close(
         changed, model(input_ids=ids).logits
     )  # with gradients: recomputed, same numbers
+
+
+@pytest.mark.parametrize("convention", ["bool", "additive"])
+@pytest.mark.parametrize("family", ["llama", "gemma", "gemma2", "gpt2", "qwen3"])
+def test_a_4d_attention_mask_gives_the_logits_of_its_2d_equal(family, convention):
+    # peft #2452/#2458: 4-D masks broke prompt injection. Right padding: positions need no pads skipped.
+    model = wrapped(family, "prefix_tuning")
+    if convention == "bool" and model.base_model.config._attn_implementation == "eager":
+        pytest.skip("eager attention adds the mask to the scores: the bare model takes additive masks only")
+    rows = [random_ids(1, n, seed=n)[0] for n in (6, 4)]
+    ids, mask = padded_batch(rows, "right")
+    length = ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    allowed = causal[None, None] & mask.bool()[:, None, None, :]  # (B, 1, T, T)
+    if convention == "additive":
+        allowed = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+        got = model(input_ids=ids, attention_mask=allowed).logits
+    for i, row in enumerate(rows):
+        torch.testing.assert_close(got[i, : len(row)], expected[i, : len(row)], atol=1e-5, rtol=1e-5)
+
+
+def test_an_attention_mask_of_another_rank_is_refused():
+    model = wrapped("llama", "prompt_tuning")
+    with pytest.raises(ValueError, match=r"\(batch, seq\) or \(batch, 1, seq, keys\)"):
+        model(input_ids=random_ids(2, 4), attention_mask=torch.ones(2, 4, 4))

@@ -55,8 +55,10 @@ class _PrefixLayer(DynamicLayer):
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        # (B, H, P, D) ++ (B, H, T, D) -> (B, H, P + T, D)
-        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+        # (B, H, P, D) ++ (B, H, T, D) -> (B, H, P + T, D). A model split over devices (device_map)
+        # runs each layer on its own device: the prefix joins the layer where its keys are.
+        keys, values = self.keys.to(key_states.device), self.values.to(value_states.device)
+        return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
 
 
 class _CaptureLayer(DynamicLayer):

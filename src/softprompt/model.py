@@ -148,7 +148,12 @@ class SoftPromptModel(PromptedModel):
         prefix: injection.BatchPrefix | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        """Last hidden states of the caller's tokens (not the virtual ones): (B, T, H)."""
+        """Last hidden states of the caller's tokens (not the virtual ones): (B, T, H).
+
+        ``attention_mask`` is a (B, T) padding mask, or a 4-D (B, 1, T, T) mask of the caller's own
+        attention pattern (bool, or additive float); with a 4-D mask, pass ``position_ids`` unless
+        the rows are plain left-to-right sequences without pads.
+        """
         tokens = input_ids if input_ids is not None else inputs_embeds
         batch, length = tokens.shape[:2]
         device = tokens.device
@@ -156,8 +161,11 @@ class SoftPromptModel(PromptedModel):
             attention_mask = torch.ones(batch, length, dtype=torch.long, device=device)
         if prefix is None:
             prefix = self.batch_prefix(batch, device)
+        full_mask = injection.with_prefix_columns(attention_mask, prefix.mask)  # checks the mask's rank
         if self.shape.takes_position_ids:
-            if position_ids is None:
+            if position_ids is None and attention_mask.dim() == 4:
+                position_ids = torch.arange(length, device=device).expand(batch, -1) + prefix.lengths[:, None]
+            elif position_ids is None:
                 position_ids = injection.positions_after_prefix(attention_mask, prefix.lengths)
             else:  # the caller's own positions, moved past each row's prompt
                 position_ids = position_ids + prefix.lengths[:, None]
@@ -167,7 +175,7 @@ class SoftPromptModel(PromptedModel):
         outputs = self.base_model.base_model(
             input_ids=input_ids,
             inputs_embeds=inputs_embeds,
-            attention_mask=torch.cat([prefix.mask, attention_mask.long()], dim=-1),
+            attention_mask=full_mask,
             use_cache=True,
             **cache_kwargs(self.base_model.base_model, prefix_cache(prefix.layers)),
             **kwargs,
