@@ -310,7 +310,8 @@ def format_summary(summary: RunSummary) -> str:
     early = ", stopped early" if summary.stopped_early else ""
     lines.append(f"steps        {summary.steps} of {summary.total_steps}{best}{early}")
     lines.append(
-        f"time         {_duration(summary.train_seconds)} training, {_duration(summary.total_seconds)} total"
+        f"time         {_duration(summary.train_seconds)} training loop (dev evaluations included), "
+        f"{_duration(summary.total_seconds)} total"
     )
     table = _score_table(summary)
     if table:
