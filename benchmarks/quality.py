@@ -656,26 +656,16 @@ def prompted_contestant(base: nn.Module, tokenizer: Any, method: str) -> Contest
 
 
 def mean_pooled_contestant(base: nn.Module, tokenizer: Any, method: str) -> Contestant:
-    """Deep prompts on the bare encoder, read by a linear head over mean-pooled hidden states (the
-    readout of the linear probe)."""
-    from safetensors.torch import save_file
-
+    """Deep prompts read by a new linear head over the mean of the real tokens' hidden states
+    (``pooling="mean"``: the sentence embedding MiniLM was trained to give, as the linear probe)."""
     config, recipe = prompt_config(method)
-    model = softprompt.wrap(base.base_model, config, tokenizer=tokenizer)  # the encoder, no classifier
-    head = nn.Linear(base.config.hidden_size, 2)
-
-    def save(path: Path) -> Path:
-        path.mkdir()
-        model.save(path / "prompt.safetensors")
-        save_file(head.state_dict(), path / "head.safetensors")
-        return path
-
+    model = softprompt.wrap(base, config, tokenizer=tokenizer, pooling="mean")
     return Contestant(
-        lambda b: head(mean_pool(model.hidden_states(**_inputs(b)), b["attention_mask"])),
-        [p for p in model.parameters() if p.requires_grad] + list(head.parameters()),
+        lambda b: model(**_inputs(b)).logits,
+        [p for p in model.parameters() if p.requires_grad],
         recipe,
         f"{config.num_virtual_tokens} tokens, {config.init} init, mean-pooled head, adamw {recipe['lr']:g} constant",
-        save,
+        lambda path: model.save(path.with_suffix(".safetensors")),
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers as T
-from tiny import ENCODER_CONFIGS, ENCODER_FAMILIES, random_ids, tiny_encoder
+from tiny import ENCODER_CONFIGS, ENCODER_FAMILIES, random_ids, tiny_causal_lm, tiny_encoder
 
 import softprompt
 from softprompt.cache import site_states
@@ -355,3 +355,49 @@ def test_all_minilm_l6_v2_forward_backward_save_load(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again(**batch).logits, expected, atol=1e-5, rtol=1e-5)
     assert time.perf_counter() - start < 60
+
+
+# ------------------------------------------------------------------------------------ mean pooling
+@pytest.mark.parametrize("method", ["deep_prompt", "prompt_tuning"])
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_mean_pooling_reads_the_mean_of_the_callers_tokens(family, method, tmp_path):
+    torch.manual_seed(0)
+    base = tiny_encoder(family)
+    model = softprompt.wrap(base, CONFIGS[method](), pooling="mean").eval()
+    rows = [random_ids(1, n, seed=n)[0] for n in (6, 3)]
+    ids, mask = padded(rows, "left")
+    labels = torch.tensor([1, 2])
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    hidden = model.hidden_states(input_ids=ids, attention_mask=mask)  # (B, T, H), caller's tokens
+    means = torch.stack([hidden[i][mask[i].bool()].mean(0) for i in range(2)])
+    expected = means @ model.mean_classifier.weight.T + model.mean_classifier.bias
+    torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(expected, labels))
+
+    out.loss.backward()  # the prompt and the new head learn; the model's own head stays frozen
+    assert model.mean_classifier.weight.grad is not None
+    assert all(p.grad is None for p in base.parameters())
+
+    model.save(tmp_path / "mean.safetensors")
+    record, tensors = read_adapter(tmp_path / "mean.safetensors")
+    assert record["model_options"] == {"pooling": "mean"}
+    assert {"head.mean_classifier.weight", "head.mean_classifier.bias"} <= set(tensors)
+    again = softprompt.load(tiny_encoder(family), tmp_path / "mean.safetensors").eval()
+    assert again.pooling == "mean"
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids, attention_mask=mask).logits, out.logits.detach())
+    with pytest.raises(ValueError, match="peft has no mean-pooling head"):
+        again.export_peft(tmp_path / "peft")
+
+
+def test_mean_pooling_is_refused_where_it_has_no_meaning():
+    with pytest.raises(
+        softprompt.UnsupportedModelError, match="pooling='mean' is for sequence classification"
+    ):
+        softprompt.wrap(
+            tiny_encoder("bert", "token-classification"), CONFIGS["deep_prompt"](), pooling="mean"
+        )
+    with pytest.raises(ValueError, match="pooling must be 'model' or 'mean'"):
+        softprompt.wrap(tiny_encoder("bert"), CONFIGS["deep_prompt"](), pooling="max")
+    with pytest.raises(TypeError, match="SoftPromptModel \\(causal models\\) takes no option pooling"):
+        softprompt.wrap(tiny_causal_lm("gpt2"), CONFIGS["prompt_tuning"](), pooling="mean")

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from typing import Any
 
@@ -36,14 +37,15 @@ MODEL_CLASSES: dict[str, type[PromptedModel]] = {
 }
 
 
-def wrap(base_model: nn.Module, config: SoftPromptConfig, tokenizer=None) -> PromptedModel:
+def wrap(base_model: nn.Module, config: SoftPromptConfig, tokenizer=None, **options: Any) -> PromptedModel:
     """Freeze ``base_model`` and attach a new trainable soft prompt described by ``config``.
 
     ``tokenizer`` is needed only for ``init="text"``. A classifier's new task head trains too.
+    ``options`` go to the model class (encoders: ``pooling="mean"``) and are saved with the prompt.
     """
     shape = model_shape(base_model)
     # The model first: it refuses a head it cannot serve before the prompt's init runs the base model.
-    model = MODEL_CLASSES[shape.kind](base_model, None, shape)
+    model = _model_class(shape, options)(base_model, None, shape, **options)
     model.prompt = build_prompt(config, base_model, shape, tokenizer).to(base_model.device)
     return model
 
@@ -56,21 +58,34 @@ def load(base_model: nn.Module, path: str | os.PathLike) -> PromptedModel:
     model of another family or shape, or a corrupt file.
     """
     shape = model_shape(base_model)
+    options: dict[str, Any] = {}
     if peft_format.is_peft_folder(path):
         config, tensors, _ = peft_format.read_peft_folder(path, shape)
     else:
         record, tensors = read_adapter(path)
         _check_same_model(record.get("base_model", {}), shape, path)
         config = _config_from_record(record, path)
+        options = record.get("model_options", {})
     head = {name: tensors.pop(name) for name in list(tensors) if name.startswith(HEAD_PREFIX)}
     _check_tensors(tensors, config, shape, path)
     prompt = plain_prompt(config, tensors, shape)
-    model = MODEL_CLASSES[shape.kind](base_model, prompt.to(base_model.device), shape)
+    model = _model_class(shape, options, path)(base_model, prompt.to(base_model.device), shape, **options)
     if head:
         if not isinstance(model, EncoderSoftPromptModel):
             raise AdapterFileError(f"{path} holds a task head, but this {shape.family} model has none")
         model.load_head(head, path)
     return model
+
+
+def _model_class(shape: ModelShape, options: dict[str, Any], path=None) -> type[PromptedModel]:
+    """The model class for ``shape``, checked to take ``options`` (a file's, when ``path`` is set)."""
+    cls = MODEL_CLASSES[shape.kind]
+    unknown = sorted(set(options) - set(inspect.signature(cls.__init__).parameters) - {"self"})
+    if unknown and path is not None:
+        raise AdapterFileError(f"{path} asks for model options {unknown} that a {cls.__name__} does not take")
+    if unknown:
+        raise TypeError(f"{cls.__name__} ({shape.kind} models) takes no option {', '.join(unknown)}")
+    return cls
 
 
 def _config_from_record(record: dict[str, Any], path) -> SoftPromptConfig:

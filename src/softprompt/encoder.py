@@ -19,6 +19,11 @@ token labels need no shifting for the virtual tokens. Sequence heads read the fi
 encoder sees, as in ``peft`` and P-tuning v2: the first virtual token with prompt tuning and
 P-tuning, ``[CLS]`` with deep prompts.
 
+``pooling="mean"`` (sequence classification) reads the mean of the caller's tokens' last hidden
+states through a new linear head instead of the model's own first-position head: sentence
+encoders trained for mean pooling (all-MiniLM-L6-v2 and other sentence-transformers) carry little
+of the sentence in ``[CLS]`` (benchmarks/RESULTS.md: deep prompts 71.4 -> 78.0 on SST-2).
+
 A classifier's head (the modules outside the backbone: ``classifier``, ``score``,
 ``pre_classifier``, DeBERTa's ``pooler``...) is usually new, so it trains with the prompt, is saved in
 the adapter file as part of the task, and counts in the model's size. The backbone stays frozen.
@@ -34,9 +39,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from softprompt.cache import AttentionPrefix, attention_modules, use_prefix_attention
 from softprompt.families import ModelShape, Site, UnsupportedModelError
@@ -234,21 +242,46 @@ def head_modules(base_model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
-class EncoderSoftPromptModel(PromptedModel):
-    """A frozen ``transformers`` encoder adapted by a trainable soft prompt (and its task head)."""
+Pooling = Literal["model", "mean"]
 
-    def __init__(self, base_model: nn.Module, prompt: SoftPrompt | None, shape: ModelShape) -> None:
+
+class EncoderSoftPromptModel(PromptedModel):
+    """A frozen ``transformers`` encoder adapted by a trainable soft prompt (and its task head).
+
+    Args:
+        pooling: how a sequence classifier reads the sequence: ``"model"`` — the model's own head
+            (first position: ``[CLS]`` or the first virtual token); ``"mean"`` — a new linear head
+            (``mean_classifier``, saved in the adapter file) over the mean of the caller's tokens.
+    """
+
+    def __init__(
+        self, base_model: nn.Module, prompt: SoftPrompt | None, shape: ModelShape, pooling: Pooling = "model"
+    ) -> None:
         if shape.task not in ENCODER_TASKS:
             supported = "; ".join(f"{task} ({cls})" for task, cls in ENCODER_TASKS.items())
             raise UnsupportedModelError(
                 f"softprompt cannot adapt a {type(base_model).__name__}: on {shape.family} encoders it supports "
                 f"{supported}"
             )
+        if pooling not in ("model", "mean"):
+            raise ValueError(f"pooling must be 'model' or 'mean', got {pooling!r}")
+        if pooling == "mean" and shape.task != "sequence-classification":
+            raise UnsupportedModelError(
+                f"pooling='mean' is for sequence classification; this {type(base_model).__name__} does {shape.task}"
+            )
         super().__init__(base_model, prompt, shape)
-        self.head = head_modules(base_model) if shape.task != "features" else {}
+        self.pooling = pooling
+        if pooling == "mean":
+            self.mean_classifier = _new_linear_head(base_model, shape.hidden_size)
+            self.head: dict[str, nn.Module] = {"mean_classifier": self.mean_classifier}
+        else:
+            self.head = head_modules(base_model) if shape.task != "features" else {}
         for module in self.head.values():
             module.requires_grad_(True)
         self._attention: list[nn.Module] | None = None
+
+    def model_options(self) -> dict[str, Any]:
+        return {"pooling": self.pooling} if self.pooling != "model" else {}
 
     # -------------------------------------------------------------------------------------- prompts
     def batch_prefix(self, batch_size: int, device: torch.device) -> BatchPrompt:
@@ -309,6 +342,10 @@ class EncoderSoftPromptModel(PromptedModel):
         Returns the model's output with token-level tensors for the caller's tokens only:
         ``logits`` (B, C) or (B, T, C); a features model returns ``last_hidden_state`` (B, T, H).
         """
+        if self.pooling == "mean":
+            return self._mean_pooled(
+                input_ids, attention_mask, token_type_ids, labels, inputs_embeds, prefix, **kwargs
+            )
         token_level = self.shape.task == "token-classification"
         batch = self._batch(input_ids, attention_mask, inputs_embeds, token_type_ids, prefix)
         if labels is not None:
@@ -320,6 +357,32 @@ class EncoderSoftPromptModel(PromptedModel):
         if self.shape.task == "features":
             outputs.last_hidden_state = batch.tokens(outputs.last_hidden_state)
         return outputs
+
+    def _mean_pooled(
+        self, input_ids, attention_mask, token_type_ids, labels, inputs_embeds, prefix, **kwargs
+    ) -> SequenceClassifierOutput:
+        """Logits (B, C) of the new linear head over the mean of each row's real tokens (B, T, H) -> (B, H)."""
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        hidden = self.hidden_states(
+            input_ids, attention_mask, token_type_ids, inputs_embeds, prefix, **kwargs
+        )
+        if attention_mask is None:
+            attention_mask = torch.ones(tokens.shape[:2], device=hidden.device)
+        weights = attention_mask.to(hidden.dtype)[..., None]  # (B, T, 1)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        logits = self.mean_classifier(pooled.to(self.mean_classifier.weight.dtype))
+        loss = None
+        if labels is not None:
+            labels = self._check_labels(labels, tokens)
+            loss = _classification_loss(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def export_peft(self, directory):
+        if self.pooling != "model":
+            raise ValueError(
+                "peft has no mean-pooling head: only pooling='model' adapters export to the peft format"
+            )
+        return super().export_peft(directory)
 
     def _check_labels(self, labels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         if self.shape.task == "features":
@@ -371,6 +434,26 @@ class EncoderSoftPromptModel(PromptedModel):
         with torch.no_grad():
             for name, value in tensors.items():
                 expected[name].copy_(value)
+
+
+def _new_linear_head(base_model: nn.Module, width: int) -> nn.Linear:
+    """A (width -> num_labels) classifier initialised as ``transformers`` initialises its heads."""
+    config = base_model.config
+    head = nn.Linear(width, config.num_labels, dtype=base_model.dtype, device=base_model.device)
+    with torch.no_grad():
+        head.weight.normal_(0.0, getattr(config, "initializer_range", 0.02))
+        head.bias.zero_()
+    return head
+
+
+def _classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """As ``transformers`` picks it: one output -> regression (MSE), class ids -> cross-entropy,
+    float targets over several outputs -> multi-label (BCE with logits)."""
+    if logits.shape[-1] == 1:
+        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+    if not labels.is_floating_point():
+        return F.cross_entropy(logits, labels)
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
 __all__ = ["BatchPrompt", "EncoderBatch", "EncoderSoftPromptModel", "encoder_batch", "prompt_for_batch"]

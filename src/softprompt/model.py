@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,10 @@ class PromptedModel(nn.Module):
         )
         allow_checkpointing_with_cache(self.base_model)
 
+    def model_options(self) -> dict[str, Any]:
+        """Keyword arguments (beyond the prompt) that rebuild this model class on load, e.g. pooling."""
+        return {}
+
     # ---------------------------------------------------------------------------------------- files
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """What an adapter file holds: the folded prompt (classifiers add their task head)."""
@@ -84,6 +89,8 @@ class PromptedModel(nn.Module):
             "base_model": {"name_or_path": self.shape.name_or_path, **self.shape.fingerprint()},
             "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch."),
         }
+        if self.model_options():
+            record["model_options"] = self.model_options()
         return write_adapter(path, tensors, record)
 
     def export_peft(self, directory: str | os.PathLike) -> Path:
