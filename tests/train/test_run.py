@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from train_helpers import classification_config
 
@@ -137,3 +141,18 @@ def test_a_non_causal_model_is_refused_with_the_way_out(gpt2_base, cls_data, tin
     raw = classification_config(tiny_gpt2, cls_data, tmp_path / "run")
     with pytest.raises(RunError, match="causal language models.*seq2seq.*Python API"):
         run(raw, base=(t5, gpt2_base[1]))
+
+
+def test_tqdm_disable_hides_the_bar_but_not_the_dev_scores(cls_data, tiny_gpt2, tmp_path):
+    # tqdm reads TQDM_DISABLE when it is imported: a fresh process, as a user runs it.
+    raw = classification_config(tiny_gpt2, cls_data, tmp_path / "run", max_steps=3, eval_every=3)
+    raw["eval"]["zero_shot"] = False
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    done = subprocess.run(
+        [sys.executable, "-m", "softprompt.cli", "train", str(config)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "step 3: dev accuracy" in done.stdout
+    assert "step/s" not in done.stdout + done.stderr

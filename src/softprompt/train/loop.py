@@ -106,7 +106,8 @@ def fit(
         desc="train",
         unit="step",
         dynamic_ncols=True,
-        disable=not accelerator.is_local_main_process,
+        # Only the main process draws; elsewhere tqdm's own default stands (TQDM_DISABLE=1 works).
+        **({} if accelerator.is_local_main_process else {"disable": True}),
     )
     session_steps, window = 0, []
     started = time.perf_counter()
@@ -142,7 +143,9 @@ def fit(
                     if hooks.evaluate is not None and (
                         last or (train.eval_every and progress.step % train.eval_every == 0)
                     ):
-                        stop = progress.stopped_early = _evaluate(hooks, progress, train, metric, bar)
+                        stop = progress.stopped_early = _evaluate(
+                            hooks, progress, train, metric, report=accelerator.is_local_main_process
+                        )
                     interrupted = interrupt.requested(accelerator) or (
                         stop_after is not None and session_steps >= stop_after
                     )
@@ -241,7 +244,7 @@ def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v[:, keep] if v.dim() == 2 else v for k, v in batch.items()}
 
 
-def _evaluate(hooks: Hooks, progress: Progress, train: TrainSection, metric: str, bar) -> bool:
+def _evaluate(hooks: Hooks, progress: Progress, train: TrainSection, metric: str, *, report: bool) -> bool:
     """Score dev, keep the best adapter; True when early stopping says stop."""
     scores = hooks.evaluate()
     hooks.log("dev", progress.step, scores)
@@ -252,8 +255,8 @@ def _evaluate(hooks: Hooks, progress: Progress, train: TrainSection, metric: str
         hooks.save_best()
     else:
         progress.evals_since_best += 1
-    if not bar.disable:  # the main process reports
-        bar.write(
+    if report:  # the main process reports, above the progress bar (if one is drawn)
+        tqdm.write(
             f"step {progress.step}: dev {metric} {score:.2f} (best {progress.best_score:.2f} at step {progress.best_step})"
         )
     patience = train.early_stopping_patience
