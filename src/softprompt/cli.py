@@ -73,7 +73,7 @@ def train(
             "--example",
             help="Run the built-in example (the default without CONFIG): SmolLM2-135M-Instruct (from PyPI) "
             "learns to route support tickets (data shipped with softprompt) and prints zero-shot vs trained "
-            "scores; writes ./runs/example, replacing an earlier example run. ~5-10 min on 2 CPU cores.",
+            "scores; writes ./runs/example, replacing an earlier example run. About 4 min on 2 CPU cores.",
         ),
     ] = False,
     stop_after: Annotated[
