@@ -133,9 +133,8 @@ def evaluate(
     from accelerate import Accelerator
 
     import softprompt
-    from softprompt.hub import load_base_model
-    from softprompt.train.build import bare_objective, load_data, make_objective, make_task
-    from softprompt.train.run import DTYPES, _evaluate
+    from softprompt.train.build import bare_objective, load_base, load_data, make_objective, make_task
+    from softprompt.train.run import _evaluate
 
     _quiet_libraries()
     if split not in ("dev", "test"):
@@ -144,13 +143,13 @@ def evaluate(
     if getattr(config.data, split) is None:
         _fail(f"the config has no data.{split}")
     adapter_path = adapter or Path(config.output.dir)
-    base, tokenizer = load_base_model(config.model.name_or_path, dtype=DTYPES[config.model.dtype])
     task = make_task(config.task)
+    base, tokenizer = _guard(lambda: load_base(config, task))
     data = _guard(lambda: load_data(config.data, task, tokenizer, splits=(split,)))
     model = _guard(lambda: softprompt.load(base, adapter_path))
     objective = make_objective(model, task, tokenizer)
     if zero_shot:
-        objective = bare_objective(objective)
+        objective = _guard(lambda: bare_objective(objective))
     scores = _evaluate(config, objective, getattr(data, split), tokenizer, Accelerator(cpu=True))
     what = "zero-shot (no prompt)" if zero_shot else str(adapter_path)
     typer.echo(f"{split} scores of {what}:")

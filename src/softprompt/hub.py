@@ -30,6 +30,7 @@ from typing import Literal
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
@@ -39,6 +40,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from softprompt.families import family_of
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +133,19 @@ def load_base_model(
     ensure_pad_token(tokenizer, model)
     model.eval()
     return model, tokenizer
+
+
+def family_kind(name_or_path: str) -> str:
+    """The kind of model family (``causal``, ``seq2seq`` or ``encoder``) ``name_or_path`` holds, from its
+    config alone (no weights are loaded). Raises :class:`UnsupportedModelError` naming the supported ones.
+
+    Example:
+        >>> family_kind("all-minilm-l6-v2")  # doctest: +SKIP
+        'encoder'
+    """
+    source = builtin_model_path(name_or_path) if name_or_path in BUILTIN_MODELS else name_or_path
+    _, family = family_of(AutoConfig.from_pretrained(source))
+    return family.kind
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> None:

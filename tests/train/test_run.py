@@ -11,8 +11,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from train_helpers import classification_config
+from train_helpers import GPT2_TOKENIZER, classification_config, save_tiny_bert
+from typer.testing import CliRunner
 
+from softprompt.cli import app
+from softprompt.io import read_adapter
 from softprompt.train import RunError, load_config, train
 from softprompt.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
 
@@ -156,3 +159,26 @@ def test_tqdm_disable_hides_the_bar_but_not_the_dev_scores(cls_data, tiny_gpt2, 
     assert done.returncode == 0, done.stderr[-2000:]
     assert "step 3: dev accuracy" in done.stdout
     assert "step/s" not in done.stdout + done.stderr
+
+
+def test_an_encoder_trains_its_deep_prompt_and_new_head(cls_data, tmp_path):
+    if not GPT2_TOKENIZER.is_dir():
+        pytest.skip(f"needs the GPT-2 tokenizer at {GPT2_TOKENIZER}")
+    bert = save_tiny_bert(tmp_path / "bert")
+    raw = classification_config(
+        bert, cls_data, tmp_path / "run", max_steps=4, eval_every=2, optimizer="adamw"
+    )
+    raw["prompt"] = {"method": "prefix_tuning", "num_virtual_tokens": 2}
+    raw["model"]["pooling"] = "mean"
+    summary = run(raw)
+    assert summary.finished and summary.zero_shot is None  # a new head has no zero-shot answer
+    assert set(summary.dev) == {"loss", "accuracy", "macro_f1"}
+    record, tensors = read_adapter(tmp_path / "run" / "softprompt.safetensors")
+    assert record["method"] == "prefix_tuning" and record["model_options"] == {"pooling": "mean"}
+    assert {"head.mean_classifier.weight", "head.mean_classifier.bias"} <= set(tensors)
+    # The CLI scores the saved (best) adapter as the run did.
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert f"{summary.dev['accuracy']:9.2f}" in result.output
+    refused = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--zero-shot"])
+    assert refused.exit_code == 2 and "no zero-shot score" in refused.output

@@ -27,6 +27,18 @@ def save_tiny_gpt2(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def save_tiny_bert(folder: Path, seed: int = 0) -> Path:
+    """A random 2-layer BERT sequence classifier (width 16, 2 labels) with the GPT-2 tokenizer."""
+    torch.manual_seed(seed)
+    config = T.BertConfig(
+        vocab_size=50257, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=128, num_labels=2,
+    )  # fmt: skip
+    T.BertForSequenceClassification(config).save_pretrained(folder)
+    T.GPT2Tokenizer.from_pretrained(GPT2_TOKENIZER).save_pretrained(folder)
+    return folder
+
+
 def write_classification_data(
     folder: Path, n_train: int = 48, n_dev: int = 16, seed: int = 0
 ) -> dict[str, Path]:

@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from softprompt.data import (
     ClassificationTask,
     Encoded,
@@ -21,10 +23,20 @@ from softprompt.data import (
     load_rows,
     require_columns,
 )
+from softprompt.encoder import EncoderSoftPromptModel
+from softprompt.families import model_shape
+from softprompt.hub import family_kind, load_base_model
 from softprompt.methods import SoftPromptConfig
-from softprompt.model import SoftPromptModel
+from softprompt.model import PromptedModel, SoftPromptModel
 from softprompt.train.config import DataSection, RunConfig, TaskSection
-from softprompt.train.objectives import ClassificationObjective, GenerationObjective, Objective
+from softprompt.train.objectives import (
+    ClassificationObjective,
+    GenerationObjective,
+    HeadClassificationObjective,
+    Objective,
+)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +93,33 @@ def prompt_config(config: RunConfig, task: Task) -> SoftPromptConfig:
     return prompt.to_config()
 
 
-def make_objective(model: SoftPromptModel, task: Task, tokenizer: Any) -> Objective:
-    """The loss module for ``task``: verbalizer cross-entropy, or target-token cross-entropy."""
+def load_base(config: RunConfig, task: Task) -> tuple[Any, Any]:
+    """The frozen ``(model, tokenizer)`` the run adapts: a causal LM, or — for an encoder family and a
+    classification task — a sequence classifier with one (new) output per class."""
+    name, dtype = config.model.name_or_path, DTYPES[config.model.dtype]
+    if family_kind(name) != "encoder":
+        return load_base_model(name, dtype=dtype)
+    if not isinstance(task, ClassificationTask):
+        raise ValueError(
+            f"{name} is an encoder: it classifies (task.kind: classification), it cannot generate"
+        )
+    return load_base_model(name, kind="sequence-classification", dtype=dtype, num_labels=len(task.classes))
+
+
+def model_options(config: RunConfig, base: Any) -> dict[str, Any]:
+    """Options of the model class beyond the prompt (encoders: ``pooling``)."""
+    if model_shape(base).kind != "encoder":
+        if config.model.pooling != "model":
+            raise ValueError("model.pooling applies to encoders only")
+        return {}
+    return {"pooling": config.model.pooling}
+
+
+def make_objective(model: PromptedModel, task: Task, tokenizer: Any) -> Objective:
+    """The loss module for ``task``: verbalizer cross-entropy (causal LMs), the classifier head's
+    cross-entropy (encoders), or target-token cross-entropy."""
+    if isinstance(model, EncoderSoftPromptModel):
+        return HeadClassificationObjective(model)
     if isinstance(task, ClassificationTask):
         return ClassificationObjective(model, task.label_token_ids(tokenizer))
     return GenerationObjective(model)
@@ -91,6 +128,8 @@ def make_objective(model: SoftPromptModel, task: Task, tokenizer: Any) -> Object
 def bare_objective(objective: Objective) -> Objective:
     """The same objective on the frozen model without any prompt (the zero-shot baseline)."""
     model = objective.model
+    if isinstance(objective, HeadClassificationObjective):
+        raise ValueError("an encoder's classifier head trains with the prompt: it has no zero-shot score")
     bare = SoftPromptModel(model.base_model, None, model.shape)
     if isinstance(objective, ClassificationObjective):
         return ClassificationObjective(bare, objective.label_ids.tolist()).to(objective.label_ids.device)

@@ -59,10 +59,15 @@ class Section(BaseModel):
 # ---------------------------------------------------------------------------------------- model
 class ModelSection(Section):
     name_or_path: str = "smollm2-135m-instruct"
-    """The frozen causal LM: a built-in alias (smollm2-135m-instruct), a local folder, or a hub name."""
+    """The frozen model: a built-in alias (smollm2-135m-instruct, all-minilm-l6-v2), a local folder, or
+    a hub name. Causal LMs classify by label words; encoders (BERT...) through a new classifier head."""
 
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Parameter dtype of the frozen model (the prompt always trains in float32)."""
+
+    pooling: Literal["model", "mean"] = "model"
+    """Encoders only: read the sequence at the first position with the model's own head ("model"),
+    or the mean of the tokens with a new linear head ("mean": for mean-pooling sentence encoders)."""
 
 
 # --------------------------------------------------------------------------------------- prompt

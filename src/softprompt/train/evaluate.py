@@ -40,7 +40,7 @@ def evaluate_classification(
         >>> evaluate_classification(objective, dev, batch_size=32, pad_token_id=0, metrics=["accuracy"])  # doctest: +SKIP
         {'loss': 0.52, 'accuracy': 81.0}
     """
-    device = objective.label_ids.device
+    device = objective.device
 
     def score(rows: list[Encoded]) -> list[tuple[int, float]]:
         batch = collate(rows, pad_token_id, "left")

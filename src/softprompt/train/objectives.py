@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from softprompt.data import IGNORE_INDEX
-from softprompt.model import SoftPromptModel
+from softprompt.model import PromptedModel, SoftPromptModel
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -52,22 +52,21 @@ def label_word_logits(model: SoftPromptModel, hidden: torch.Tensor, token_ids: t
     return torch.tanh(logits / cap) * cap if cap is not None else logits
 
 
-class ClassificationObjective(nn.Module):
-    """Cross-entropy over the label words' first-token logits at each row's last real token."""
+class _ClassScores(nn.Module):
+    """A classifier objective: ``scores`` gives (B, C) class logits; the loss is their cross-entropy."""
 
-    padding_side = "left"  # the answer position is then -1 in every row
+    padding_side = "left"
 
-    def __init__(self, model: SoftPromptModel, label_token_ids: Sequence[int]) -> None:
+    def __init__(self, model: PromptedModel) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("label_ids", torch.tensor(list(label_token_ids)), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Label-word logits (B, C) at the position after each row's template."""
-        hidden = self.model.hidden_states(input_ids, attention_mask)  # (B, T, H)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        answer = hidden[rows, last_token_index(attention_mask)]  # (B, H)
-        return label_word_logits(self.model, answer, self.label_ids)
+        raise NotImplementedError
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed cross-entropy of the batch's rows."""
@@ -78,6 +77,30 @@ class ClassificationObjective(nn.Module):
     def count(batch: dict[str, torch.Tensor]) -> int:
         """Rows the loss sums over."""
         return int(batch["label"].shape[0])
+
+
+class ClassificationObjective(_ClassScores):
+    """Cross-entropy over the label words' first-token logits at each row's last real token."""
+
+    padding_side = "left"  # the answer position is then -1 in every row
+
+    def __init__(self, model: SoftPromptModel, label_token_ids: Sequence[int]) -> None:
+        super().__init__(model)
+        self.register_buffer("label_ids", torch.tensor(list(label_token_ids)), persistent=False)
+
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Label-word logits (B, C) at the position after each row's template."""
+        hidden = self.model.hidden_states(input_ids, attention_mask)  # (B, T, H)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        answer = hidden[rows, last_token_index(attention_mask)]  # (B, H)
+        return label_word_logits(self.model, answer, self.label_ids)
+
+
+class HeadClassificationObjective(_ClassScores):
+    """Cross-entropy of an encoder's classifier head (trained with the prompt): (B, T) -> (B, C)."""
+
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
 class GenerationObjective(nn.Module):
@@ -105,4 +128,4 @@ class GenerationObjective(nn.Module):
         return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
-Objective = ClassificationObjective | GenerationObjective
+Objective = ClassificationObjective | HeadClassificationObjective | GenerationObjective

@@ -27,16 +27,25 @@ from typing import Any
 import torch
 
 import softprompt
-from softprompt.hub import load_base_model
+from softprompt.encoder import EncoderSoftPromptModel
 from softprompt.io import ADAPTER_FILENAME
 from softprompt.model import SoftPromptModel
-from softprompt.train.build import bare_objective, load_data, make_objective, make_task, prompt_config
+from softprompt.train.build import (
+    DTYPES,
+    bare_objective,
+    load_base,
+    load_data,
+    make_objective,
+    make_task,
+    model_options,
+    prompt_config,
+)
 from softprompt.train.checkpoint import CHECKPOINT_NAME, Progress, load_checkpoint, save_checkpoint
 from softprompt.train.config import RunConfig
 from softprompt.train.evaluate import evaluate_classification, evaluate_generation
 from softprompt.train.logs import JSONL_NAME, PLOT_NAME, MetricsLog, plot_curves
 from softprompt.train.loop import Hooks, fit, total_steps
-from softprompt.train.objectives import ClassificationObjective, Objective
+from softprompt.train.objectives import GenerationObjective, Objective
 from softprompt.train.optim import make_optimizer, make_scheduler
 
 logger = logging.getLogger(__name__)
@@ -44,7 +53,6 @@ logger = logging.getLogger(__name__)
 ADAPTER_NAME = ADAPTER_FILENAME  # "softprompt.safetensors": softprompt.load(base, run_dir) finds it
 CONFIG_NAME = "config.yaml"
 SUMMARY_NAME = "summary.json"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class RunError(RuntimeError):
@@ -109,12 +117,12 @@ def train(
     set_seed(config.train.seed)
 
     # ------------------------------------------------------------------------------------- setup
+    task = make_task(config.task)
     if base is None:
         say(f"loading {config.model.name_or_path} ...")
-        base = load_base_model(config.model.name_or_path, dtype=DTYPES[config.model.dtype])
+        base = load_base(config, task)
     base, tokenizer = base
     base.to(accelerator.device).eval()  # eval: the frozen model runs without dropout
-    task = make_task(config.task)
     data = load_data(config.data, task, tokenizer)
     if accelerator.num_processes > config.train.batch_size:
         raise RunError(
@@ -125,13 +133,17 @@ def train(
         raise RunError(
             f"{len(data.train)} training rows do not fill one batch of train.batch_size={config.train.batch_size}"
         )
-    model = softprompt.wrap(base, prompt_config(config, task), tokenizer=tokenizer)
-    if not isinstance(model, SoftPromptModel):
+    model = softprompt.wrap(
+        base, prompt_config(config, task), tokenizer=tokenizer, **model_options(config, base)
+    )
+    if not isinstance(model, SoftPromptModel | EncoderSoftPromptModel):
         raise RunError(
-            f"softprompt train runs causal language models; {config.model.name_or_path} is a "
+            f"softprompt train runs causal language models and encoders; {config.model.name_or_path} is a "
             f"{model.shape.kind} model ({model.shape.family}). Train it with the Python API "
-            "(softprompt.wrap, see the README's 'Model shapes') or choose a causal LM."
+            "(softprompt.wrap, see the README's 'Model shapes') or choose another model."
         )
+    # An encoder's classifier head is new: the bare model has no zero-shot answer to score.
+    zero_shot = config.eval.zero_shot and isinstance(model, SoftPromptModel)
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     objective = make_objective(model, task, tokenizer).to(accelerator.device)
@@ -163,7 +175,7 @@ def train(
             log.write(split, step, values)
 
     # -------------------------------------------------------------------------------- zero-shot
-    if config.eval.zero_shot and data.dev is not None and progress.zero_shot is None:
+    if zero_shot and data.dev is not None and progress.zero_shot is None:
         say("scoring the frozen model without a prompt (zero-shot) on dev ...")
         progress.zero_shot = evaluate(data.dev, bare_objective(objective))
         write_log("zero_shot", 0, progress.zero_shot)
@@ -213,7 +225,7 @@ def train(
         say("scoring the best adapter on test ...")
         test_scores = evaluate(data.test, make_objective(best, task, tokenizer).to(accelerator.device))
         write_log("test", progress.best_step or progress.step, test_scores)
-        if config.eval.zero_shot:
+        if zero_shot:
             zero_shot_test = evaluate(data.test, bare_objective(objective))
 
     # ------------------------------------------------------------------------------------- save
@@ -250,7 +262,7 @@ def _evaluate(
 ) -> dict[str, float]:
     """Scores of ``objective``'s model on ``examples`` as the task section asks."""
     objective = accelerator.unwrap_model(objective)
-    if isinstance(objective, ClassificationObjective):
+    if not isinstance(objective, GenerationObjective):
         return evaluate_classification(
             objective,
             examples,
