@@ -54,7 +54,7 @@ def invoke(*args: str):
 
 def test_every_option_and_argument_is_documented():
     group = typer.main.get_command(app)
-    assert set(group.commands) == {"train", "eval", "generate", "inspect", "convert"}
+    assert set(group.commands) == {"train", "eval", "predict", "generate", "inspect", "convert"}
     for name, command in group.commands.items():
         assert command.help, name
         for param in command.params:
@@ -92,6 +92,12 @@ def test_train_eval_inspect_generate_convert(setup):
     assert result.exit_code == 0, result.output
     assert "prompt_tuning" in result.output and "(4, 16)" in result.output
     assert result.output.count("virtual ") == 4  # one line of nearest tokens per virtual token
+
+    result = invoke("predict", run_dir, "a great film", "terrible acting")
+    assert result.exit_code == 0, result.output
+    lines = [line.split("\t") for line in result.output.strip().splitlines()]
+    assert [text for _, _, text in lines] == ["a great film", "terrible acting"]
+    assert all(label in ("pos", "neg") and 0.5 <= float(p) <= 1 for label, p, _ in lines)
 
     result = invoke("generate", run_dir, "a great film", "--max-new-tokens", "3")
     assert result.exit_code == 0, result.output

@@ -1,4 +1,4 @@
-"""The ``softprompt`` command line: train, eval, generate, inspect, convert.
+"""The ``softprompt`` command line: train, eval, predict, generate, inspect, convert.
 
 Each command is one function over the library; its signature and help texts are its ``--help``.
 
@@ -7,6 +7,7 @@ Example:
     $ softprompt train configs/sst2.yaml --set train.lr=0.1
     $ softprompt eval runs/sst2 --split test
     $ softprompt generate runs/e2e "name[Aromi], eatType[pub]"
+    $ softprompt predict runs/sst2 "a gripping, funny film"
     $ softprompt inspect runs/sst2/softprompt.safetensors
     $ softprompt convert runs/sst2 sst2-peft/           # to a peft folder (and back the other way)
 """
@@ -187,9 +188,7 @@ def generate(
     if template is None and run_config is not None:
         task = run_config.task
         template = task.template if task.kind == "classification" else task.source_template
-    inputs = list(texts) if texts else [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not inputs:
-        _fail("no input texts (give them as arguments or on stdin)")
+    inputs = _read_texts(texts)
     if template is not None:
         fields = template_fields(template)
         if len(fields) != 1:
@@ -201,6 +200,51 @@ def generate(
     )
     for text in outputs:
         typer.echo(text.replace("\n", "\\n"))
+
+
+# ---------------------------------------------------------------------------------------- predict
+@app.command()
+def predict(
+    run: Annotated[
+        Path,
+        typer.Argument(help="A classification run's folder (its config and adapter).", show_default=False),
+    ],
+    texts: Annotated[
+        list[str] | None,
+        typer.Argument(help="Input texts; none: read one text per line from stdin.", show_default=False),
+    ] = None,
+    adapter: Annotated[
+        Path | None, typer.Option(help="Adapter file to use instead of the run folder's.")
+    ] = None,
+) -> None:
+    """Classify texts with a classification run's prompt: one line per input with the predicted class,
+    its probability, and the text. Each text fills the run's template (which must have one field)."""
+    import torch
+
+    import softprompt
+    from softprompt.data import collate, template_fields
+    from softprompt.train.build import load_base, make_objective, make_task
+
+    _quiet_libraries()
+    config = _run_config(run, [])
+    if config.task.kind != "classification":
+        _fail(f"{run} is a {config.task.kind} run: predict classifies; use softprompt generate")
+    task = make_task(config.task)
+    fields = template_fields(task.template)
+    if len(fields) != 1:
+        _fail(f"the run's template has the fields {fields}; predict fills a template with one field")
+    inputs = _read_texts(texts)
+    base, tokenizer = _guard(lambda: load_base(config, task))
+    model = _guard(lambda: softprompt.load(base, adapter or run)).eval()
+    objective = make_objective(model, task, tokenizer)
+    any_label = task.classes[0][0]  # encode() reads a label; the prediction ignores it
+    rows = [task.encode({fields[0]: text, task.label_column: any_label}, tokenizer) for text in inputs]
+    batch = collate(rows, tokenizer.pad_token_id, objective.padding_side)
+    with torch.no_grad():
+        probabilities = objective.scores(batch["input_ids"], batch["attention_mask"]).float().softmax(-1)
+    for text, row in zip(inputs, probabilities, strict=True):
+        best = int(row.argmax())
+        typer.echo(f"{task.classes[best][0]}\t{float(row[best]):.3f}\t{text}")
 
 
 # ---------------------------------------------------------------------------------------- inspect
@@ -341,6 +385,14 @@ def _load_adapter(path: Path, base: str | None):
     base_model, tokenizer = _guard(lambda: load_base_model(base, dtype=DTYPES[model_dtype]))
     model = _guard(lambda: softprompt.load(base_model, path))
     return model, tokenizer, run_config
+
+
+def _read_texts(texts: list[str] | None) -> list[str]:
+    """The command's input texts: its arguments, or one per line of stdin."""
+    inputs = list(texts) if texts else [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not inputs:
+        _fail("no input texts (give them as arguments or on stdin)")
+    return inputs
 
 
 def _run_config(target: Path, overrides: list[str]):
