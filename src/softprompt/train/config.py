@@ -133,7 +133,8 @@ PromptSection = Annotated[
 # ----------------------------------------------------------------------------------------- task
 class ClassificationSection(Section):
     kind: Literal["classification"]
-    """Classify by label words: the loss and the prediction use only the label words' logits."""
+    """Classify: by label words on causal LMs (the loss and the prediction use only the label words'
+    logits), by a new classifier head with one output per class on encoders."""
 
     template: str
     """Turns a row into text ending where the answer goes, e.g. "Review: {sentence}\\nSentiment:"."""
@@ -143,7 +144,8 @@ class ClassificationSection(Section):
 
     label_words: dict[str | int, str] | list[str]
     """Label value -> label word ({0: negative, 1: positive}), or a list of words for labels 0..n-1.
-    Each word's first token (with a leading space) scores its class."""
+    Each word's first token (with a leading space) scores its class; encoders use the classes' order
+    (and the words as the text init of input-space prompts)."""
 
     max_length: int = Field(256, gt=0)
     """Longest input in tokens; longer rows keep their end (where the answer goes), with a warning."""
