@@ -363,8 +363,9 @@ def _load_adapter(path: Path, base: str | None):
 
     import softprompt
     from softprompt import peft_format
-    from softprompt.hub import load_base_model
+    from softprompt.hub import family_kind, load_base_model
     from softprompt.io import adapter_file, read_adapter
+    from softprompt.train.build import load_base, make_task
 
     run_config = None
     if path.is_dir() and (path / "config.yaml").is_file():
@@ -379,10 +380,18 @@ def _load_adapter(path: Path, base: str | None):
             base = record.get("base_model", {}).get("name_or_path")
     if not base:
         _fail(f"{path} does not say which base model it was made for; pass --base")
-    model_dtype = "float32" if run_config is None else run_config.model.dtype
-    from softprompt.train.run import DTYPES
-
-    base_model, tokenizer = _guard(lambda: load_base_model(base, dtype=DTYPES[model_dtype]))
+    if run_config is not None:  # the run's own model class, head size and dtype
+        run_config = run_config.model_copy(
+            update={"model": run_config.model.model_copy(update={"name_or_path": base})}
+        )
+        base_model, tokenizer = _guard(lambda: load_base(run_config, make_task(run_config.task)))
+    else:
+        kind = _guard(lambda: family_kind(base))
+        if kind == "encoder":
+            _fail(f"{base} is an encoder: give the run folder, whose classes size the classifier head")
+        base_model, tokenizer = _guard(
+            lambda: load_base_model(base, kind="seq2seq-lm" if kind == "seq2seq" else "causal-lm")
+        )
     model = _guard(lambda: softprompt.load(base_model, path))
     return model, tokenizer, run_config
 

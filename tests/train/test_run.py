@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from train_helpers import GPT2_TOKENIZER, classification_config, save_tiny_bert
+from train_helpers import GPT2_TOKENIZER, classification_config, save_tiny_bert, save_tiny_t5
 from typer.testing import CliRunner
 
 from softprompt.cli import app
@@ -135,15 +135,73 @@ def test_generation_run_scores_generated_text(tiny_gpt2, gpt2_base, gen_data, tm
     assert set(summary.test) == set(summary.dev)
 
 
-def test_a_non_causal_model_is_refused_with_the_way_out(gpt2_base, cls_data, tiny_gpt2, tmp_path):
-    import transformers as T
-
-    t5 = T.T5ForConditionalGeneration(
-        T.T5Config(vocab_size=50257, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
+def test_an_encoder_decoder_classifies_and_generates(cls_data, gen_data, tmp_path):
+    if not GPT2_TOKENIZER.is_dir():
+        pytest.skip(f"needs the GPT-2 tokenizer at {GPT2_TOKENIZER}")
+    t5 = save_tiny_t5(tmp_path / "t5")
+    raw = classification_config(
+        t5, cls_data, tmp_path / "cls", max_steps=4, eval_every=2, optimizer="adamw", lr=0.01
     )
-    raw = classification_config(tiny_gpt2, cls_data, tmp_path / "run")
-    with pytest.raises(RunError, match="causal language models.*seq2seq.*Python API"):
-        run(raw, base=(t5, gpt2_base[1]))
+    raw["prompt"] = {"method": "prefix_tuning", "num_virtual_tokens": 2}  # all three attention sites
+    summary = run(raw)
+    assert summary.finished and set(summary.zero_shot) == set(summary.dev) == {"loss", "accuracy", "macro_f1"}
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "cls")])  # the saved adapter scores the same
+    assert result.exit_code == 0, result.output
+    assert f"{summary.dev['accuracy']:9.2f}" in result.output
+
+    raw = {
+        "model": {"name_or_path": str(t5)},
+        "prompt": {"method": "prompt_tuning", "num_virtual_tokens": 3, "init": "vocab"},
+        "task": {"kind": "generation", "source_template": "Data: {mr}", "target_template": " {ref}",
+                 "max_length": 48, "max_target_length": 12, "max_new_tokens": 4, "metrics": ["bleu"]},
+        "data": {"train": str(gen_data["train"]), "dev": str(gen_data["dev"])},
+        "train": {"max_steps": 3, "batch_size": 4, "eval_every": 3, "lr": 0.1},
+        "eval": {"batch_size": 4},
+        "output": {"dir": str(tmp_path / "gen"), "tensorboard": False, "plot": False},
+    }  # fmt: skip
+    summary = run(raw)
+    assert summary.finished and set(summary.dev) == set(summary.zero_shot) == {"bleu"}
+    result = CliRunner().invoke(
+        app, ["generate", str(tmp_path / "gen"), "name[Aromi]", "--max-new-tokens", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_encoder_decoder_objectives_score_what_the_bare_model_computes(gpt2_base, tmp_path):
+    # The zero-shot objectives against T5's own forward: label words at the first decoder step, and
+    # the decoder's loss on the target with the source in the encoder.
+    if not GPT2_TOKENIZER.is_dir():
+        pytest.skip(f"needs the GPT-2 tokenizer at {GPT2_TOKENIZER}")
+    from softprompt.data import ClassificationTask, GenerationTask, collate
+    from softprompt.families import model_shape
+    from softprompt.hub import load_base_model
+    from softprompt.seq2seq import Seq2SeqSoftPromptModel
+    from softprompt.train.build import make_objective
+
+    t5, tokenizer = load_base_model(str(save_tiny_t5(tmp_path / "t5")), kind="seq2seq-lm")
+    bare = Seq2SeqSoftPromptModel(t5, None, model_shape(t5))
+    task = ClassificationTask("Review: {text}", "label", {"pos": "good", "neg": "bad"}, 32)
+    rows = [task.encode({"text": text, "label": "pos"}, tokenizer) for text in ("a great film", "dull")]
+    objective = make_objective(bare, task, tokenizer)
+    batch = collate(rows, tokenizer.pad_token_id, objective.padding_side)
+    start = torch.full((2, 1), t5.config.decoder_start_token_id)
+    with torch.no_grad():
+        expected = t5(
+            **{k: batch[k] for k in ("input_ids", "attention_mask")}, decoder_input_ids=start
+        ).logits
+        got = objective.scores(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(got, expected[:, 0, objective.label_ids], atol=1e-5, rtol=1e-5)
+
+    task = GenerationTask("Data: {mr}", " {ref}", max_length=32, max_target_length=8)
+    row = task.encode({"mr": "name[Aromi]", "ref": "Aromi serves food."}, tokenizer)
+    objective = make_objective(bare, task, tokenizer)
+    batch = collate([row], tokenizer.pad_token_id, objective.padding_side)
+    source = torch.tensor([row.prompt_ids])
+    target = torch.tensor([[t for t in row.labels if t != -100]])
+    with torch.no_grad():
+        expected = t5(input_ids=source, labels=target).loss * target.shape[1]
+        torch.testing.assert_close(objective(batch), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_tqdm_disable_hides_the_bar_but_not_the_dev_scores(cls_data, tiny_gpt2, tmp_path):

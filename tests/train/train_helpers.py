@@ -39,6 +39,19 @@ def save_tiny_bert(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def save_tiny_t5(folder: Path, seed: int = 0) -> Path:
+    """A random 2-layer T5 (width 16) with the GPT-2 tokenizer (its end-of-text token pads and starts)."""
+    torch.manual_seed(seed)
+    eos = 50256
+    config = T.T5Config(
+        vocab_size=50257, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=2,
+        pad_token_id=eos, eos_token_id=eos, decoder_start_token_id=eos,
+    )  # fmt: skip
+    T.T5ForConditionalGeneration(config).save_pretrained(folder)
+    T.GPT2Tokenizer.from_pretrained(GPT2_TOKENIZER).save_pretrained(folder)
+    return folder
+
+
 def write_classification_data(
     folder: Path, n_train: int = 48, n_dev: int = 16, seed: int = 0
 ) -> dict[str, Path]:

@@ -27,13 +27,16 @@ from softprompt.encoder import EncoderSoftPromptModel
 from softprompt.families import model_shape
 from softprompt.hub import family_kind, load_base_model
 from softprompt.methods import SoftPromptConfig
-from softprompt.model import PromptedModel, SoftPromptModel
+from softprompt.model import PromptedModel
+from softprompt.seq2seq import Seq2SeqSoftPromptModel
 from softprompt.train.config import DataSection, RunConfig, TaskSection
 from softprompt.train.objectives import (
     ClassificationObjective,
     GenerationObjective,
     HeadClassificationObjective,
     Objective,
+    Seq2SeqClassificationObjective,
+    Seq2SeqGenerationObjective,
 )
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -97,7 +100,10 @@ def load_base(config: RunConfig, task: Task) -> tuple[Any, Any]:
     """The frozen ``(model, tokenizer)`` the run adapts: a causal LM, or — for an encoder family and a
     classification task — a sequence classifier with one (new) output per class."""
     name, dtype = config.model.name_or_path, DTYPES[config.model.dtype]
-    if family_kind(name) != "encoder":
+    kind = family_kind(name)
+    if kind == "seq2seq":
+        return load_base_model(name, kind="seq2seq-lm", dtype=dtype)
+    if kind != "encoder":
         return load_base_model(name, dtype=dtype)
     if not isinstance(task, ClassificationTask):
         raise ValueError(
@@ -116,13 +122,16 @@ def model_options(config: RunConfig, base: Any) -> dict[str, Any]:
 
 
 def make_objective(model: PromptedModel, task: Task, tokenizer: Any) -> Objective:
-    """The loss module for ``task``: verbalizer cross-entropy (causal LMs), the classifier head's
-    cross-entropy (encoders), or target-token cross-entropy."""
+    """The loss module for ``task``: verbalizer cross-entropy (causal LMs: at the answer position;
+    encoder-decoders: at the first decoder step), the classifier head's cross-entropy (encoders), or
+    target-token cross-entropy."""
     if isinstance(model, EncoderSoftPromptModel):
         return HeadClassificationObjective(model)
+    seq2seq = isinstance(model, Seq2SeqSoftPromptModel)
     if isinstance(task, ClassificationTask):
-        return ClassificationObjective(model, task.label_token_ids(tokenizer))
-    return GenerationObjective(model)
+        kind = Seq2SeqClassificationObjective if seq2seq else ClassificationObjective
+        return kind(model, task.label_token_ids(tokenizer))
+    return Seq2SeqGenerationObjective(model) if seq2seq else GenerationObjective(model)
 
 
 def bare_objective(objective: Objective) -> Objective:
@@ -130,7 +139,7 @@ def bare_objective(objective: Objective) -> Objective:
     model = objective.model
     if isinstance(objective, HeadClassificationObjective):
         raise ValueError("an encoder's classifier head trains with the prompt: it has no zero-shot score")
-    bare = SoftPromptModel(model.base_model, None, model.shape)
-    if isinstance(objective, ClassificationObjective):
-        return ClassificationObjective(bare, objective.label_ids.tolist()).to(objective.label_ids.device)
-    return GenerationObjective(bare)
+    bare = type(model)(model.base_model, None, model.shape)
+    if isinstance(objective, ClassificationObjective):  # and its seq2seq subclass
+        return type(objective)(bare, objective.label_ids.tolist()).to(objective.label_ids.device)
+    return type(objective)(bare)

@@ -113,7 +113,9 @@ def generate_texts(
             do_sample=False,
             pad_token_id=pad,
         )
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        # A decoder-only model returns prompt + continuation; an encoder-decoder the decoder's tokens.
+        encoder_decoder = getattr(model.base_model.config, "is_encoder_decoder", False)
+        new_tokens = output if encoder_decoder else output[:, batch["input_ids"].shape[1] :]
         return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     return _map_batches(prompts, batch_size, generate, accelerator)

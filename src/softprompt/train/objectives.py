@@ -103,6 +103,23 @@ class HeadClassificationObjective(_ClassScores):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
+class Seq2SeqClassificationObjective(ClassificationObjective):
+    """Cross-entropy over the label words' logits at the decoder's first step (T5/BART style)."""
+
+    padding_side = "right"
+
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Label-word logits (B, C) of the first decoder position (after the start token)."""
+        start = self.model.base_model.config.decoder_start_token_id
+        decoder_input_ids = torch.full(
+            (input_ids.shape[0], 1), start, dtype=torch.long, device=input_ids.device
+        )
+        logits = self.model(
+            input_ids, attention_mask, decoder_input_ids=decoder_input_ids
+        ).logits  # (B, 1, V)
+        return logits[:, 0, self.label_ids]
+
+
 class GenerationObjective(nn.Module):
     """Next-token cross-entropy on the target tokens only (the source is masked out of ``labels``)."""
 
@@ -128,4 +145,33 @@ class GenerationObjective(nn.Module):
         return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
-Objective = ClassificationObjective | HeadClassificationObjective | GenerationObjective
+class Seq2SeqGenerationObjective(GenerationObjective):
+    """Cross-entropy of the decoder on the target tokens; the encoder reads the source.
+
+    Batches come in the causal layout (source + target in ``input_ids``, the source masked out of
+    ``labels``, right padding): each row is split into its source (B, S) and target (B, L) here.
+    """
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed cross-entropy of the batch's target tokens."""
+        sources, targets = [], []
+        for ids, mask, labels in zip(
+            batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True
+        ):
+            scored = labels != IGNORE_INDEX
+            sources.append(ids[(mask == 1) & ~scored])
+            targets.append(labels[scored])
+        source = nn.utils.rnn.pad_sequence(sources, batch_first=True, padding_value=0)  # (B, S)
+        source_mask = nn.utils.rnn.pad_sequence([torch.ones_like(s) for s in sources], batch_first=True)
+        target = nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=IGNORE_INDEX)  # (B, L)
+        out = self.model(source, attention_mask=source_mask, labels=target)
+        return out.loss * int((target != IGNORE_INDEX).sum())
+
+
+Objective = (
+    ClassificationObjective
+    | Seq2SeqClassificationObjective
+    | HeadClassificationObjective
+    | GenerationObjective
+    | Seq2SeqGenerationObjective
+)

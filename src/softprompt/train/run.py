@@ -29,7 +29,6 @@ import torch
 import softprompt
 from softprompt.encoder import EncoderSoftPromptModel
 from softprompt.io import ADAPTER_FILENAME
-from softprompt.model import SoftPromptModel
 from softprompt.train.build import (
     DTYPES,
     bare_objective,
@@ -136,14 +135,8 @@ def train(
     model = softprompt.wrap(
         base, prompt_config(config, task), tokenizer=tokenizer, **model_options(config, base)
     )
-    if not isinstance(model, SoftPromptModel | EncoderSoftPromptModel):
-        raise RunError(
-            f"softprompt train runs causal language models and encoders; {config.model.name_or_path} is a "
-            f"{model.shape.kind} model ({model.shape.family}). Train it with the Python API "
-            "(softprompt.wrap, see the README's 'Model shapes') or choose another model."
-        )
     # An encoder's classifier head is new: the bare model has no zero-shot answer to score.
-    zero_shot = config.eval.zero_shot and isinstance(model, SoftPromptModel)
+    zero_shot = config.eval.zero_shot and not isinstance(model, EncoderSoftPromptModel)
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     objective = make_objective(model, task, tokenizer).to(accelerator.device)
