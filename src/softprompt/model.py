@@ -89,8 +89,9 @@ class PromptedModel(nn.Module):
             "base_model": {"name_or_path": self.shape.name_or_path, **self.shape.fingerprint()},
             "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch."),
         }
-        if self.model_options():
-            record["model_options"] = self.model_options()
+        options = self.model_options()
+        if options:
+            record["model_options"] = options
         return write_adapter(path, tensors, record)
 
     def export_peft(self, directory: str | os.PathLike) -> Path:
@@ -275,7 +276,7 @@ class SoftPromptModel(PromptedModel):
         virtual = prefix.mask.shape[1]
         pad = self.base_model.generation_config.pad_token_id or 0
         stand_ins = torch.full((batch, virtual), pad, dtype=input_ids.dtype, device=input_ids.device)
-        full_mask = torch.cat([prefix.mask, attention_mask.long()], dim=-1)
+        full_mask = injection.with_prefix_columns(attention_mask, prefix.mask)
         if self.shape.takes_position_ids:
             kwargs["position_ids"] = torch.cat(
                 [
