@@ -60,6 +60,7 @@ from torch import nn  # noqa: E402
 import softprompt  # noqa: E402
 from softprompt.data import ClassificationTask, Encoded, collate, encode_dataset, load_rows  # noqa: E402
 from softprompt.data.batching import LengthGroupedSampler  # noqa: E402
+from softprompt.encoder import mean_pool  # noqa: E402
 from softprompt.methods import METHODS  # noqa: E402
 from softprompt.metrics import compute_metrics  # noqa: E402
 from softprompt.train import load_config, train  # noqa: E402
@@ -621,12 +622,6 @@ class Contestant:
 
 def _inputs(batch: dict) -> dict:
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, H) -> (B, H): the mean over real tokens, the sentence embedding MiniLM was trained to give."""
-    mask = attention_mask[..., None].to(hidden.dtype)  # (B, T, 1)
-    return (hidden * mask).sum(1) / mask.sum(1)
 
 
 def prompt_config(method: str) -> tuple[Any, dict]:

@@ -368,8 +368,7 @@ class EncoderSoftPromptModel(PromptedModel):
         )
         if attention_mask is None:
             attention_mask = torch.ones(tokens.shape[:2], device=hidden.device)
-        weights = attention_mask.to(hidden.dtype)[..., None]  # (B, T, 1)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        pooled = mean_pool(hidden, attention_mask)
         logits = self.mean_classifier(pooled.to(self.mean_classifier.weight.dtype))
         loss = None
         if labels is not None:
@@ -436,6 +435,12 @@ class EncoderSoftPromptModel(PromptedModel):
                 expected[name].copy_(value)
 
 
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) -> (B, H): the mean over each row's real tokens (the sentence-transformers embedding)."""
+    weights = attention_mask.to(hidden.dtype)[..., None]  # (B, T, 1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
 def _new_linear_head(base_model: nn.Module, width: int) -> nn.Linear:
     """A (width -> num_labels) classifier initialised as ``transformers`` initialises its heads."""
     config = base_model.config
@@ -456,4 +461,11 @@ def _classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
-__all__ = ["BatchPrompt", "EncoderBatch", "EncoderSoftPromptModel", "encoder_batch", "prompt_for_batch"]
+__all__ = [
+    "BatchPrompt",
+    "EncoderBatch",
+    "EncoderSoftPromptModel",
+    "encoder_batch",
+    "mean_pool",
+    "prompt_for_batch",
+]
