@@ -365,7 +365,7 @@ def _load_adapter(path: Path, base: str | None):
     from softprompt import peft_format
     from softprompt.hub import family_kind, load_base_model
     from softprompt.io import adapter_file, read_adapter
-    from softprompt.train.build import load_base, make_task
+    from softprompt.train.build import LOAD_KINDS, load_base, make_task
 
     run_config = None
     if path.is_dir() and (path / "config.yaml").is_file():
@@ -389,9 +389,7 @@ def _load_adapter(path: Path, base: str | None):
         kind = _guard(lambda: family_kind(base))
         if kind == "encoder":
             _fail(f"{base} is an encoder: give the run folder, whose classes size the classifier head")
-        base_model, tokenizer = _guard(
-            lambda: load_base_model(base, kind="seq2seq-lm" if kind == "seq2seq" else "causal-lm")
-        )
+        base_model, tokenizer = _guard(lambda: load_base_model(base, kind=LOAD_KINDS[kind]))
     model = _guard(lambda: softprompt.load(base_model, path))
     return model, tokenizer, run_config
 

@@ -25,7 +25,7 @@ from softprompt.data import (
 )
 from softprompt.encoder import EncoderSoftPromptModel
 from softprompt.families import model_shape
-from softprompt.hub import family_kind, load_base_model
+from softprompt.hub import ModelKind, family_kind, load_base_model
 from softprompt.methods import SoftPromptConfig
 from softprompt.model import PromptedModel
 from softprompt.seq2seq import Seq2SeqSoftPromptModel
@@ -40,6 +40,13 @@ from softprompt.train.objectives import (
 )
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# How a run loads each kind of model family (``ModelShape.kind``): encoders get a classifier head.
+LOAD_KINDS: dict[str, ModelKind] = {
+    "causal": "causal-lm",
+    "seq2seq": "seq2seq-lm",
+    "encoder": "sequence-classification",
+}
 
 logger = logging.getLogger(__name__)
 
@@ -101,15 +108,13 @@ def load_base(config: RunConfig, task: Task) -> tuple[Any, Any]:
     classification task — a sequence classifier with one (new) output per class."""
     name, dtype = config.model.name_or_path, DTYPES[config.model.dtype]
     kind = family_kind(name)
-    if kind == "seq2seq":
-        return load_base_model(name, kind="seq2seq-lm", dtype=dtype)
     if kind != "encoder":
-        return load_base_model(name, dtype=dtype)
+        return load_base_model(name, kind=LOAD_KINDS[kind], dtype=dtype)
     if not isinstance(task, ClassificationTask):
         raise ValueError(
             f"{name} is an encoder: it classifies (task.kind: classification), it cannot generate"
         )
-    return load_base_model(name, kind="sequence-classification", dtype=dtype, num_labels=len(task.classes))
+    return load_base_model(name, kind=LOAD_KINDS[kind], dtype=dtype, num_labels=len(task.classes))
 
 
 def model_options(config: RunConfig, base: Any) -> dict[str, Any]:
