@@ -23,6 +23,8 @@ sys.path.insert(0, str(BENCHMARKS))
 # script -> extra arguments of its smoke run (each must finish in seconds)
 QUICK_RUNS = {
     "speed_memory.py": ["--quick"],
+    "mixed_tasks.py": ["--quick"],  # tiny random Llama
+    "quality.py": ["--quick"],  # tiny random GPT-2 and BERT, a few rows of the real data sets
 }
 
 
@@ -66,6 +68,69 @@ def test_speed_memory_quick_run_writes_tables_and_json(tmp_path):
         ratios = {r["method"]: r["softprompt_vs"] for r in result["ratios"] if r["style"] == style}
         assert set(ratios) == methods
         assert all(v["time"] > 0 and v["memory"] > 0 for r in ratios.values() for v in r.values())
+
+
+def test_mixed_tasks_quick_run_writes_every_case_and_goal(tmp_path):
+    stdout, result = run_quick("mixed_tasks.py", tmp_path / "mixed_tasks.json")
+    assert {"date", "machine", "settings", "throughput", "latency", "goals", "checks_max_rel_diff"} <= set(
+        result
+    )
+    assert {"torch", "transformers", "peft", "softprompt", "platform"} <= set(result["machine"])
+    assert len(result["tasks"]) == 8
+    assert {t["method"] for t in result["tasks"]} == {"prompt_tuning", "prefix_tuning", "p_tuning"}
+    for workload in ("forward", "generate"):
+        assert "TaskBank, 8 tasks mixed, 1 batch" in result["throughput"][workload]
+        assert "peft, 8 batches, set_adapter" in result["throughput"][workload]
+        assert "TaskBank, compiled prompt" in result["latency"][workload]
+    assert len(result["goals"]) == 4
+    # The ways of serving that are timed compute the same numbers.
+    checks = result["checks_max_rel_diff"]
+    assert all(diff < 1e-5 for diff in checks.values()), checks
+    assert "Goals" in stdout
+
+
+def test_quality_quick_run_writes_every_row_and_goal(tmp_path):
+    stdout, result = run_quick("quality.py", tmp_path / "quality.json")
+    assert {"date", "machine", "settings", "rows", "goals"} <= set(result)
+    assert {"torch", "transformers", "peft", "softprompt", "platform", "torch_threads"} <= set(
+        result["machine"]
+    )
+    assert result["settings"]["quick"] and result["settings"]["budget"]["seed"] == 0
+
+    rows = result["rows"]
+    causal = [r for r in rows if r["model"] == result["models"]["causal"]]
+    main = {(r["task"], r["library"], r["method"]) for r in causal if r["train_rows"] in (0, 32)}
+    for task in ("sst2", "rte", "boolq"):
+        assert (task, "zero-shot", "-") in main
+        for method in ("prompt_tuning", "prefix_tuning", "p_tuning"):
+            assert {(task, "softprompt", method), (task, "peft", method)} <= main
+    low_data = {
+        (r["library"], r["train_rows"]) for r in causal if r["task"] == "sst2" and r["train_rows"] == 8
+    }
+    assert low_data == {("softprompt", 8), ("peft", 8)}
+    encoder = {(r["method"], r["train_rows"]) for r in rows if r["model"] == result["models"]["encoder"]}
+    methods = ("deep_prompt", "deep_prompt_mean", "prompt_tuning", "full_finetuning", "linear_probe")
+    assert encoder == {(m, n) for m in methods for n in (8, 32)}
+
+    for r in rows:
+        assert 0 <= r["accuracy"] <= 100
+        if r["library"] != "zero-shot":
+            assert r["trainable_parameters"] > 0 and r["file_bytes"] > 0
+    # peft's files and parameters are counted, not copied from softprompt's
+    sizes = {(r["library"], r["method"]): r["trainable_parameters"] for r in causal if r["task"] == "sst2"}
+    assert sizes[("peft", "prefix_tuning")] == 2 * sizes[("softprompt", "prefix_tuning")]  # 20 vs 10 tokens
+    assert [g["goal"].split()[0] for g in result["goals"]] == ["softprompt", "MiniLM", "MiniLM"]
+    assert "Goals" in stdout
+
+
+def test_quality_help_lists_the_selection_flags(capsys):
+    module = importlib.import_module("quality")
+    with pytest.raises(SystemExit) as exit_:
+        module.parse_args(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--quick", "--out", "--threads", "--tasks", "--methods", "--libraries", "--low-data"):
+        assert flag in text
 
 
 def test_peak_memory_sees_a_freed_temporary_and_what_stays():
