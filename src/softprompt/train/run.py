@@ -28,7 +28,7 @@ import torch
 
 import softprompt
 from softprompt.encoder import EncoderSoftPromptModel
-from softprompt.io import ADAPTER_FILENAME
+from softprompt.io import ADAPTER_FILENAME, atomic_write
 from softprompt.train.build import (
     DTYPES,
     bare_objective,
@@ -246,7 +246,8 @@ def train(
         log.close()
         if config.output.plot:
             plot_curves(run_dir / JSONL_NAME, run_dir / PLOT_NAME, metric=config.selection_metric)
-        (run_dir / SUMMARY_NAME).write_text(json.dumps(asdict(summary), indent=2) + "\n")
+        text = json.dumps(asdict(summary), indent=2) + "\n"
+        atomic_write(run_dir / SUMMARY_NAME, lambda tmp: tmp.write_text(text))
     return summary
 
 
@@ -297,7 +298,7 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, is_main: bo
     if not resume:
         for name in (ADAPTER_NAME, SUMMARY_NAME, PLOT_NAME):
             (run_dir / name).unlink(missing_ok=True)
-    config_path.write_text(resolved)
+    atomic_write(config_path, lambda tmp: tmp.write_text(resolved))  # --resume and eval read it
 
 
 def format_summary(summary: RunSummary) -> str:
