@@ -60,9 +60,9 @@ from torch import nn  # noqa: E402
 import softprompt  # noqa: E402
 from softprompt.data import ClassificationTask, Encoded, collate, encode_dataset, load_rows  # noqa: E402
 from softprompt.data.batching import LengthGroupedSampler  # noqa: E402
-from softprompt.encoder import mean_pool  # noqa: E402
 from softprompt.methods import METHODS  # noqa: E402
 from softprompt.metrics import compute_metrics  # noqa: E402
+from softprompt.models.encoder import mean_pool  # noqa: E402
 from softprompt.train import load_config, train  # noqa: E402
 from softprompt.train.config import RunConfig, TrainSection  # noqa: E402
 from softprompt.train.objectives import last_token_index  # noqa: E402
@@ -230,7 +230,7 @@ def real_models() -> Models:
 
     return Models(
         lambda: load_base_model("smollm2-135m-instruct"),
-        lambda: load_base_model("all-minilm-l6-v2", kind="sequence-classification", num_labels=2),
+        lambda: load_base_model("all-minilm-l6-v2", head="sequence-classification", num_labels=2),
         "SmolLM2-135M-Instruct",
         "all-MiniLM-L6-v2",
     )

@@ -112,7 +112,7 @@ def test_logits_of_any_leading_shape_equal_the_models_own(family):
 
 def test_a_prefix_joins_each_layer_on_that_layers_device():
     # Models split over devices (device_map) compute each layer's keys on its own device (peft #2134).
-    from softprompt.cache import prefix_cache
+    from softprompt.injection.caches import prefix_cache
 
     keys, values = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 4, 8)
     layer = prefix_cache([(keys, values)]).layers[0]

@@ -25,7 +25,7 @@ def bank_and_singles(family):
     for name, config in TASKS.items():
         singles[name] = softprompt.wrap(base, config).eval()
         bank.add(name, singles[name])
-    singles[None] = softprompt.model.SoftPromptModel(base, None, bank.runner.shape)
+    singles[None] = softprompt.SoftPromptModel(base, None, bank.runner.shape)
     return bank.eval(), singles
 
 

@@ -12,9 +12,9 @@ import transformers as T
 from tiny import ENCODER_CONFIGS, ENCODER_FAMILIES, random_ids, tiny_causal_lm, tiny_encoder
 
 import softprompt
-from softprompt.cache import site_states
 from softprompt.families import model_shape
-from softprompt.io import read_adapter
+from softprompt.files.adapter import read_adapter
+from softprompt.injection.capture import site_states
 
 CONFIGS = {
     "prompt_tuning": lambda: softprompt.PromptTuningConfig(num_virtual_tokens=3, init="vocab"),
@@ -63,7 +63,7 @@ def test_shape_matches_what_every_encoder_layer_computes(family):
     assert [(k.shape[0], k.shape[2]) for k, _ in states] == [
         (s.num_kv_heads, s.head_dim) for s in shape.layers
     ]
-    assert shape.kind == "encoder" and shape.task == "sequence-classification"
+    assert shape.kind == "encoder" and shape.head == "sequence-classification"
 
 
 # ----------------------------------------------------------------------------------- each method
@@ -105,10 +105,10 @@ def test_prompt_tokens_get_token_type_zero_and_pairs_keep_theirs():
 def test_deep_prompt_reaches_every_layer_and_masked_slots_change_nothing(family):
     model = wrapped(family, "deep_prompt", "token-classification")
     ids = random_ids(2, 5)
-    prefix = model.batch_prefix(2, ids.device)
+    prefix = model.own_prompts(2, ids.device)
     prefix.sites["encoder"].mask = torch.zeros_like(prefix.sites["encoder"].mask)
     with torch.no_grad():
-        hidden = model(input_ids=ids, prefix=prefix).logits
+        hidden = model(input_ids=ids, row_prompts=prefix).logits
         expected = model.base_model(input_ids=ids).logits  # positions follow the real prompt length: 0
         with_prompt = model(input_ids=ids).logits
     torch.testing.assert_close(hidden, expected, atol=1e-5, rtol=1e-5)
@@ -335,7 +335,7 @@ def test_all_minilm_l6_v2_forward_backward_save_load(tmp_path):
     from softprompt.hub import load_base_model
 
     start = time.perf_counter()
-    base, tokenizer = load_base_model("all-minilm-l6-v2", kind="sequence-classification", num_labels=2)
+    base, tokenizer = load_base_model("all-minilm-l6-v2", head="sequence-classification", num_labels=2)
     model = softprompt.wrap(base, softprompt.PrefixTuningConfig(num_virtual_tokens=8, init="vocab")).train()
     assert model.shape.name_or_path == "all-minilm-l6-v2"  # files name the alias, not a local path
     batch = tokenizer(["a gripping, funny film", "dull"], return_tensors="pt", padding=True)
@@ -350,7 +350,7 @@ def test_all_minilm_l6_v2_forward_backward_save_load(tmp_path):
     numbers = 8 * 6 * 2 * 384 + 2 * 384 + 2  # the prefix in 6 layers, and the new head
     assert model.num_trainable_parameters() == numbers
     assert path.stat().st_size < numbers * 4 + 4096
-    fresh, _ = load_base_model("all-minilm-l6-v2", kind="sequence-classification", num_labels=2)
+    fresh, _ = load_base_model("all-minilm-l6-v2", head="sequence-classification", num_labels=2)
     again = softprompt.load(fresh, path).eval()
     with torch.no_grad():
         torch.testing.assert_close(again(**batch).logits, expected, atol=1e-5, rtol=1e-5)

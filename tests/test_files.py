@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from tiny import random_ids, tiny_causal_lm
 
 import softprompt
-from softprompt.io import ADAPTER_FILENAME, read_adapter
+from softprompt.files.adapter import ADAPTER_FILENAME, read_adapter
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_a_failed_save_leaves_the_old_file_intact(trained, tmp_path, monkeypatch
     def broken_save(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("softprompt.io.save_file", broken_save)
+    monkeypatch.setattr("softprompt.files.adapter.save_file", broken_save)
     with pytest.raises(OSError, match="disk full"):
         trained.save(path)
     assert path.read_bytes() == before

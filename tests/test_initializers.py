@@ -7,7 +7,7 @@ from transformers import GPT2Tokenizer
 
 import softprompt
 from softprompt import initializers
-from softprompt.cache import capture_cache, captured_states
+from softprompt.injection.capture import capture_cache, captured_states
 
 TOKENIZER_DIR = "../shared/data/tokenizers/gpt2"
 

@@ -160,8 +160,8 @@ def test_folding_keeps_the_logits(method):
     model = wrapped("phi3", method)
     ids = random_ids(2, 5)
     expected = model(input_ids=ids).logits
-    folded = softprompt.methods.plain_prompt(model.config, model.prompt.folded(), model.shape)
-    model.prompt = folded
+    (table,) = model.prompt.folded().values()
+    model.prompt = softprompt.methods.method_of(model.config).rebuild(model.config, table, model.shape)
     torch.testing.assert_close(model(input_ids=ids).logits, expected, atol=1e-6, rtol=1e-5)
 
 

@@ -9,11 +9,10 @@ from transformers import EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 import softprompt
-from softprompt.cache import capture_cache, captured_states
-from softprompt.encoder import BatchPrompt
 from softprompt.families import model_shape
-from softprompt.injection import BatchPrefix
-from softprompt.io import read_adapter
+from softprompt.files.adapter import read_adapter
+from softprompt.injection import BatchPrefix, RowPrompts
+from softprompt.injection.capture import capture_cache, captured_states, site_states
 
 CONFIGS = {
     "prompt_tuning": lambda: softprompt.PromptTuningConfig(num_virtual_tokens=3, init="vocab"),
@@ -54,11 +53,11 @@ def decoder_count(model):
 def test_shape_matches_what_every_site_computes(family):
     model = tiny_seq2seq_lm(family)
     shape = model_shape(model)
-    states = softprompt.cache.site_states(model, shape, random_ids(1, 3)[0])
-    for site, layers in shape.prefix_layout().sites:
+    states = site_states(model, shape, random_ids(1, 3)[0])
+    for site, layers in shape.layout().sites:
         seen = [(keys.shape[0], keys.shape[2]) for keys, _ in states[site]]
         assert seen == [(layer.num_kv_heads, layer.head_dim) for layer in layers], site
-    assert shape.kind == "seq2seq" and shape.task == "seq2seq-lm"
+    assert shape.kind == "seq2seq" and shape.head == "seq2seq-lm"
 
 
 # --------------------------------------------------------------------------------- each site exactly
@@ -100,10 +99,10 @@ def test_decoder_prefix_equals_real_tokens_before_the_decoder_input(family):
         encoded = base.get_encoder()(input_ids=ids).last_hidden_state
         self_states, _ = _decoder_states(base, encoded, None, before)
         expected = base(input_ids=ids, decoder_input_ids=torch.cat([before, dec], 1)).logits[:, 3:]
-        prefix = BatchPrompt(
+        prefix = RowPrompts(
             sites={"decoder": BatchPrefix(list(self_states), torch.ones(2, 3, dtype=torch.long))}
         )
-        got = model(input_ids=ids, decoder_input_ids=dec, prefix=prefix).logits
+        got = model(input_ids=ids, decoder_input_ids=dec, row_prompts=prefix).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -124,8 +123,8 @@ def test_cross_prefix_equals_extra_encoder_states(family):
             decoder_input_ids=dec,
         ).logits
         layers = [(k.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1)) for k, v in cross]
-        prefix = BatchPrompt(sites={"cross": BatchPrefix(layers, torch.ones(2, 3, dtype=torch.long))})
-        got = model(input_ids=ids, decoder_input_ids=dec, prefix=prefix).logits
+        prefix = RowPrompts(sites={"cross": BatchPrefix(layers, torch.ones(2, 3, dtype=torch.long))})
+        got = model(input_ids=ids, decoder_input_ids=dec, row_prompts=prefix).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -134,8 +133,8 @@ def test_masked_encoder_and_cross_prefixes_change_nothing(family):
     """Prefix slots that the mask hides are invisible: the mask reaches every encoder and cross layer."""
     model = wrapped(family, "prefix_tuning")
     ids, dec = random_ids(2, 5), random_ids(2, 4, seed=1)
-    full = model.batch_prefix(2, ids.device)
-    hidden = BatchPrompt(
+    full = model.own_prompts(2, ids.device)
+    hidden = RowPrompts(
         sites={
             site: BatchPrefix(full.sites[site].layers, torch.zeros(2, 2, dtype=torch.long))
             for site in ("encoder", "cross")
@@ -143,10 +142,10 @@ def test_masked_encoder_and_cross_prefixes_change_nothing(family):
     )
     with torch.no_grad():
         expected = model.base_model(input_ids=ids, decoder_input_ids=dec).logits
-        got = model(input_ids=ids, decoder_input_ids=dec, prefix=hidden).logits
+        got = model(input_ids=ids, decoder_input_ids=dec, row_prompts=hidden).logits
         loud = [(k * 30, v * 30) for k, v in full.sites["encoder"].layers]  # tiny random models barely react
-        encoder_only = BatchPrompt(sites={"encoder": BatchPrefix(loud, full.sites["encoder"].mask)})
-        changed = model(input_ids=ids, decoder_input_ids=dec, prefix=encoder_only).logits
+        encoder_only = RowPrompts(sites={"encoder": BatchPrefix(loud, full.sites["encoder"].mask)})
+        changed = model(input_ids=ids, decoder_input_ids=dec, row_prompts=encoder_only).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(
         changed, expected, atol=1e-3
@@ -347,8 +346,8 @@ def test_save_load_round_trip(method, tmp_path):
 
 def test_prefix_sizes_follow_the_sites():
     shape = model_shape(tiny_seq2seq_lm("t5v1.1"))  # 2 encoder layers, 3 decoder layers, 4 heads x 8
-    assert shape.prefix_layout("all").prefix_width == (2 + 3 + 3) * 2 * 4 * 8
-    assert shape.prefix_layout("decoder").prefix_width == 3 * 2 * 4 * 8
+    assert shape.layout().prefix_width == (2 + 3 + 3) * 2 * 4 * 8
+    assert shape.layout(("decoder",)).prefix_width == 3 * 2 * 4 * 8
     model = softprompt.wrap(tiny_seq2seq_lm("t5v1.1"), softprompt.PrefixTuningConfig(num_virtual_tokens=5))
     assert model.prompt.prefix.shape == (5, shape.prefix_width)
 
@@ -379,7 +378,7 @@ def test_a_prompt_for_another_decoder_depth_is_refused(tmp_path):
 def test_prefix_attention_is_attention_over_prefix_and_keys(mask_kind):
     """The cache-less route: prefix keys/values before the layer's own, masked slots hidden, and no
     relative-position bias for prefix slots (T5)."""
-    from softprompt.cache import AttentionPrefix, _prefix_attention
+    from softprompt.injection.attention import AttentionPrefix, _prefix_attention
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, 3, 8, generator=g) for _ in range(3))

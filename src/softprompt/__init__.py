@@ -4,17 +4,16 @@ Example:
     >>> import softprompt
     >>> model = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=20))
     >>> model(input_ids, labels=input_ids).loss.backward()
-    >>> model.save("task.safetensors")
-    >>> softprompt.load(base_model, "task.safetensors").generate(input_ids, max_new_tokens=20)
+    >>> path = model.save(tmp_dir / "task.safetensors")
+    >>> softprompt.load(base_model, path).generate(input_ids, max_new_tokens=3).shape
+    torch.Size([2, 8])
 """
 
 from softprompt.api import load, wrap
-from softprompt.encoder import EncoderSoftPromptModel
 from softprompt.families import FAMILIES, UnsupportedModelError, model_shape
-from softprompt.io import AdapterFileError
+from softprompt.files.adapter import AdapterFileError
 from softprompt.methods import PrefixTuningConfig, PromptTuningConfig, PTuningConfig, SoftPromptConfig
-from softprompt.model import PromptedModel, SoftPromptModel
-from softprompt.seq2seq import Seq2SeqSoftPromptModel
+from softprompt.models import EncoderSoftPromptModel, PromptedModel, Seq2SeqSoftPromptModel, SoftPromptModel
 
 __version__ = "0.1.0"
 

@@ -1,14 +1,17 @@
 """``wrap`` and ``load``: the two ways to get a soft-prompted model.
 
-The model class follows the base model's kind (``ModelShape.kind``, from ``families.py``):
-:class:`~softprompt.model.SoftPromptModel` for causal LMs,
-:class:`~softprompt.seq2seq.Seq2SeqSoftPromptModel` for encoder-decoders (T5, BART) and
-:class:`~softprompt.encoder.EncoderSoftPromptModel` for encoders (BERT...).
+The model class follows the base model's kind (:mod:`softprompt.kinds`):
+:class:`~softprompt.models.SoftPromptModel` for causal LMs,
+:class:`~softprompt.models.Seq2SeqSoftPromptModel` for encoder-decoders (T5, BART) and
+:class:`~softprompt.models.EncoderSoftPromptModel` for encoders (BERT...).
 
 Example:
-    >>> model = softprompt.wrap(base, softprompt.PromptTuningConfig(init="text", init_text="yes no"), tokenizer=tok)
-    >>> model.save("task.safetensors")
-    >>> again = softprompt.load(base, "task.safetensors")
+    >>> config = softprompt.PromptTuningConfig(num_virtual_tokens=4, init="text", init_text=" yes no")
+    >>> model = softprompt.wrap(base_model, config, tokenizer=tokenizer)
+    >>> path = model.save(tmp_dir / "task.safetensors")
+    >>> again = softprompt.load(base_model, path)
+    >>> torch.equal(again.prompt.embeddings, model.prompt.embeddings)
+    True
 """
 
 from __future__ import annotations
@@ -18,23 +21,14 @@ import inspect
 import os
 from typing import Any
 
-import torch
 from torch import nn
 
-from softprompt import peft_format
-from softprompt.encoder import HEAD_PREFIX, EncoderSoftPromptModel
 from softprompt.families import ModelShape, model_shape
-from softprompt.io import AdapterFileError, read_adapter
-from softprompt.methods import METHODS, SoftPromptConfig, build_prompt, plain_prompt
-from softprompt.model import PromptedModel, SoftPromptModel
-from softprompt.seq2seq import Seq2SeqSoftPromptModel
-
-# The model class for each kind of base model.
-MODEL_CLASSES: dict[str, type[PromptedModel]] = {
-    "causal": SoftPromptModel,
-    "seq2seq": Seq2SeqSoftPromptModel,
-    "encoder": EncoderSoftPromptModel,
-}
+from softprompt.files import peft as peft_files
+from softprompt.files.adapter import AdapterFileError, read_adapter, split_head
+from softprompt.kinds import KINDS
+from softprompt.methods import METHODS, SoftPromptConfig, build_prompt, method_of
+from softprompt.models import PromptedModel
 
 
 def wrap(base_model: nn.Module, config: SoftPromptConfig, tokenizer=None, **options: Any) -> PromptedModel:
@@ -59,27 +53,26 @@ def load(base_model: nn.Module, path: str | os.PathLike) -> PromptedModel:
     """
     shape = model_shape(base_model)
     options: dict[str, Any] = {}
-    if peft_format.is_peft_folder(path):
-        config, tensors, _ = peft_format.read_peft_folder(path, shape)
+    if peft_files.is_peft_folder(path):
+        config, tensors, _ = peft_files.read_peft_folder(path, shape)
     else:
         record, tensors = read_adapter(path)
         _check_same_model(record.get("base_model", {}), shape, path)
         config = _config_from_record(record, path)
         options = record.get("model_options", {})
-    head = {name: tensors.pop(name) for name in list(tensors) if name.startswith(HEAD_PREFIX)}
-    _check_tensors(tensors, config, shape, path)
-    prompt = plain_prompt(config, tensors, shape)
+    tensors, head = split_head(tensors)
+    method = method_of(config)
+    table = _saved_table(tensors, config, shape, path)
+    prompt = method.rebuild(config, table, shape)
     model = _model_class(shape, options, path)(base_model, prompt.to(base_model.device), shape, **options)
     if head:
-        if not isinstance(model, EncoderSoftPromptModel):
-            raise AdapterFileError(f"{path} holds a task head, but this {shape.family} model has none")
         model.load_head(head, path)
     return model
 
 
 def _model_class(shape: ModelShape, options: dict[str, Any], path=None) -> type[PromptedModel]:
     """The model class for ``shape``, checked to take ``options`` (a file's, when ``path`` is set)."""
-    cls = MODEL_CLASSES[shape.kind]
+    cls = KINDS[shape.kind].model_class
     unknown = sorted(set(options) - set(inspect.signature(cls.__init__).parameters) - {"self"})
     if unknown and path is not None:
         raise AdapterFileError(f"{path} asks for model options {unknown} that a {cls.__name__} does not take")
@@ -89,19 +82,18 @@ def _model_class(shape: ModelShape, options: dict[str, Any], path=None) -> type[
 
 
 def _config_from_record(record: dict[str, Any], path) -> SoftPromptConfig:
-    method = record.get("method")
-    if method not in METHODS:
-        raise AdapterFileError(f"{path} holds an unknown method {method!r}; known: {', '.join(METHODS)}")
-    config_cls = METHODS[method].config
-    known = {f.name for f in dataclasses.fields(config_cls)}
+    name = record.get("method")
+    if name not in METHODS:
+        raise AdapterFileError(f"{path} holds an unknown method {name!r}; known: {', '.join(METHODS)}")
+    method = METHODS[name]
+    known = {f.name for f in dataclasses.fields(method.config)}
     choices = record.get("config", {})
     unknown = sorted(set(choices) - known)
     if unknown:
         raise AdapterFileError(
             f"{path} has config keys {unknown} this softprompt does not know; upgrade softprompt"
         )
-    # The prompt's numbers come from the file, so the init that made them is not re-run.
-    return config_cls(**{**choices, "init": "zero" if method == "prefix_tuning" else "random"})
+    return method.reload_config(choices)
 
 
 def _check_same_model(saved: dict[str, Any], shape: ModelShape, path) -> None:
@@ -119,19 +111,18 @@ def _check_same_model(saved: dict[str, Any], shape: ModelShape, path) -> None:
         )
 
 
-def _check_tensors(
-    tensors: dict[str, torch.Tensor], config: SoftPromptConfig, shape: ModelShape, path
-) -> None:
-    if set(tensors) not in ({"embeddings"}, {"prefix"}):
-        raise AdapterFileError(f"{path} holds tensors {sorted(tensors)}; expected 'embeddings' or 'prefix'")
-    name, table = next(iter(tensors.items()))
-    if name == "embeddings":
-        width = shape.embed_dim
-    else:
-        width = shape.prefix_layout(getattr(config, "prefix_sites", "all")).prefix_width
-    expected = (config.num_virtual_tokens, width)
+def _saved_table(tensors: dict, config: SoftPromptConfig, shape: ModelShape, path):
+    """The file's one prompt tensor, checked to be what the method saves, in this model's shape."""
+    method = method_of(config)
+    if set(tensors) != {method.saves}:
+        raise AdapterFileError(
+            f"{path} holds tensors {sorted(tensors)}; a {method.name} prompt is saved as '{method.saves}'"
+        )
+    table = tensors[method.saves]
+    expected = (config.num_virtual_tokens, method.saved_width(config, shape))
     if tuple(table.shape) != expected:
         raise AdapterFileError(
-            f"{path}: {name} has shape {tuple(table.shape)}, but this {shape.family} model needs {expected} "
-            "(was it made for another base model?)"
+            f"{path}: {method.saves} has shape {tuple(table.shape)}, but this {shape.family} model needs "
+            f"{expected} (was it made for another base model?)"
         )
+    return table

@@ -1,8 +1,9 @@
 """Many task prompts on one frozen model, mixed freely within a batch (Lester et al. §2).
 
 A :class:`TaskBank` holds named task prompts of any method and length. Each row of a batch names
-its task (or none, for the bare model); rows get their own prefix in one forward pass, through the
-same per-row injection every model uses (:func:`softprompt.injection.batch_prefix`).
+its task (or none, for the bare model); rows get their own prompt in one forward pass, through the
+same per-row injection every model uses (:func:`softprompt.injection.gather`), by the protocol of
+:class:`~softprompt.models.PromptedModel` (``compile_prompt``, ``row_prompts``, ``forward``, ``generate``).
 
 Each task is *compiled* on first use: its per-layer keys/values are computed once and kept, so a
 prompt-tuned task costs no prefill per request — it starts from its cache like a prefix-tuned one.
@@ -11,9 +12,10 @@ in place (an optimiser step), detected through the tensors' version counters.
 
 Example:
     >>> bank = TaskBank(base_model)
-    >>> bank.add("sentiment", "sentiment.safetensors")
-    >>> bank.add("topic", "topic.safetensors")
-    >>> bank.generate(input_ids, attention_mask=mask, tasks=["sentiment", "topic", None], max_new_tokens=8)
+    >>> bank.add("sentiment", softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=4)))
+    >>> bank.add("topic", softprompt.wrap(base_model, softprompt.PrefixTuningConfig(num_virtual_tokens=2)))
+    >>> bank.generate(input_ids, attention_mask=attention_mask, tasks=["sentiment", "topic"], max_new_tokens=3).shape
+    torch.Size([2, 8])
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from softprompt.api import MODEL_CLASSES, load
+from softprompt.api import load
 from softprompt.families import UnsupportedModelError, model_shape
+from softprompt.injection import CompiledPrompt, RowPrompts
+from softprompt.kinds import KINDS
 from softprompt.methods import SoftPrompt
-from softprompt.model import PromptedModel, parameter_versions
-
-BANK_KINDS = ("causal", "seq2seq")
+from softprompt.models import PromptedModel
+from softprompt.models.base import parameter_versions
 
 TaskRef = str | int | None
 
@@ -52,15 +55,17 @@ class TaskBank(nn.Module):
     def __init__(self, base_model: nn.Module) -> None:
         super().__init__()
         shape = model_shape(base_model)
-        if shape.kind not in BANK_KINDS:
+        kind = KINDS[shape.kind]
+        if not kind.serves_bank:
+            served = " and ".join(name for name, entry in KINDS.items() if entry.serves_bank)
             raise UnsupportedModelError(
-                f"a task bank serves {' and '.join(BANK_KINDS)} models; {shape.family} is a {shape.kind} model "
+                f"a task bank serves {served} models; {shape.family} is a {shape.kind} model "
                 "(classifiers carry a task head each: serve them one model per task)"
             )
-        self.runner = MODEL_CLASSES[shape.kind](base_model, None, shape)
+        self.runner: PromptedModel = kind.model_class(base_model, None, shape)
         self.tasks = nn.ModuleDict()
         # name -> (parameter versions when compiled, compiled prompt)
-        self._compiled: dict[str, tuple[tuple[int, ...], object]] = {}
+        self._compiled: dict[str, tuple[tuple[int, ...], CompiledPrompt]] = {}
 
     @property
     def base_model(self) -> nn.Module:
@@ -113,7 +118,7 @@ class TaskBank(nn.Module):
 
     # ----------------------------------------------------------------------------------- compiling
     @torch.no_grad()
-    def compiled(self, name: str):
+    def compiled(self, name: str) -> CompiledPrompt:
         """The task's compiled prompt (causal: per-layer keys/values), reused until the task changes."""
         prompt = self.tasks[name]
         versions = parameter_versions(prompt)
@@ -123,12 +128,12 @@ class TaskBank(nn.Module):
             self._compiled[name] = kept
         return kept[1]
 
-    def batch_prefix(self, tasks: Sequence[TaskRef], device: torch.device):
+    def row_prompts(self, tasks: Sequence[TaskRef], device: torch.device) -> RowPrompts:
         """Each row's compiled prompt (shorter ones left-padded and masked; ``None`` = no prompt)."""
         names = [self._name(task) for task in tasks]
         used = sorted({n for n in names if n is not None}, key=list(self.tasks).index)
         rows = torch.tensor([-1 if n is None else used.index(n) for n in names])
-        return self.runner.rows_prompt([self.compiled(n) for n in used], rows, device)
+        return self.runner.row_prompts([self.compiled(n) for n in used], rows, device)
 
     def _name(self, task: TaskRef) -> str | None:
         if task is None or (isinstance(task, int) and task < 0):
@@ -152,8 +157,8 @@ class TaskBank(nn.Module):
     ):
         """Like the wrapped model's ``forward``, with ``tasks[i]`` naming row ``i``'s task."""
         self._check_rows(input_ids, tasks)
-        prefix = self.batch_prefix(tasks, input_ids.device)
-        return self.runner(input_ids=input_ids, attention_mask=attention_mask, prefix=prefix, **kwargs)
+        rows = self.row_prompts(tasks, input_ids.device)
+        return self.runner(input_ids=input_ids, attention_mask=attention_mask, row_prompts=rows, **kwargs)
 
     @torch.no_grad()
     def generate(
@@ -166,8 +171,8 @@ class TaskBank(nn.Module):
     ) -> torch.Tensor:
         """Like the wrapped model's ``generate``, with ``tasks[i]`` naming row ``i``'s task."""
         self._check_rows(input_ids, tasks)
-        prefix = self.batch_prefix(tasks, input_ids.device)
-        return self.runner.generate(input_ids, attention_mask, prefix=prefix, **kwargs)
+        rows = self.row_prompts(tasks, input_ids.device)
+        return self.runner.generate(input_ids, attention_mask, row_prompts=rows, **kwargs)
 
     @staticmethod
     def _check_rows(input_ids: torch.Tensor, tasks: Sequence[TaskRef]) -> None:

@@ -270,7 +270,7 @@ def inspect(
     """
     import json
 
-    from softprompt.io import adapter_file, read_adapter
+    from softprompt.files.adapter import adapter_file, read_adapter
 
     _quiet_libraries()
     path = _guard(lambda: adapter_file(adapter))
@@ -344,11 +344,11 @@ def convert(
     peft's PeftModel.from_pretrained loads the folders this writes; softprompt reads peft's folders
     without running anything from their configs.
     """
-    from softprompt import peft_format
+    from softprompt.files import peft as peft_files
 
     _quiet_libraries()
     model, _, _ = _load_adapter(source, base)
-    if peft_format.is_peft_folder(source):
+    if peft_files.is_peft_folder(source):
         written = _guard(lambda: model.save(destination))
         typer.echo(f"wrote softprompt adapter {written}")
     else:
@@ -362,10 +362,11 @@ def _load_adapter(path: Path, base: str | None):
     import json
 
     import softprompt
-    from softprompt import peft_format
+    from softprompt.files import peft as peft_files
+    from softprompt.files.adapter import adapter_file, read_adapter
     from softprompt.hub import family_kind, load_base_model
-    from softprompt.io import adapter_file, read_adapter
-    from softprompt.train.build import LOAD_KINDS, load_base, make_task
+    from softprompt.kinds import KINDS
+    from softprompt.train.build import load_base, make_task
 
     run_config = None
     if path.is_dir() and (path / "config.yaml").is_file():
@@ -373,8 +374,8 @@ def _load_adapter(path: Path, base: str | None):
     if base is None:
         if run_config is not None:
             base = run_config.model.name_or_path
-        elif peft_format.is_peft_folder(path):
-            base = json.loads((path / peft_format.CONFIG_NAME).read_text()).get("base_model_name_or_path")
+        elif peft_files.is_peft_folder(path):
+            base = json.loads((path / peft_files.CONFIG_NAME).read_text()).get("base_model_name_or_path")
         else:
             record, _ = _guard(lambda: read_adapter(adapter_file(path)))
             base = record.get("base_model", {}).get("name_or_path")
@@ -386,10 +387,12 @@ def _load_adapter(path: Path, base: str | None):
         )
         base_model, tokenizer = _guard(lambda: load_base(run_config, make_task(run_config.task)))
     else:
-        kind = _guard(lambda: family_kind(base))
-        if kind == "encoder":
-            _fail(f"{base} is an encoder: give the run folder, whose classes size the classifier head")
-        base_model, tokenizer = _guard(lambda: load_base_model(base, kind=LOAD_KINDS[kind]))
+        kind = KINDS[_guard(lambda: family_kind(base))]
+        if kind.run_head == "sequence-classification":
+            _fail(
+                f"{base} is one of the {kind.label}: give the run folder, whose classes size the classifier head"
+            )
+        base_model, tokenizer = _guard(lambda: load_base_model(base, head=kind.run_head))
     model = _guard(lambda: softprompt.load(base_model, path))
     return model, tokenizer, run_config
 
@@ -417,7 +420,7 @@ def _run_config(target: Path, overrides: list[str]):
 
 def _guard(action):
     """Run ``action``; report the errors a user can fix as one message and exit 2, not a traceback."""
-    from softprompt.io import AdapterFileError
+    from softprompt.files.adapter import AdapterFileError
     from softprompt.train import ConfigError, RunError
 
     try:

@@ -1,13 +1,12 @@
-"""The one place that knows model families.
+"""The one place that knows model families: model facts, derived once into an immutable ``ModelShape``.
 
-A family is a row of ``FAMILIES``: its kind (causal decoder, encoder-decoder or encoder) and how to
-read its attention shapes from a ``transformers`` config. Everything else in softprompt works from
-the immutable :class:`ModelShape` derived here once, so a new family is a table entry, never a
-branch elsewhere.
+A family is a row of ``FAMILIES``: its kind (causal decoder, encoder-decoder or encoder, see
+:mod:`softprompt.kinds`) and how to read its attention shapes from a ``transformers`` config.
+Everything else in softprompt works from the :class:`ModelShape` derived here once, so a new
+family is a table entry, never a branch elsewhere.
 
-Attention *sites* are the places a prefix can enter: ``self`` (a causal decoder's self-attention),
-``encoder`` (encoder self-attention), ``decoder`` (an encoder-decoder's decoder self-attention) and
-``cross`` (its cross-attention). A :class:`PrefixLayout` lists the sites one prefix fills.
+A :class:`PrefixLayout` lists the attention sites (see :data:`softprompt.kinds.Site`) and layers
+one prefix fills, in the order its flat ``(P, F)`` table stores them.
 
 Example:
     >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -23,15 +22,11 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
-from transformers.models.auto import modeling_auto
 
-ModelKind = Literal["causal", "seq2seq", "encoder"]
-Site = Literal["self", "encoder", "decoder", "cross"]
-# What the model's head does, read from its class (the AutoModelFor... mapping it belongs to).
-ModelTask = Literal["causal-lm", "seq2seq-lm", "sequence-classification", "token-classification", "features"]
+from softprompt.kinds import KINDS, ModelHead, ModelKind, Site, head_of
 
 
 @dataclass(frozen=True)
@@ -146,20 +141,6 @@ FAMILIES: dict[str, Family] = {
     "distilbert": Family("encoder", kv_heads=_heads),
 }
 
-KIND_NAMES = {"causal": "causal LMs", "seq2seq": "encoder-decoders", "encoder": "encoders"}
-# Sites each kind has, in the order a full ("all") prefix stores them.
-SITES: dict[str, tuple[Site, ...]] = {
-    "causal": ("self",),
-    "seq2seq": ("encoder", "decoder", "cross"),
-    "encoder": ("encoder",),
-}
-# Which sites each ``PrefixTuningConfig.prefix_sites`` choice fills, per kind.
-PREFIX_SITES: dict[str, dict[str, tuple[Site, ...]]] = {
-    "all": SITES,
-    # peft's encoder-decoder layout: the decoder's self-attention only (peft issue #2989).
-    "decoder": {"seq2seq": ("decoder",)},
-}
-
 
 class UnsupportedModelError(ValueError):
     """Raised for a model family softprompt has no table entry for, or a combination it cannot run."""
@@ -219,7 +200,8 @@ class ModelShape:
     logit_scale: float | None = None
     # Encoder-decoders: the decoder's layers (its self- and cross-attention share these shapes).
     decoder_layers: tuple[LayerShape, ...] = ()
-    task: ModelTask | None = None
+    # What the model's class does (its ``AutoModelFor...``), see :func:`softprompt.kinds.head_of`.
+    head: ModelHead | None = None
     encoder_prefix: bool = True
     position_offset: int = 0
     index_positions: bool = False
@@ -230,31 +212,31 @@ class ModelShape:
 
     @property
     def sites(self) -> tuple[Site, ...]:
-        return SITES[self.kind]
+        """Every attention site of this kind of model, in the order a full prefix stores them."""
+        return KINDS[self.kind].sites
 
-    def prefix_layout(self, prefix_sites: str = "all") -> PrefixLayout:
-        """The layers a prefix fills for the ``prefix_sites`` choice ("all", or "decoder" for peft's layout)."""
-        choices = PREFIX_SITES.get(prefix_sites, {})
-        if self.kind not in choices:
-            valid = sorted(c for c, kinds in PREFIX_SITES.items() if self.kind in kinds)
+    def layout(self, sites: Sequence[Site] | None = None) -> PrefixLayout:
+        """The layers a prefix fills at ``sites`` (default: every site of the model), in storage order."""
+        sites = self.sites if sites is None else tuple(sites)
+        unknown = [site for site in sites if site not in self.sites]
+        if unknown:
             raise UnsupportedModelError(
-                f"prefix_sites={prefix_sites!r} does not apply to {self.family} ({self.kind} model); "
-                f"choose one of {valid}"
+                f"{self.family} ({KINDS[self.kind].label}) has no attention site {unknown}; its sites: {self.sites}"
             )
-        if "encoder" in choices[self.kind] and not self.encoder_prefix:
+        if "encoder" in sites and not self.encoder_prefix:
             raise UnsupportedModelError(
                 f"{self.family} encoders cannot take a key/value prefix: their attention has no cache path "
                 "and calls no replaceable attention function, so prefix tuning / deep prompts are not "
                 f"supported on {self.family}. Prompt tuning and P-tuning are (PromptTuningConfig, PTuningConfig)."
             )
-        site_layers = {"self": self.layers, "encoder": self.layers, "decoder": self.decoder_layers}
-        site_layers["cross"] = self.decoder_layers
-        return PrefixLayout(tuple((site, site_layers[site]) for site in choices[self.kind]))
+        site_layers = {"self": self.layers, "encoder": self.layers}
+        site_layers["decoder"] = site_layers["cross"] = self.decoder_layers
+        return PrefixLayout(tuple((site, site_layers[site]) for site in sites))
 
     @property
     def prefix_width(self) -> int:
         """Numbers per virtual token of a full prefix: ``sum_l 2 * kv_heads_l * head_dim_l`` over all sites."""
-        return self.prefix_layout().prefix_width
+        return self.layout().prefix_width
 
     def fingerprint(self) -> dict[str, Any]:
         """The facts an adapter file records, to refuse loading onto a model of another shape."""
@@ -278,35 +260,14 @@ def family_of(config: Any) -> tuple[str, Family]:
     if model_type not in FAMILIES:
         supported = "; ".join(
             ", ".join(sorted(name for name, family in FAMILIES.items() if family.kind == kind))
-            + f" ({label})"
-            for kind, label in KIND_NAMES.items()
+            + f" ({entry.label})"
+            for kind, entry in KINDS.items()
         )
         raise UnsupportedModelError(
             f"softprompt does not support model family {model_type!r} yet. Supported families: {supported}. "
             "A family is one entry in softprompt.families.FAMILIES."
         )
     return model_type, FAMILIES[model_type]
-
-
-# The AutoModelFor... mappings that name each task's classes, per model type.
-_TASK_CLASSES: dict[str, dict[str, Any]] = {
-    "causal-lm": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-    "seq2seq-lm": modeling_auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
-    "sequence-classification": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-    "token-classification": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
-    "features": modeling_auto.MODEL_MAPPING_NAMES,
-}
-
-
-def task_of(model: nn.Module) -> ModelTask | None:
-    """What ``model``'s head does, from the ``AutoModelFor...`` class it is (or derives from); else ``None``."""
-    model_type = model.config.model_type
-    classes = {cls.__name__ for cls in type(model).__mro__}
-    for task, mapping in _TASK_CLASSES.items():
-        names = mapping.get(model_type, ())
-        if classes & ({names} if isinstance(names, str) else set(names)):
-            return task
-    return None
 
 
 def model_shape(model: nn.Module) -> ModelShape:
@@ -332,7 +293,7 @@ def model_shape(model: nn.Module) -> ModelShape:
         logit_softcap=softcap,
         logit_scale=getattr(config, family.logit_scale_attr) if family.logit_scale_attr else None,
         decoder_layers=decoder_layers,
-        task=task_of(model),
+        head=head_of(model),
         encoder_prefix=family.encoder_prefix,
         position_offset=family.position_offset(config),
         index_positions=family.index_positions,

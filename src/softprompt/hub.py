@@ -12,7 +12,7 @@ The cache lives in ``$SOFTPROMPT_CACHE_DIR/<alias>`` when that variable is set, 
 
 Example:
     >>> model, tok = load_base_model("smollm2-135m-instruct")  # doctest: +SKIP
-    >>> clf, tok = load_base_model("all-minilm-l6-v2", kind="sequence-classification", num_labels=3)  # doctest: +SKIP
+    >>> clf, tok = load_base_model("all-minilm-l6-v2", head="sequence-classification", num_labels=3)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -20,43 +20,27 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from transformers import (
     AutoConfig,
-    AutoModel,
     AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from softprompt.families import family_of
+from softprompt.files.atomic import atomic_folder
+from softprompt.kinds import HEADS, ModelHead, ModelKind
 
 logger = logging.getLogger(__name__)
 
-ModelKind = Literal["causal-lm", "seq2seq-lm", "sequence-classification", "token-classification", "encoder"]
-
-AUTO_CLASSES: dict[str, type] = {
-    "causal-lm": AutoModelForCausalLM,
-    "seq2seq-lm": AutoModelForSeq2SeqLM,
-    "sequence-classification": AutoModelForSequenceClassification,
-    "token-classification": AutoModelForTokenClassification,
-    "encoder": AutoModel,
-}
-
-# Only these kinds own a freshly initialised head whose width `num_labels` sets.
-_KINDS_WITH_LABELS = frozenset({"sequence-classification", "token-classification"})
+# Only these heads are freshly initialised with a width that `num_labels` sets.
+_HEADS_WITH_LABELS = frozenset({"sequence-classification", "token-classification"})
 
 CACHE_ENV_VAR = "SOFTPROMPT_CACHE_DIR"
 
@@ -96,7 +80,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 def load_base_model(
     name_or_path: str,
     *,
-    kind: ModelKind = "causal-lm",
+    head: ModelHead = "causal-lm",
     dtype: torch.dtype = torch.float32,
     num_labels: int | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -105,9 +89,10 @@ def load_base_model(
     Args:
         name_or_path: a built-in alias (see ``BUILTIN_MODELS``; aliases win over a same-named
             folder), a local folder, or a hub name.
-        kind: which head to put on the model; picks the ``AutoModelFor...`` class.
+        head: which head to put on the model (see :data:`softprompt.kinds.HEADS`); picks the
+            ``AutoModelFor...`` class.
         dtype: parameter dtype of the loaded model.
-        num_labels: width of a new classification head; only for the two classification kinds.
+        num_labels: width of a new classification head; only for the two classification heads.
 
     Returns:
         ``(model, tokenizer)``; the model is in eval mode, its parameters are NOT frozen here (a
@@ -117,15 +102,15 @@ def load_base_model(
         >>> model, tok = load_base_model("smollm2-135m-instruct")  # doctest: +SKIP
         >>> batch = tok(["a", "a longer text"], return_tensors="pt", padding=True)  # doctest: +SKIP
     """
-    if kind not in AUTO_CLASSES:
-        raise ValueError(f"unknown kind {kind!r}; choose one of {sorted(AUTO_CLASSES)}")
-    if num_labels is not None and kind not in _KINDS_WITH_LABELS:
-        raise ValueError(f"num_labels only applies to {sorted(_KINDS_WITH_LABELS)}, not to kind {kind!r}")
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {sorted(HEADS)}")
+    if num_labels is not None and head not in _HEADS_WITH_LABELS:
+        raise ValueError(f"num_labels only applies to {sorted(_HEADS_WITH_LABELS)}, not to head {head!r}")
 
     source = builtin_model_path(name_or_path) if name_or_path in BUILTIN_MODELS else name_or_path
     extra = {} if num_labels is None else {"num_labels": num_labels}
     # trust_remote_code stays at its default (False): a checkpoint must never run its own code here.
-    model = AUTO_CLASSES[kind].from_pretrained(source, dtype=dtype, **extra)
+    model = HEADS[head].load_class().from_pretrained(source, dtype=dtype, **extra)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if name_or_path in BUILTIN_MODELS:
         # Adapters record the base model's name: the alias works on every machine, a cache path not.
@@ -135,7 +120,7 @@ def load_base_model(
     return model, tokenizer
 
 
-def family_kind(name_or_path: str) -> str:
+def family_kind(name_or_path: str) -> ModelKind:
     """The kind of model family (``causal``, ``seq2seq`` or ``encoder``) ``name_or_path`` holds, from its
     config alone (no weights are loaded). Raises :class:`UnsupportedModelError` naming the supported ones.
 
@@ -188,7 +173,7 @@ def builtin_model_path(alias: str) -> Path:
     if not target.is_dir():
         logger.info("de-quantising %s once, cached at %s (about 20 s)", gguf_path.name, target)
         started = time.perf_counter()
-        write_atomically(target, lambda tmp: _convert_gguf(gguf_path, tmp))
+        atomic_folder(target, lambda tmp: _convert_gguf(gguf_path, tmp))
         logger.info("cached %s in %.1f s", alias, time.perf_counter() - started)
     return target
 
@@ -202,30 +187,6 @@ def cache_dir(alias: str) -> Path:
     """
     root = os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "softprompt" / "models"
     return Path(root).expanduser() / alias
-
-
-def write_atomically(target: Path, build: Callable[[Path], None]) -> None:
-    """Fill a temp folder beside ``target`` with ``build`` and rename it to ``target``.
-
-    A crash or an exception in ``build`` leaves no half-written ``target`` behind, so "the folder
-    exists" always means "the folder is complete". A folder that another process finished first
-    wins; ours is then discarded.
-
-    Example:
-        >>> write_atomically(Path("/tmp/x"), lambda d: (d / "a.txt").write_text("hi"))  # doctest: +SKIP
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        build(tmp)
-        try:
-            os.replace(tmp, target)  # atomic on one file system; fails if target is a non-empty folder
-        except OSError:
-            if not target.is_dir():
-                raise
-            logger.info("%s was written concurrently; keeping that copy", target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
 
 
 def _package_dir(spec: BuiltinModel) -> Path:

@@ -1,8 +1,15 @@
 """Initial values for soft prompts: small functions, each one way to start (Lester et al. 2021, §3.2).
 
 Input-space inits return (P, E) embeddings; prefix inits return a flat (P, F) prefix in the layout of
-:func:`softprompt.methods.base.split_prefix`. Soft prompts live or die by their init, so the inits that
-start from the frozen model's own numbers (``vocab``, ``text``) are the defaults.
+:func:`softprompt.methods.base.split_prefix` (the model's own keys/values of real tokens come from
+:func:`softprompt.injection.capture.site_states`). Soft prompts live or die by their init, so the
+inits that start from the frozen model's own numbers (``vocab``, ``text``) are the defaults.
+
+Example:
+    >>> repeat_to_length(torch.tensor([7, 8]), 5).tolist()        # Lester's class-label init repeats
+    [7, 8, 7, 8, 7]
+    >>> uniform(2, 3, 0.5, torch.Generator().manual_seed(0)).abs().max() <= 0.5
+    tensor(True)
 """
 
 from __future__ import annotations
@@ -12,10 +19,7 @@ import os
 import torch
 from torch import nn
 
-from softprompt.cache import capture_cache, captured_states
-from softprompt.compat import cache_kwargs
-from softprompt.io import read_adapter
-from softprompt.methods.base import PrefixStates, flatten_prefix
+from softprompt.files.adapter import read_adapter
 
 
 def repeat_to_length(ids: torch.Tensor, length: int) -> torch.Tensor:
@@ -64,22 +68,6 @@ def embeddings_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     embedding = model.get_input_embeddings()
     with torch.no_grad():
         return embedding(ids.to(embedding.weight.device)).float().detach().clone()
-
-
-def prefix_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """The keys/values the frozen model computes for ``ids`` in every layer, flat: (P,) -> (P, F)."""
-    backbone = model.base_model
-    cache = capture_cache(model.config.num_hidden_layers)
-    device = model.get_input_embeddings().weight.device
-    was_training = backbone.training
-    backbone.eval()  # the init is the model's own numbers, not a dropout sample of them
-    try:
-        with torch.no_grad():
-            backbone(input_ids=ids[None].to(device), use_cache=True, **cache_kwargs(backbone, cache))
-    finally:
-        backbone.train(was_training)
-    states = PrefixStates([(k[0].float(), v[0].float()) for k, v in captured_states(cache)])
-    return flatten_prefix(states).detach().clone()
 
 
 def rows_from_file(path: str | os.PathLike, name: str, length: int, width: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from train_helpers import GPT2_TOKENIZER, classification_config, save_tiny_bert,
 from typer.testing import CliRunner
 
 from softprompt.cli import app
-from softprompt.io import read_adapter
+from softprompt.files.adapter import read_adapter
 from softprompt.train import RunError, load_config, train
 from softprompt.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
 
@@ -176,10 +176,10 @@ def test_encoder_decoder_objectives_score_what_the_bare_model_computes(gpt2_base
     from softprompt.data import ClassificationTask, GenerationTask, collate
     from softprompt.families import model_shape
     from softprompt.hub import load_base_model
-    from softprompt.seq2seq import Seq2SeqSoftPromptModel
+    from softprompt.models.seq2seq import Seq2SeqSoftPromptModel
     from softprompt.train.build import make_objective
 
-    t5, tokenizer = load_base_model(str(save_tiny_t5(tmp_path / "t5")), kind="seq2seq-lm")
+    t5, tokenizer = load_base_model(str(save_tiny_t5(tmp_path / "t5")), head="seq2seq-lm")
     bare = Seq2SeqSoftPromptModel(t5, None, model_shape(t5))
     task = ClassificationTask("Review: {text}", "label", {"pos": "good", "neg": "bad"}, 32)
     rows = [task.encode({"text": text, "label": "pos"}, tokenizer) for text in ("a great film", "dull")]

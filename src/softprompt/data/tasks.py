@@ -11,16 +11,14 @@ import logging
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import datasets
 
 from softprompt.data.sources import require_columns
+from softprompt.injection.positions import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
-"""Label value the loss skips (PyTorch cross-entropy's default `ignore_index`)."""
 
 
 @dataclass(frozen=True)
@@ -55,8 +53,9 @@ class Encoded:
 
 
 class Task(Protocol):
-    """What `encode_dataset` needs from a task."""
+    """What `encode_dataset` needs from a task; ``kind`` picks the training objective (:mod:`softprompt.kinds`)."""
 
+    kind: ClassVar[str]
     max_length: int
 
     @property
@@ -85,6 +84,7 @@ class ClassificationTask:
         (1, [4633, 3967])
     """
 
+    kind: ClassVar[str] = "classification"
     template: str
     label_column: str
     label_words: Mapping[Any, str] | Sequence[str]
@@ -176,6 +176,7 @@ class GenerationTask:
         True
     """
 
+    kind: ClassVar[str] = "generation"
     source_template: str
     target_template: str
     max_length: int

@@ -1,57 +1,52 @@
-"""Soft-prompt methods: one module each, registered in ``METHODS``.
+"""Soft-prompt methods: one file each, registered in ``METHODS``.
 
-Adding a method is one file (its config dataclass, its module, its ``build``) plus one entry here.
+Adding a method is one file — its config dataclass, its prompt module and its
+:class:`~softprompt.methods.base.Method` — plus one entry in ``_REGISTERED`` below.
+
+Example:
+    >>> sorted(METHODS)
+    ['p_tuning', 'prefix_tuning', 'prompt_tuning']
+    >>> method_of(PrefixTuningConfig()).saves
+    'prefix'
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
-import torch
 from torch import nn
 
 from softprompt.families import ModelShape
 from softprompt.methods import p_tuning, prefix_tuning, prompt_tuning
-from softprompt.methods.base import PrefixStates, PromptOutput, SoftPrompt, SoftPromptConfig, VirtualTokens
+from softprompt.methods.base import (
+    Method,
+    PrefixStates,
+    PromptOutput,
+    SoftPrompt,
+    SoftPromptConfig,
+    VirtualTokens,
+)
 from softprompt.methods.p_tuning import PTuningConfig
-from softprompt.methods.prefix_tuning import PrefixTable, PrefixTuningConfig
-from softprompt.methods.prompt_tuning import PromptEmbedding, PromptTuningConfig
+from softprompt.methods.prefix_tuning import PrefixTuningConfig
+from softprompt.methods.prompt_tuning import PromptTuningConfig
+
+_REGISTERED: list[Method] = [prompt_tuning.METHOD, prefix_tuning.METHOD, p_tuning.METHOD]
+METHODS: dict[str, Method] = {method.name: method for method in _REGISTERED}
 
 
-@dataclass(frozen=True)
-class Method:
-    config: type[SoftPromptConfig]
-    build: Callable[..., SoftPrompt]
-
-
-METHODS: dict[str, Method] = {
-    cls.method: Method(cls, module.build)
-    for cls, module in [
-        (PromptTuningConfig, prompt_tuning),
-        (PrefixTuningConfig, prefix_tuning),
-        (PTuningConfig, p_tuning),
-    ]
-}
+def method_of(config: SoftPromptConfig) -> Method:
+    """The registered method a config belongs to."""
+    if config.method not in METHODS:
+        raise ValueError(f"unknown method {config.method!r}; known: {', '.join(METHODS)}")
+    return METHODS[config.method]
 
 
 def build_prompt(config: SoftPromptConfig, model: nn.Module, shape: ModelShape, tokenizer=None) -> SoftPrompt:
     """Build the trainable prompt that ``config`` describes for ``model``."""
-    if config.method not in METHODS:
-        raise ValueError(f"unknown method {config.method!r}; known: {', '.join(METHODS)}")
-    return METHODS[config.method].build(config, model, shape, tokenizer)
-
-
-def plain_prompt(config: SoftPromptConfig, tensors: dict[str, torch.Tensor], shape: ModelShape) -> SoftPrompt:
-    """A trainable prompt from folded tensors (``embeddings`` or ``prefix``), e.g. read from a file."""
-    if "embeddings" in tensors:
-        return PromptEmbedding(config, tensors["embeddings"].float())
-    layout = shape.prefix_layout(getattr(config, "prefix_sites", "all"))
-    return PrefixTable(config, tensors["prefix"].float(), layout)
+    return method_of(config).build(config, model, shape, tokenizer)
 
 
 __all__ = [
     "METHODS",
+    "Method",
     "PTuningConfig",
     "PrefixStates",
     "PrefixTuningConfig",
@@ -61,5 +56,5 @@ __all__ = [
     "SoftPromptConfig",
     "VirtualTokens",
     "build_prompt",
-    "plain_prompt",
+    "method_of",
 ]

@@ -1,23 +1,29 @@
-"""What every soft-prompt method shares: its config base, its two output kinds, and the module API.
+"""What every soft-prompt method shares: its config base, its two output kinds, the module API, and
+the :class:`Method` protocol a method file implements.
 
-A method is *what a prompt is*: a module that takes no input and returns either
+A prompt module is *what a prompt is*: it takes no input and returns either
 
 * :class:`VirtualTokens` — ``P`` vectors in the input-embedding space (prompt tuning, P-tuning), or
 * :class:`PrefixStates` — a key and a value per attention layer for ``P`` positions (prefix tuning).
 
-How the output joins a batch is :mod:`softprompt.injection`'s job, not the method's.
+How the output joins a batch is :mod:`softprompt.injection`'s job, not the method's. What a method
+saves, how it is rebuilt from a file, and how it maps onto ``peft``'s format is its
+:class:`Method`'s job, so no other module needs to know which method it holds.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from softprompt.families import ModelShape
+from softprompt.families import ModelShape, PrefixLayout
+
+# What a method's file holds: input-space embeddings (P, E), or a flat prefix (P, F).
+SavedTensor = Literal["embeddings", "prefix"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ class PrefixStates:
 PromptOutput = VirtualTokens | PrefixStates
 
 
-def split_prefix(flat: torch.Tensor, shape: ModelShape) -> PrefixStates:
+def split_prefix(flat: torch.Tensor, shape: ModelShape | PrefixLayout) -> PrefixStates:
     """Cut a flat prefix (P, sum_l 2 * kv_heads_l * head_dim_l) into per-layer keys and values.
 
     The flat layout is, per virtual token, layer after layer, key before value, head-major — the
@@ -102,3 +108,58 @@ class SoftPrompt(nn.Module, ABC):
         if isinstance(out, VirtualTokens):
             return {"embeddings": out.embeddings.detach().clone()}
         return {"prefix": flatten_prefix(out).detach().clone()}
+
+
+class Method(ABC):
+    """One soft-prompt method: how it is built, what it saves, and how it comes back.
+
+    A method file holds its config dataclass, its prompt module(s) and one subclass of this, whose
+    instance is registered in :data:`softprompt.methods.METHODS` under ``config.method``.
+
+    Attributes:
+        config: the method's config dataclass.
+        saves: the tensor its files hold (``embeddings`` (P, E) or ``prefix`` (P, F)).
+        reload_init: the init a reloaded config gets: the numbers come from the file, so the init
+            that made them must not run again.
+        peft_type: ``peft``'s ``peft_type`` for this method.
+    """
+
+    config: ClassVar[type[SoftPromptConfig]]
+    saves: ClassVar[SavedTensor]
+    reload_init: ClassVar[str]
+    peft_type: ClassVar[str]
+
+    @property
+    def name(self) -> str:
+        return self.config.method
+
+    @abstractmethod
+    def build(
+        self, config: SoftPromptConfig, model: nn.Module, shape: ModelShape, tokenizer=None
+    ) -> SoftPrompt:
+        """A new trainable prompt for ``model``, started as ``config.init`` says."""
+
+    @abstractmethod
+    def rebuild(self, config: SoftPromptConfig, table: torch.Tensor, shape: ModelShape) -> SoftPrompt:
+        """A trainable prompt holding the folded ``table`` a file saved (reparameterisations stay folded)."""
+
+    def layout(self, config: SoftPromptConfig, shape: ModelShape) -> PrefixLayout | None:
+        """The attention layers the prompt's prefix fills; ``None`` for input-space virtual tokens."""
+        return None
+
+    def saved_width(self, config: SoftPromptConfig, shape: ModelShape) -> int:
+        """Numbers per virtual token in the saved table (the embedding width, or the prefix width)."""
+        layout = self.layout(config, shape)
+        return shape.embed_dim if layout is None else layout.prefix_width
+
+    def reload_config(self, choices: dict[str, Any]) -> SoftPromptConfig:
+        """The config of a saved prompt from the choices its file records."""
+        return self.config(**{**choices, "init": self.reload_init})
+
+    def peft_fields(self, config: SoftPromptConfig) -> dict[str, Any]:
+        """Method-specific fields of a ``peft`` ``adapter_config.json`` (beyond the table's shape)."""
+        return {}
+
+    def from_peft(self, length: int, fields: dict[str, Any], shape: ModelShape | None) -> SoftPromptConfig:
+        """The config of a prompt read from a ``peft`` folder with ``length`` virtual tokens."""
+        return self.config(num_virtual_tokens=length, init=self.reload_init)

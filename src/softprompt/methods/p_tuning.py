@@ -19,9 +19,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from softprompt.families import ModelShape
 from softprompt.methods.base import SoftPrompt, VirtualTokens
-from softprompt.methods.prompt_tuning import PromptTuningConfig, initial_embeddings
+from softprompt.methods.prompt_tuning import PromptTuning, PromptTuningConfig, initial_embeddings
 
 EncoderKind = Literal["mlp", "lstm"]
 
@@ -75,5 +74,22 @@ class PromptEncoder(SoftPrompt):
         return VirtualTokens(self.embeddings + self.mlp(x))
 
 
-def build(config: PTuningConfig, model: nn.Module, shape: ModelShape, tokenizer=None) -> PromptEncoder:
-    return PromptEncoder(config, initial_embeddings(config, model, shape, tokenizer))
+class PTuning(PromptTuning):
+    """P-tuning: saved folded, as the embeddings its encoder produces; reloads as plain embeddings."""
+
+    config = PTuningConfig
+    peft_type = "P_TUNING"
+
+    def build(self, config, model, shape, tokenizer=None) -> SoftPrompt:
+        return PromptEncoder(config, initial_embeddings(config, model, shape, tokenizer))
+
+    def peft_fields(self, config: PTuningConfig) -> dict:
+        # peft rebuilds its encoder from these; the folded table is what it loads for inference.
+        return {
+            "encoder_hidden_size": config.encoder_hidden_size,
+            "encoder_reparameterization_type": config.encoder.upper(),
+            "encoder_num_layers": 2,
+        }
+
+
+METHOD = PTuning()

@@ -31,11 +31,24 @@ import torch
 from torch import nn
 
 from softprompt import initializers
-from softprompt.cache import site_states
-from softprompt.families import PREFIX_SITES, ModelShape, PrefixLayout
-from softprompt.methods.base import PrefixStates, SoftPrompt, SoftPromptConfig, flatten_prefix, split_prefix
+from softprompt.families import ModelShape, PrefixLayout, UnsupportedModelError
+from softprompt.injection.capture import site_states
+from softprompt.methods.base import (
+    Method,
+    PrefixStates,
+    SoftPrompt,
+    SoftPromptConfig,
+    flatten_prefix,
+    split_prefix,
+)
 
 PrefixInit = Literal["random", "zero", "vocab", "text", "file"]
+# Which attention sites each ``prefix_sites`` choice fills, per model kind (None: all of them).
+PREFIX_SITES: dict[str, dict[str, tuple[str, ...] | None]] = {
+    "all": {"causal": None, "seq2seq": None, "encoder": None},
+    # peft's encoder-decoder layout: the decoder's self-attention only (peft issue #2989).
+    "decoder": {"seq2seq": ("decoder",)},
+}
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,18 @@ class PrefixTuningConfig(SoftPromptConfig):
             raise ValueError("init='text' needs init_text")
         if self.init == "file" and not self.init_file:
             raise ValueError("init='file' needs init_file, the path of a saved softprompt adapter")
+
+
+def prefix_layout(config: PrefixTuningConfig, shape: ModelShape) -> PrefixLayout:
+    """The layers a prefix fills for ``config.prefix_sites`` on a model of ``shape``."""
+    choices = PREFIX_SITES[config.prefix_sites]
+    if shape.kind not in choices:
+        valid = sorted(choice for choice, kinds in PREFIX_SITES.items() if shape.kind in kinds)
+        raise UnsupportedModelError(
+            f"prefix_sites={config.prefix_sites!r} does not apply to {shape.family} ({shape.kind} model); "
+            f"choose one of {valid}"
+        )
+    return shape.layout(choices[shape.kind])
 
 
 class PrefixTable(SoftPrompt):
@@ -128,7 +153,7 @@ def initial_prefix(
 ) -> torch.Tensor:
     """The (P, F) starting prefix that ``config.init`` asks for."""
     length = config.num_virtual_tokens
-    layout = shape.prefix_layout(config.prefix_sites)
+    layout = prefix_layout(config, shape)
     width = layout.prefix_width
     generator = torch.Generator().manual_seed(config.seed)
     if config.init == "random":
@@ -152,17 +177,39 @@ def _init_ids(
     )
 
 
-def build(config: PrefixTuningConfig, model: nn.Module, shape: ModelShape, tokenizer=None) -> SoftPrompt:
-    prefix = initial_prefix(config, model, shape, tokenizer)
-    layout = shape.prefix_layout(config.prefix_sites)
-    if config.projection_hidden_size is None:
-        return PrefixTable(config, prefix, layout)
-    generator = torch.Generator().manual_seed(config.seed + 1)
-    if config.init in ("vocab", "text"):
-        embedding = initializers.embeddings_of(model, _init_ids(config, shape, tokenizer, generator))
-    else:
-        embedding = initializers.uniform(
-            config.num_virtual_tokens, shape.embed_dim, config.random_scale, generator
-        )
-    anchor = None if config.init == "random" else prefix
-    return ReparameterizedPrefix(config, embedding, anchor, layout)
+class PrefixTuning(Method):
+    """Prefix tuning: saved as the flat (P, F) table of the sites it fills, reparameterisation folded."""
+
+    config = PrefixTuningConfig
+    saves = "prefix"
+    reload_init = "zero"
+    peft_type = "PREFIX_TUNING"
+
+    def build(self, config, model, shape, tokenizer=None) -> SoftPrompt:
+        prefix = initial_prefix(config, model, shape, tokenizer)
+        layout = prefix_layout(config, shape)
+        if config.projection_hidden_size is None:
+            return PrefixTable(config, prefix, layout)
+        generator = torch.Generator().manual_seed(config.seed + 1)
+        if config.init in ("vocab", "text"):
+            embedding = initializers.embeddings_of(model, _init_ids(config, shape, tokenizer, generator))
+        else:
+            embedding = initializers.uniform(
+                config.num_virtual_tokens, shape.embed_dim, config.random_scale, generator
+            )
+        anchor = None if config.init == "random" else prefix
+        return ReparameterizedPrefix(config, embedding, anchor, layout)
+
+    def rebuild(self, config, table, shape) -> SoftPrompt:
+        return PrefixTable(config, table.float(), prefix_layout(config, shape))
+
+    def layout(self, config, shape) -> PrefixLayout:
+        return prefix_layout(config, shape)
+
+    def from_peft(self, length, fields, shape) -> PrefixTuningConfig:
+        # peft's encoder-decoder prefix (two transformer stacks) fills the decoder's self-attention only.
+        sites = "decoder" if fields.get("num_transformer_submodules", 1) == 2 else "all"
+        return PrefixTuningConfig(num_virtual_tokens=length, init=self.reload_init, prefix_sites=sites)
+
+
+METHOD = PrefixTuning()

@@ -1,8 +1,10 @@
 """Prompt tuning (Lester et al. 2021, arXiv 2104.08691): ``P`` trainable input embeddings.
 
 Example:
-    >>> config = PromptTuningConfig(num_virtual_tokens=20, init="text", init_text="positive negative")
-    >>> # softprompt.wrap(model, config, tokenizer=tokenizer)
+    >>> config = PromptTuningConfig(num_virtual_tokens=20, init="text", init_text=" positive negative")
+    >>> model = softprompt.wrap(base_model, config, tokenizer=tokenizer)
+    >>> model.prompt.embeddings.shape  # (P, E)
+    torch.Size([20, 32])
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from torch import nn
 
 from softprompt import initializers
 from softprompt.families import ModelShape
-from softprompt.methods.base import SoftPrompt, SoftPromptConfig, VirtualTokens
+from softprompt.methods.base import Method, SoftPrompt, SoftPromptConfig, VirtualTokens
 
 EmbeddingInit = Literal["random", "vocab", "text", "file"]
 
@@ -82,5 +84,19 @@ class PromptEmbedding(SoftPrompt):
         return VirtualTokens(self.embeddings)
 
 
-def build(config: PromptTuningConfig, model: nn.Module, shape: ModelShape, tokenizer=None) -> PromptEmbedding:
-    return PromptEmbedding(config, initial_embeddings(config, model, shape, tokenizer))
+class PromptTuning(Method):
+    """Prompt tuning: ``P`` embeddings, saved as they are (``embeddings`` (P, E))."""
+
+    config = PromptTuningConfig
+    saves = "embeddings"
+    reload_init = "random"
+    peft_type = "PROMPT_TUNING"
+
+    def build(self, config, model, shape, tokenizer=None) -> SoftPrompt:
+        return PromptEmbedding(config, initial_embeddings(config, model, shape, tokenizer))
+
+    def rebuild(self, config, table, shape) -> SoftPrompt:
+        return PromptEmbedding(config, table.float())
+
+
+METHOD = PromptTuning()

@@ -1,9 +1,10 @@
 """Training soft prompts from a YAML run config: ``softprompt train`` as a library.
 
-Modules, one job each: ``config`` (the validated run config), ``presets`` (the papers' recipes),
-``build`` (config -> task, data, prompt, objective), ``objectives`` (the losses), ``optim``
-(optimiser and schedule), ``loop`` (the accelerate training loop), ``evaluate`` (scores),
-``checkpoint`` (exact resume), ``logs`` (JSONL/CSV/TensorBoard and the PNG), ``run`` (a whole run).
+Modules, one job each, bottom up: ``objectives`` (the losses), ``core`` (one optimiser step, with
+or without accelerate), ``evaluate`` (scores), ``optim`` (optimiser and schedule), ``config`` (the
+validated run config), ``presets`` (the papers' recipes), ``build`` (config -> task, data, prompt,
+objective), ``checkpoint`` (exact resume), ``logs`` (JSONL/CSV/TensorBoard and the PNG), ``loop``
+(the accelerate loop with evaluation, checkpoints and progress), ``run`` (a whole run).
 
 Example:
     >>> from softprompt.train import format_summary, load_config, train

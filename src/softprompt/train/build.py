@@ -1,9 +1,15 @@
 """Turn a validated run config into the run's parts: the task, the encoded data, the prompt, the objective.
 
 Example:
-    >>> task = make_task(config.task)  # doctest: +SKIP
-    >>> data = load_data(config.data, task, tokenizer)  # doctest: +SKIP
-    >>> model = softprompt.wrap(base, prompt_config(config, task), tokenizer=tokenizer)  # doctest: +SKIP
+    >>> from softprompt.examples import DATA_DIR
+    >>> from softprompt.train import load_config
+    >>> config = load_config(None, base={"task": {"kind": "classification", "template": "{text} ->",
+    ...     "label_words": ["no", "yes"]}, "data": {"train": str(DATA_DIR / "train.jsonl")}})
+    >>> task = make_task(config.task)
+    >>> task.kind, [word for _, word in task.classes]
+    ('classification', ['no', 'yes'])
+    >>> prompt_config(config, task).init_text            # class-label init: the label words
+    ' no yes'
 """
 
 from __future__ import annotations
@@ -23,30 +29,16 @@ from softprompt.data import (
     load_rows,
     require_columns,
 )
-from softprompt.encoder import EncoderSoftPromptModel
 from softprompt.families import model_shape
-from softprompt.hub import ModelKind, family_kind, load_base_model
+from softprompt.hub import family_kind, load_base_model
+from softprompt.kinds import KINDS
 from softprompt.methods import SoftPromptConfig
-from softprompt.model import PromptedModel
-from softprompt.seq2seq import Seq2SeqSoftPromptModel
+from softprompt.models import PromptedModel
+from softprompt.train import objectives
 from softprompt.train.config import DataSection, RunConfig, TaskSection
-from softprompt.train.objectives import (
-    ClassificationObjective,
-    GenerationObjective,
-    HeadClassificationObjective,
-    Objective,
-    Seq2SeqClassificationObjective,
-    Seq2SeqGenerationObjective,
-)
+from softprompt.train.objectives import Objective
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-# How a run loads each kind of model family (``ModelShape.kind``): encoders get a classifier head.
-LOAD_KINDS: dict[str, ModelKind] = {
-    "causal": "causal-lm",
-    "seq2seq": "seq2seq-lm",
-    "encoder": "sequence-classification",
-}
 
 logger = logging.getLogger(__name__)
 
@@ -104,17 +96,13 @@ def prompt_config(config: RunConfig, task: Task) -> SoftPromptConfig:
 
 
 def load_base(config: RunConfig, task: Task) -> tuple[Any, Any]:
-    """The frozen ``(model, tokenizer)`` the run adapts: a causal LM, or — for an encoder family and a
-    classification task — a sequence classifier with one (new) output per class."""
+    """The frozen ``(model, tokenizer)`` the run adapts, with the head its kind trains (see
+    :mod:`softprompt.kinds`): a causal or seq2seq LM, or a classifier with one (new) output per class."""
     name, dtype = config.model.name_or_path, DTYPES[config.model.dtype]
-    kind = family_kind(name)
-    if kind != "encoder":
-        return load_base_model(name, kind=LOAD_KINDS[kind], dtype=dtype)
-    if not isinstance(task, ClassificationTask):
-        raise ValueError(
-            f"{name} is an encoder: it classifies (task.kind: classification), it cannot generate"
-        )
-    return load_base_model(name, kind=LOAD_KINDS[kind], dtype=dtype, num_labels=len(task.classes))
+    kind = KINDS[family_kind(name)]
+    kind.objective(task.kind)  # refuses, with the reason, a task this kind cannot train
+    labels = {"num_labels": len(task.classes)} if kind.run_head == "sequence-classification" else {}
+    return load_base_model(name, head=kind.run_head, dtype=dtype, **labels)
 
 
 def model_options(config: RunConfig, base: Any) -> dict[str, Any]:
@@ -127,24 +115,17 @@ def model_options(config: RunConfig, base: Any) -> dict[str, Any]:
 
 
 def make_objective(model: PromptedModel, task: Task, tokenizer: Any) -> Objective:
-    """The loss module for ``task``: verbalizer cross-entropy (causal LMs: at the answer position;
-    encoder-decoders: at the first decoder step), the classifier head's cross-entropy (encoders), or
-    target-token cross-entropy."""
-    if isinstance(model, EncoderSoftPromptModel):
-        return HeadClassificationObjective(model)
-    seq2seq = isinstance(model, Seq2SeqSoftPromptModel)
-    if isinstance(task, ClassificationTask):
-        kind = Seq2SeqClassificationObjective if seq2seq else ClassificationObjective
-        return kind(model, task.label_token_ids(tokenizer))
-    return Seq2SeqGenerationObjective(model) if seq2seq else GenerationObjective(model)
+    """The loss module for ``task``, as the model's kind trains it (see :mod:`softprompt.kinds`):
+    verbalizer cross-entropy (causal LMs: at the answer position; encoder-decoders: at the first
+    decoder step), the classifier head's cross-entropy (encoders), or target-token cross-entropy."""
+    return objectives.for_task(model, task, tokenizer)
 
 
 def bare_objective(objective: Objective) -> Objective:
     """The same objective on the frozen model without any prompt (the zero-shot baseline)."""
-    model = objective.model
-    if isinstance(objective, HeadClassificationObjective):
-        raise ValueError("an encoder's classifier head trains with the prompt: it has no zero-shot score")
-    bare = type(model)(model.base_model, None, model.shape)
-    if isinstance(objective, ClassificationObjective):  # and its seq2seq subclass
-        return type(objective)(bare, objective.label_ids.tolist()).to(objective.label_ids.device)
-    return type(objective)(bare)
+    kind = KINDS[objective.model.shape.kind]
+    if not kind.zero_shot:
+        raise ValueError(
+            f"{kind.label}' classifier heads train with the prompt: they have no zero-shot score"
+        )
+    return objective.without_prompt()

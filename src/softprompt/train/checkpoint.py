@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from softprompt.io import atomic_write
+from softprompt.files.atomic import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 FORMAT_VERSION = 2

@@ -5,10 +5,14 @@ processes each scores its share of the rows and the predictions are gathered, so
 returns the same scores.
 
 Example:
-    >>> scores = evaluate_classification(objective, dev_examples, batch_size=32, pad_token_id=0,
-    ...                                  metrics=["accuracy", "macro_f1"])  # doctest: +SKIP
-    >>> scores  # doctest: +SKIP
-    {'loss': 0.41, 'accuracy': 88.5, 'macro_f1': 88.1}
+    >>> from softprompt.data import Encoded
+    >>> from softprompt.train.objectives import ClassificationObjective
+    >>> model = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=4))
+    >>> objective = ClassificationObjective(model, label_token_ids=[5, 6])
+    >>> dev = [Encoded([7, 8, 9], label=0), Encoded([10, 11], label=1)]
+    >>> scores = evaluate_classification(objective, dev, batch_size=2, pad_token_id=0, metrics=["accuracy"])
+    >>> sorted(scores)
+    ['accuracy', 'loss']
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch.nn.functional as F
 
 from softprompt.data import Encoded, collate
 from softprompt.metrics import compute_metrics
-from softprompt.model import SoftPromptModel
+from softprompt.models import PromptedModel
 from softprompt.train.objectives import ClassificationObjective
 
 
@@ -36,9 +40,7 @@ def evaluate_classification(
 ) -> dict[str, float]:
     """Mean cross-entropy ("loss") and ``metrics`` of the label-word predictions.
 
-    Example:
-        >>> evaluate_classification(objective, dev, batch_size=32, pad_token_id=0, metrics=["accuracy"])  # doctest: +SKIP
-        {'loss': 0.52, 'accuracy': 81.0}
+    Rows are scored with the objective's ``scores`` (B, C) in left-padded batches.
     """
     device = objective.device
 
@@ -58,7 +60,7 @@ def evaluate_classification(
 
 
 def evaluate_generation(
-    model: SoftPromptModel,
+    model: PromptedModel,
     tokenizer: Any,
     examples: Sequence[Encoded],
     *,
@@ -90,7 +92,7 @@ def evaluate_generation(
 
 
 def generate_texts(
-    model: SoftPromptModel,
+    model: PromptedModel,
     tokenizer: Any,
     prompts: Sequence[Encoded],
     *,

@@ -1,10 +1,10 @@
 """The training loop, built on ``accelerate``: the same code on a CPU, a GPU, in mixed precision or DDP.
 
-Every process builds the same global batch (the batch order is a pure function of seed and epoch),
-takes its contiguous share of the rows, and accumulates gradients over micro-batches. Each
-micro-batch's summed loss is divided by the item count of the whole global batch (and multiplied by
-the number of processes, which DDP's gradient averaging divides out again), so one process and N
-processes compute the gradient of the same batch — the same prompt up to float rounding.
+Every process builds the same global batch (the batch order is a pure function of seed and epoch)
+and hands it to the training core (:func:`softprompt.train.core.step`), which takes this process's
+share of the rows and accumulates gradients over micro-batches, so one process and N processes
+compute the gradient of the same batch — the same prompt up to float rounding. This layer adds what
+a long run needs around the step: evaluation, the best adapter, checkpoints, Ctrl-C, progress.
 
 Evaluation runs every ``eval_every`` steps; a better dev score saves the adapter (the best one is
 kept) and ``early_stopping_patience`` evaluations without one stop the run. Checkpoints are written
@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import threading
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 from softprompt.data import Encoded, make_dataloader
 from softprompt.train.checkpoint import Progress
 from softprompt.train.config import TrainSection
+from softprompt.train.core import step
 from softprompt.train.objectives import Objective
 
 
@@ -99,7 +99,6 @@ def fit(
     )
     batches_per_epoch = loader.batch_sampler.num_batches
     save_every = train.save_every or train.eval_every
-    count = type(accelerator.unwrap_model(objective)).count
     bar = tqdm(
         total=total_steps,
         initial=progress.step,
@@ -124,7 +123,15 @@ def fit(
             while progress.step < total_steps:
                 loader.batch_sampler.set_epoch(progress.epoch, progress.batches_done)
                 for batch in loader:
-                    loss = _step(objective, optimizer, scheduler, batch, count, train, accelerator)
+                    loss = step(
+                        objective,
+                        optimizer,
+                        batch,
+                        scheduler=scheduler,
+                        micro_batch_size=train.micro_batch_size,
+                        max_grad_norm=train.max_grad_norm,
+                        accelerator=accelerator,
+                    )
                     progress.step += 1
                     progress.batches_done += 1
                     if progress.batches_done == batches_per_epoch:
@@ -195,53 +202,6 @@ class _Interrupt:
             return self.flag
         flag = torch.tensor(float(self.flag), device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="sum") > 0)
-
-
-def _step(objective, optimizer, scheduler, batch, count, train: TrainSection, accelerator) -> float:
-    """One optimiser step on a global batch; returns the batch's mean loss over all processes."""
-    optimizer.zero_grad(set_to_none=True)
-    denominator = count(batch)  # items of the whole global batch
-    world = accelerator.num_processes
-    share = _rows(batch, accelerator.process_index, world)
-    rows = share["input_ids"].shape[0]
-    micro = train.micro_batch_size or rows
-    starts = range(0, rows, micro)
-    local_sum = torch.zeros((), device=accelerator.device)
-    for i, start in enumerate(starts):
-        piece = _trim({k: v[start : start + micro] for k, v in share.items()})
-        piece = {k: v.to(accelerator.device) for k, v in piece.items()}
-        last = i == len(starts) - 1
-        # Only the last micro-batch all-reduces the gradients across processes.
-        sync = contextlib.nullcontext() if last else accelerator.no_sync(objective)
-        with sync:
-            with accelerator.autocast():
-                summed = objective(piece)
-            accelerator.backward(summed * (world / denominator))
-        local_sum += summed.detach().float()
-    if train.max_grad_norm is not None:
-        accelerator.clip_grad_norm_(
-            [p for p in objective.parameters() if p.requires_grad], train.max_grad_norm
-        )
-    optimizer.step()
-    if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the step did not happen
-        scheduler.step()
-    total = accelerator.reduce(local_sum, reduction="sum") if world > 1 else local_sum
-    return float(total) / denominator
-
-
-def _rows(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, torch.Tensor]:
-    """This process's contiguous share of the global batch's rows."""
-    size = batch["input_ids"].shape[0]
-    bounds = [size * r // world for r in range(world + 1)]
-    return {k: v[bounds[rank] : bounds[rank + 1]] for k, v in batch.items()}
-
-
-def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the pad columns no row of this piece needs (the global batch was padded to its longest row)."""
-    keep = batch["attention_mask"].bool().any(0)  # (T,)
-    if bool(keep.all()):
-        return batch
-    return {k: v[:, keep] if v.dim() == 2 else v for k, v in batch.items()}
 
 
 def _evaluate(hooks: Hooks, progress: Progress, train: TrainSection, metric: str, *, report: bool) -> bool:

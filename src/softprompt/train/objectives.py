@@ -10,21 +10,55 @@ Neither objective materialises full-vocabulary logits where no label is: classif
 one hidden state per row onto the label words' output rows only — (B, H) -> (B, C) — and generation
 asks the model for logits at labelled positions only (``logits_at="labels"``).
 
+Every objective has the same few members (:class:`Objective`), so the training core
+(:mod:`softprompt.train.core`), the run, the evaluation and the benchmarks take any of them; which
+one a run uses is a lookup in :mod:`softprompt.kinds` (``Kind.objective(task.kind)``).
+
 Example:
-    >>> objective = ClassificationObjective(model, label_token_ids=[4633, 3967])  # doctest: +SKIP
-    >>> loss = objective(batch) / ClassificationObjective.count(batch)             # doctest: +SKIP
+    >>> model = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=4))
+    >>> objective = ClassificationObjective(model, label_token_ids=[5, 6])
+    >>> batch = {"input_ids": input_ids, "attention_mask": attention_mask, "label": torch.tensor([0, 1])}
+    >>> loss = objective(batch) / objective.count(batch)      # mean cross-entropy over the 2 rows
+    >>> objective.scores(input_ids, attention_mask).shape     # (B, C): one logit per class
+    torch.Size([2, 2])
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from softprompt.data import IGNORE_INDEX
-from softprompt.model import PromptedModel, SoftPromptModel
+from softprompt.injection import IGNORE_INDEX
+from softprompt.kinds import KINDS
+from softprompt.models import PromptedModel, SoftPromptModel
+
+
+class Objective(Protocol):
+    """What the training core needs of a loss: ``forward(batch)`` is the loss summed over the batch's
+    items and ``count(batch)`` how many items that is. Classifiers also give ``scores`` (B, C)."""
+
+    padding_side: ClassVar[str]
+    model: PromptedModel
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    @staticmethod
+    def count(batch: dict[str, torch.Tensor]) -> int: ...
+
+    def parameters(self): ...
+
+
+def for_task(model: PromptedModel, task: Any, tokenizer: Any) -> nn.Module:
+    """The objective a run of ``task`` trains ``model`` with, looked up in the model's kind.
+
+    ``task`` is a data-layer task (:class:`~softprompt.data.ClassificationTask` or
+    :class:`~softprompt.data.GenerationTask`); classifiers by label words take its words' token ids.
+    """
+    return KINDS[model.shape.kind].objective(task.kind).for_task(model, task, tokenizer)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -61,6 +95,10 @@ class _ClassScores(nn.Module):
         super().__init__()
         self.model = model
 
+    @classmethod
+    def for_task(cls, model: PromptedModel, task: Any, tokenizer: Any) -> _ClassScores:
+        return cls(model)
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -87,6 +125,14 @@ class ClassificationObjective(_ClassScores):
     def __init__(self, model: SoftPromptModel, label_token_ids: Sequence[int]) -> None:
         super().__init__(model)
         self.register_buffer("label_ids", torch.tensor(list(label_token_ids)), persistent=False)
+
+    @classmethod
+    def for_task(cls, model: PromptedModel, task: Any, tokenizer: Any) -> ClassificationObjective:
+        return cls(model, task.label_token_ids(tokenizer))
+
+    def without_prompt(self) -> ClassificationObjective:
+        """The same objective on the frozen model without any prompt (the zero-shot baseline)."""
+        return type(self)(self.model.without_prompt(), self.label_ids.tolist()).to(self.label_ids.device)
 
     def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Label-word logits (B, C) at the position after each row's template."""
@@ -129,6 +175,14 @@ class GenerationObjective(nn.Module):
         super().__init__()
         self.model = model
 
+    @classmethod
+    def for_task(cls, model: PromptedModel, task: Any, tokenizer: Any) -> GenerationObjective:
+        return cls(model)
+
+    def without_prompt(self) -> GenerationObjective:
+        """The same objective on the frozen model without any prompt (the zero-shot baseline)."""
+        return type(self)(self.model.without_prompt())
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed cross-entropy of the batch's target tokens."""
         out = self.model(
@@ -166,12 +220,3 @@ class Seq2SeqGenerationObjective(GenerationObjective):
         target = nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=IGNORE_INDEX)  # (B, L)
         out = self.model(source, attention_mask=source_mask, labels=target)
         return out.loss * int((target != IGNORE_INDEX).sum())
-
-
-Objective = (
-    ClassificationObjective
-    | Seq2SeqClassificationObjective
-    | HeadClassificationObjective
-    | GenerationObjective
-    | Seq2SeqGenerationObjective
-)

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 import softprompt
-from softprompt.encoder import EncoderSoftPromptModel
-from softprompt.io import ADAPTER_FILENAME, atomic_write
+from softprompt.files import ADAPTER_FILENAME, atomic_write
+from softprompt.kinds import KINDS
 from softprompt.train.build import (
     DTYPES,
     bare_objective,
@@ -136,7 +136,7 @@ def train(
         base, prompt_config(config, task), tokenizer=tokenizer, **model_options(config, base)
     )
     # An encoder's classifier head is new: the bare model has no zero-shot answer to score.
-    zero_shot = config.eval.zero_shot and not isinstance(model, EncoderSoftPromptModel)
+    zero_shot = config.eval.zero_shot and KINDS[model.shape.kind].zero_shot
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     objective = make_objective(model, task, tokenizer).to(accelerator.device)

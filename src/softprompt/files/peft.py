@@ -20,13 +20,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from softprompt.encoder import HEAD_PREFIX
 from softprompt.families import ModelShape
-from softprompt.io import AdapterFileError, atomic_write
-from softprompt.methods import PrefixTuningConfig, PromptTuningConfig, PTuningConfig, SoftPromptConfig
+from softprompt.files.adapter import HEAD_PREFIX, AdapterFileError, split_head
+from softprompt.files.atomic import atomic_write
+from softprompt.kinds import HEADS
+from softprompt.methods import METHODS, SoftPromptConfig, method_of
 
 if TYPE_CHECKING:
-    from softprompt.model import PromptedModel
+    from softprompt.models import PromptedModel
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +47,9 @@ SAFE_FIELDS = {
     "prefix_projection",
     "base_model_name_or_path",
 }
-PEFT_TYPES = {"PROMPT_TUNING": "prompt_tuning", "P_TUNING": "p_tuning", "PREFIX_TUNING": "prefix_tuning"}
-# peft's task types and the model tasks (``ModelShape.task``) they are for.
-TASK_TYPES = {
-    "CAUSAL_LM": "causal-lm",
-    "SEQ_2_SEQ_LM": "seq2seq-lm",
-    "SEQ_CLS": "sequence-classification",
-    "TOKEN_CLS": "token-classification",
-    "FEATURE_EXTRACTION": "features",
-}
+# peft's method names and task types, from the method and head registries.
+PEFT_TYPES = {method.peft_type: method for method in METHODS.values()}
+TASK_TYPES = {head.peft_task_type: name for name, head in HEADS.items()}
 # Where peft saves a task head ("modules_to_save"), and where softprompt files keep it.
 PEFT_HEAD_PREFIX = "base_model."
 
@@ -87,9 +82,9 @@ def read_peft_folder(
             f"{folder} is a peft {peft_type!r} adapter; softprompt reads {', '.join(PEFT_TYPES)} adapters"
         )
     task_type = fields.get("task_type")
-    if shape is not None and task_type in TASK_TYPES and TASK_TYPES[task_type] != shape.task:
+    if shape is not None and task_type in TASK_TYPES and TASK_TYPES[task_type] != shape.head:
         raise AdapterFileError(
-            f"{folder} is a peft {task_type} adapter, but the base model is a {shape.task} model "
+            f"{folder} is a peft {task_type} adapter, but the base model is a {shape.head} model "
             f"({shape.family}); wrap a model with the task head it was made for"
         )
     submodules = fields.get("num_transformer_submodules", 1)
@@ -115,7 +110,8 @@ def read_peft_folder(
     }
     length = fields.get("num_virtual_tokens", table.shape[0])
     method = PEFT_TYPES[peft_type]
-    if method == "prefix_tuning":
+    config = method.from_peft(length, fields, shape)
+    if method.saves == "prefix":
         if submodules == 2:
             # peft's encoder-decoder prefix fills the decoder's self-attention only.
             layers = fields.get("num_layers") or len(shape.decoder_layers)
@@ -125,19 +121,9 @@ def read_peft_folder(
                     f"{len(shape.decoder_layers)}"
                 )
             table = peft_decoder_layers(table, layers)
-            return (
-                PrefixTuningConfig(num_virtual_tokens=length, init="zero", prefix_sites="decoder"),
-                {"prefix": table, **head},
-                fields,
-            )
-        return PrefixTuningConfig(num_virtual_tokens=length, init="zero"), {"prefix": table, **head}, fields
-    config_cls = PTuningConfig if method == "p_tuning" else PromptTuningConfig
+        return config, {"prefix": table, **head}, fields
     # An encoder-decoder prompt has a row per virtual token and stack; peft uses the encoder's rows.
-    return (
-        config_cls(num_virtual_tokens=length, init="random"),
-        {"embeddings": table[:length], **head},
-        fields,
-    )
+    return config, {"embeddings": table[:length], **head}, fields
 
 
 def _peft_slots(layers: int) -> list[int]:
@@ -177,18 +163,15 @@ def export_peft(model: PromptedModel, directory: str | os.PathLike) -> Path:
     """Write ``model``'s folded prompt (and task head) as a ``peft`` adapter folder; returns the folder."""
     folder = Path(directory)
     shape = model.shape
-    tensors = model.adapter_tensors()
-    head = {k: tensors.pop(k) for k in list(tensors) if k.startswith(HEAD_PREFIX)}
-    method = model.config.method
-    peft_type = {v: k for k, v in PEFT_TYPES.items()}[method]
-    task_type = {task: name for name, task in TASK_TYPES.items()}.get(shape.task)
-    if task_type is None:
-        raise ValueError(f"peft has no task type for a {shape.task or type(model.base_model).__name__} model")
+    tensors, head = split_head(model.adapter_tensors())
+    method = method_of(model.config)
+    if shape.head not in HEADS:
+        raise ValueError(f"peft has no task type for a {type(model.base_model).__name__} model")
     submodules = 2 if shape.kind == "seq2seq" else 1
     length = next(iter(tensors.values())).shape[0]
     config: dict[str, Any] = {
-        "peft_type": peft_type,
-        "task_type": task_type,
+        "peft_type": method.peft_type,
+        "task_type": HEADS[shape.head].peft_task_type,
         "num_virtual_tokens": length,
         "num_transformer_submodules": submodules,
         "num_layers": len(shape.decoder_layers) if shape.kind == "seq2seq" else shape.num_layers,
@@ -197,8 +180,8 @@ def export_peft(model: PromptedModel, directory: str | os.PathLike) -> Path:
     }
     if head:
         config["modules_to_save"] = sorted({name.removeprefix(HEAD_PREFIX).split(".")[0] for name in head})
-    if "prefix" in tensors:
-        layout = shape.prefix_layout(getattr(model.config, "prefix_sites", "all"))
+    layout = method.layout(model.config, shape)
+    if layout is not None:
         if layout.site_names not in (("self",), ("encoder",), ("decoder",)):
             raise ValueError(
                 f"peft puts prefixes in one stack only (the decoder's self-attention of an encoder-decoder); "
@@ -220,12 +203,7 @@ def export_peft(model: PromptedModel, directory: str | os.PathLike) -> Path:
             table = decoder_layers_for_peft(table, len(layout.layers))
     else:
         config |= {"num_attention_heads": shape.num_attention_heads, "token_dim": shape.embed_dim}
-        if method == "p_tuning":
-            config |= {
-                "encoder_hidden_size": model.config.encoder_hidden_size,
-                "encoder_reparameterization_type": model.config.encoder.upper(),
-                "encoder_num_layers": 2,
-            }
+        config |= method.peft_fields(model.config)
         table = tensors["embeddings"]
         if submodules == 2:  # peft keeps a row per virtual token and stack; it reads the encoder's
             table = torch.cat([table, torch.zeros_like(table)])

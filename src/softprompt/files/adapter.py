@@ -2,15 +2,17 @@
 
 One ``.safetensors`` file holds the trainable numbers and, in its ``__metadata__``, the JSON record
 of what they are (method, the user's config, the base model's name and shape). Files are written
-atomically (temp file + ``os.replace``) so a crash never leaves half a file where a good one was,
+atomically (:mod:`softprompt.files.atomic`) so a crash never leaves half a file where a good one was,
 and read with safetensors only — never pickle.
+
+Tensor names: the folded prompt is ``embeddings`` (P, E) or ``prefix`` (P, F) — see
+:mod:`softprompt.methods` — and a trained task head's weights are ``head.<module>.<parameter>``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from softprompt.files.atomic import atomic_write
+
 FORMAT_VERSION = 1
 METADATA_KEY = "softprompt"
 ADAPTER_FILENAME = "softprompt.safetensors"
+# Tensors of a trained task head are saved as ``head.<module name>.<parameter>``.
+HEAD_PREFIX = "head."
 
 
 class AdapterFileError(ValueError):
@@ -33,19 +39,10 @@ def adapter_file(path: str | os.PathLike) -> Path:
     return path / ADAPTER_FILENAME if path.is_dir() or not path.suffix else path
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, then move the finished file over ``path`` in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def split_head(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(prompt tensors, task-head tensors)`` of an adapter's tensors (head tensors keep their ``head.`` names)."""
+    head = {name: t for name, t in tensors.items() if name.startswith(HEAD_PREFIX)}
+    return {name: t for name, t in tensors.items() if name not in head}, head
 
 
 def write_adapter(path: str | os.PathLike, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> Path:

@@ -3,20 +3,22 @@
 How each method enters an encoder-decoder:
 
 * **prompt tuning / P-tuning** (Lester et al.'s T5 setting) — virtual tokens are prepended to the
-  encoder's input (see :mod:`softprompt.encoder`); the decoder's cross-attention sees their encoded
-  states too.
+  encoder's input (see :mod:`softprompt.injection.encoder_input`); the decoder's cross-attention
+  sees their encoded states too.
 * **prefix tuning** (Li & Liang's BART setting) — a prefix in every attention of the model, each
   site with its own numbers: encoder self-attention (through
-  :class:`softprompt.cache.AttentionPrefix`), decoder self-attention and decoder cross-attention
-  (through an ``EncoderDecoderCache``, see :func:`softprompt.cache.encoder_decoder_prefix_cache`).
+  :class:`softprompt.injection.attention.AttentionPrefix`), decoder self-attention and decoder
+  cross-attention (through an ``EncoderDecoderCache``, see
+  :func:`softprompt.injection.caches.encoder_decoder_prefix_cache`).
   ``PrefixTuningConfig(prefix_sites="decoder")`` fills the decoder's self-attention only, as
   ``peft`` does. Decoder positions start after the decoder prefix (as after ``P`` real tokens);
   encoder prefix slots carry no position (T5 gives them no relative bias).
 
 Example:
-    >>> model = softprompt.wrap(t5, softprompt.PrefixTuningConfig(num_virtual_tokens=10))
-    >>> model(input_ids, attention_mask=mask, labels=target_ids).loss.backward()
-    >>> model.generate(input_ids, attention_mask=mask, num_beams=4, max_new_tokens=32)
+    >>> model = softprompt.wrap(t5_model, softprompt.PrefixTuningConfig(num_virtual_tokens=10))
+    >>> model(input_ids, attention_mask=attention_mask, labels=input_ids).loss.backward()
+    >>> model.generate(input_ids, attention_mask=attention_mask, num_beams=2, max_new_tokens=4).shape
+    torch.Size([2, 5])
 """
 
 from __future__ import annotations
@@ -25,46 +27,34 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
-from softprompt.cache import (
-    attention_modules,
-    encoder_decoder_generation_cache,
-    encoder_decoder_prefix_cache,
-    use_prefix_attention,
-)
 from softprompt.compat import cache_kwargs
-from softprompt.encoder import (
-    BatchPrompt,
-    PromptParts,
-    batch_prompt,
-    encoder_batch,
-    prompt_for_batch,
-    prompt_parts,
-)
 from softprompt.families import ModelShape, UnsupportedModelError
+from softprompt.injection import CompiledPrompt, RowPrompts
+from softprompt.injection.attention import use_prefix_attention
+from softprompt.injection.caches import encoder_decoder_generation_cache, encoder_decoder_prefix_cache
+from softprompt.injection.capture import attention_modules
+from softprompt.injection.encoder_input import arrange
+from softprompt.kinds import supported_heads
 from softprompt.methods import SoftPrompt
-from softprompt.model import PromptedModel
+from softprompt.models.base import PromptedModel
 
 
 class Seq2SeqSoftPromptModel(PromptedModel):
     """A frozen ``transformers`` encoder-decoder LM adapted by a trainable soft prompt."""
 
     def __init__(self, base_model: nn.Module, prompt: SoftPrompt | None, shape: ModelShape) -> None:
-        if shape.task != "seq2seq-lm":
+        if shape.head != "seq2seq-lm":
             raise UnsupportedModelError(
                 f"softprompt cannot adapt a {type(base_model).__name__}: on {shape.family} it supports "
-                "conditional generation (AutoModelForSeq2SeqLM)"
+                f"conditional generation: {supported_heads(shape.kind)}"
             )
         super().__init__(base_model, prompt, shape)
         self._attention: list[nn.Module] | None = None
 
     # -------------------------------------------------------------------------------------- prompts
-    def compile_prompt(self, prompt: SoftPrompt) -> PromptParts:
-        """A task's prompt cut into where it enters (what a task bank keeps per task)."""
-        return prompt_parts(prompt, self.shape)
-
-    def rows_prompt(
-        self, compiled: list[PromptParts], rows: torch.Tensor, device: torch.device
-    ) -> BatchPrompt:
+    def row_prompts(
+        self, compiled: list[CompiledPrompt], rows: torch.Tensor, device: torch.device
+    ) -> RowPrompts:
         """Per-row prompts from compiled ones: ``rows`` (B,) indexes ``compiled``, -1 for none."""
         if self.shape.index_positions:
             # Virtual tokens and decoder prefixes shift the positions of what follows them.
@@ -83,62 +73,54 @@ class Seq2SeqSoftPromptModel(PromptedModel):
                     f"whose prompts differ in length (virtual tokens, decoder prefix: {sorted(lengths)}) would "
                     "shift each other: batch together only tasks of equal lengths"
                 )
-        return batch_prompt(compiled, rows, self.base_model.dtype, device)
-
-    def batch_prefix(self, batch_size: int, device: torch.device) -> BatchPrompt:
-        """The prompt for ``batch_size`` rows: virtual tokens, or prefixes per attention site."""
-        return prompt_for_batch(self.prompt, self.shape, batch_size, self.base_model.dtype, device)
+        return super().row_prompts(compiled, rows, device)
 
     def encode(
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        prefix: BatchPrompt | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, BatchPrompt]:
-        """Run the encoder with the prompt: ``(states (B, P + T, H), mask (B, P + T), prompt)``.
+        row_prompts: RowPrompts | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, RowPrompts]:
+        """Run the encoder with the prompts: ``(states (B, P + T, H), mask (B, P + T), row prompts)``.
 
         The states include the virtual tokens' (cross-attention reads them) and are in the encoder's
         row order (right-aligned), which cross-attention does not depend on.
         """
         tokens = input_ids if input_ids is not None else inputs_embeds
-        if prefix is None:
-            prefix = self.batch_prefix(tokens.shape[0], tokens.device)
-        if "encoder" in prefix.sites and self._attention is None:
+        if row_prompts is None:
+            row_prompts = self.own_prompts(tokens.shape[0], tokens.device)
+        if "encoder" in row_prompts.sites and self._attention is None:
             use_prefix_attention(self.base_model)
             self._attention = attention_modules(self.base_model.get_encoder())
         encoder = self.base_model.get_encoder()
-        batch = encoder_batch(
+        batch = arrange(
             self.base_model.get_input_embeddings(),
             self.shape,
-            prefix,
+            row_prompts,
             self._attention,
             input_ids,
             attention_mask,
             inputs_embeds,
         )
         states = encoder(**batch.kwargs).last_hidden_state
-        return states, batch.kwargs["attention_mask"], prefix
+        return states, batch.kwargs["attention_mask"], row_prompts
 
     @staticmethod
-    def _cross_mask(prefix: BatchPrompt, encoder_mask: torch.Tensor) -> torch.Tensor:
+    def _cross_mask(prefix: RowPrompts, encoder_mask: torch.Tensor) -> torch.Tensor:
         """What cross-attention may read: the cross prefix, then the encoder's states (B, P_c + P + T)."""
         if "cross" not in prefix.sites:
             return encoder_mask
         return torch.cat([prefix.sites["cross"].mask, encoder_mask], dim=-1)
 
     @staticmethod
-    def _decoder_mask(prefix: BatchPrompt, mask: torch.Tensor | None, batch: int, length: int, device):
+    def _decoder_mask(prefix: RowPrompts, mask: torch.Tensor | None, batch: int, length: int, device):
         """The decoder's self-attention mask: its prefix, then its tokens (B, P_d + T_dec)."""
         if "decoder" not in prefix.sites:
             return mask
         if mask is None:
             mask = torch.ones(batch, length, dtype=torch.long, device=device)
         return torch.cat([prefix.sites["decoder"].mask, mask.long()], dim=-1)
-
-    @staticmethod
-    def _states(prefix: BatchPrompt, site: str):
-        return prefix.sites[site].layers if site in prefix.sites else None
 
     # -------------------------------------------------------------------------------------- forward
     def forward(
@@ -149,7 +131,7 @@ class Seq2SeqSoftPromptModel(PromptedModel):
         decoder_attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        prefix: BatchPrompt | None = None,
+        row_prompts: RowPrompts | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput:
         """Decoder logits (B, T_dec, V) and, with ``labels``, the model's own loss.
@@ -160,14 +142,14 @@ class Seq2SeqSoftPromptModel(PromptedModel):
                 (shifted right after the decoder start token).
             labels: (B, T_dec) target ids, -100 ignored.
         """
-        encoded, encoder_mask, prefix = self.encode(input_ids, attention_mask, inputs_embeds, prefix)
+        encoded, encoder_mask, prefix = self.encode(input_ids, attention_mask, inputs_embeds, row_prompts)
         batch = encoded.shape[0]
         if decoder_input_ids is None and labels is not None:
             decoder_input_ids = self.base_model.prepare_decoder_input_ids_from_labels(labels=labels)
         cache = None
         if "decoder" in prefix.sites or "cross" in prefix.sites:
             cache = encoder_decoder_prefix_cache(
-                self._states(prefix, "decoder"), self._states(prefix, "cross"), len(self.shape.decoder_layers)
+                prefix.states("decoder"), prefix.states("cross"), len(self.shape.decoder_layers)
             )
             decoder_attention_mask = self._decoder_mask(
                 prefix, decoder_attention_mask, batch, decoder_input_ids.shape[1], encoded.device
@@ -192,7 +174,7 @@ class Seq2SeqSoftPromptModel(PromptedModel):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        prefix: BatchPrompt | None = None,
+        row_prompts: RowPrompts | None = None,
         **kwargs,
     ) -> torch.Tensor:
         """``transformers`` ``generate`` (greedy, sampling, beam search...) with the prompt in place.
@@ -200,7 +182,7 @@ class Seq2SeqSoftPromptModel(PromptedModel):
         The encoder runs once with the prompt; decoder prefixes enter the cache once, before the first
         token. Returns the decoder's sequences (start token first), as ``generate`` does.
         """
-        encoded, encoder_mask, prefix = self.encode(input_ids, attention_mask, None, prefix)
+        encoded, encoder_mask, prefix = self.encode(input_ids, attention_mask, None, row_prompts)
         batch = encoded.shape[0]
         config = kwargs.get("generation_config") or self.base_model.generation_config
         # `generate` repeats each row for beams / returned sequences, but cannot repeat a cache.
@@ -214,9 +196,7 @@ class Seq2SeqSoftPromptModel(PromptedModel):
         repeated = prefix.repeat_interleave(expand)
         kwargs |= cache_kwargs(
             self.base_model,
-            encoder_decoder_generation_cache(
-                self._states(repeated, "decoder"), self._states(repeated, "cross")
-            ),
+            encoder_decoder_generation_cache(repeated.states("decoder"), repeated.states("cross")),
         )
         if "decoder" in prefix.sites:
             # `generate` skips the decoder ids the cache already covers: start tokens take the prefix's

@@ -1,0 +1,127 @@
+"""Every ``transformers`` key/value cache softprompt builds, in one place.
+
+``transformers`` changes its cache classes often; keeping every cache softprompt builds in this one
+module means a new release is mended in one place. Two are needed for each model shape:
+
+* :func:`prefix_cache` feeds a fixed prefix to one forward pass (training, scoring);
+* :func:`generation_cache` is an ordinary growing cache that starts with the prefix (``generate``).
+
+Encoder-decoders get the same two as an ``EncoderDecoderCache`` (decoder self-attention and
+cross-attention): :func:`encoder_decoder_prefix_cache`, :func:`encoder_decoder_generation_cache`.
+The caches that record what a forward pass computes are in :mod:`softprompt.injection.capture`.
+
+The forward-pass caches never change what they return when called twice with the same input, so
+layers may keep them under gradient checkpointing, whose backward pass replays each layer's forward.
+
+Example:
+    >>> keys = values = torch.zeros(1, 2, 3, 4)                   # (B, kv_heads, P, head_dim)
+    >>> cache = prefix_cache([(keys, values)])
+    >>> cache.layers[0].update(torch.ones(1, 2, 5, 4), torch.ones(1, 2, 5, 4))[0].shape
+    torch.Size([1, 2, 8, 4])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import Cache, DynamicLayer
+
+# Per layer: (keys, values), each (B, kv_heads, P, head_dim).
+LayerStates = Sequence[tuple[torch.Tensor, torch.Tensor]]
+
+
+class _PrefixLayer(DynamicLayer):
+    """A layer cache that prepends a fixed prefix and stores nothing (a pure function of its input)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.keys, self.values = keys, values
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        # (B, H, P, D) ++ (B, H, T, D) -> (B, H, P + T, D). A model split over devices (device_map)
+        # runs each layer on its own device: the prefix joins the layer where its keys are.
+        keys, values = self.keys.to(key_states.device), self.values.to(value_states.device)
+        return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+
+
+def prefix_cache(states: LayerStates) -> Cache:
+    """A read-only cache that prepends ``states`` in every layer of one forward pass."""
+    return Cache(layers=[_PrefixLayer(keys, values) for keys, values in states])
+
+
+def generation_cache(config, states: LayerStates) -> DynamicCache:
+    """An ordinary ``DynamicCache`` (sliding-window layers where the config has them) holding the prefix."""
+    cache = DynamicCache(config=config)
+    for layer_idx, (keys, values) in enumerate(states):
+        cache.update(keys, values, layer_idx)
+    return cache
+
+
+# ------------------------------------------------------------------------------- encoder-decoders
+class _PassLayer(DynamicLayer):
+    """A layer cache for a site without prefix: returns what it is given and stores nothing."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        return key_states, value_states
+
+
+class _NeverUpdated(dict):
+    """``EncoderDecoderCache.is_updated`` that always answers "not yet".
+
+    Cross-attention then computes the encoder's keys/values on every call and passes them through
+    its prefix layer, so a replayed layer (gradient checkpointing) sees the same as the first call.
+    """
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+    def __getitem__(self, key) -> bool:
+        return False
+
+    def get(self, key, default=None) -> bool:
+        return False
+
+
+def _read_only(states: LayerStates | None, num_layers: int) -> Cache:
+    if states is None:
+        return Cache(layers=[_PassLayer() for _ in range(num_layers)])
+    return prefix_cache(states)
+
+
+def encoder_decoder_prefix_cache(
+    self_states: LayerStates | None, cross_states: LayerStates | None, num_layers: int
+) -> EncoderDecoderCache:
+    """A read-only cache prepending ``self_states`` to the decoder's self-attention and ``cross_states``
+    to its cross-attention (before the encoder's keys/values) in every layer of one forward pass.
+
+    ``None`` leaves that site without a prefix. The decoder's positions start after the self-attention
+    prefix, as they would after ``P`` real tokens.
+    """
+    cache = EncoderDecoderCache(_read_only(self_states, num_layers), _read_only(cross_states, num_layers))
+    cache.is_updated = _NeverUpdated()
+    return cache
+
+
+def _filled_cache(states: LayerStates | None) -> DynamicCache:
+    cache = DynamicCache()
+    for layer_idx, (keys, values) in enumerate(states or ()):
+        cache.update(keys, values, layer_idx)
+    return cache
+
+
+def encoder_decoder_generation_cache(
+    self_states: LayerStates | None, cross_states: LayerStates | None
+) -> EncoderDecoderCache:
+    """An ordinary growing ``EncoderDecoderCache`` for ``generate`` that starts with the prefixes.
+
+    Its cross-attention layers hold only the prefix at first and are marked not updated, so the first
+    decoding step appends the encoder's keys/values after the prefix and later steps reuse both.
+    """
+    cache = EncoderDecoderCache(_filled_cache(self_states), _filled_cache(cross_states))
+    for layer_idx in cache.is_updated:
+        cache.is_updated[layer_idx] = False
+    return cache

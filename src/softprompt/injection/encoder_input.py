@@ -1,0 +1,114 @@
+"""How a batch and its prompts enter an encoder: rows right-aligned, virtual tokens first, prefixes named.
+
+In an encoder, virtual tokens attend to the input and the input to them, so (unlike in a causal
+decoder) they cannot be compiled into a prefix once: they are prepended to every row's input
+embeddings. The attention mask grows by ``P``, token types are 0 for them, and the caller's tokens
+take the positions after them. An ``encoder`` prefix enters each layer's attention module through
+:class:`~softprompt.injection.attention.AttentionPrefix`; the caller's tokens take the positions
+after it (prefix slots carry no position of their own).
+
+Rows are right-aligned first (pads after the tokens), so each row's prompt, tokens and positions
+are what they would be if it ran alone, whatever the padding side. :class:`EncoderBatch` maps the
+encoder's outputs and token labels back to the caller's layout.
+
+Example:
+    >>> embed = torch.nn.Embedding(10, 4)
+    >>> prompts = RowPrompts(torch.zeros(1, 2, 4), torch.ones(1, 2, dtype=torch.long))   # 2 virtual tokens
+    >>> from softprompt.families import model_shape
+    >>> batch = arrange(embed, model_shape(encoder_model), prompts, None, torch.tensor([[5, 6, 7]]))
+    >>> batch.kwargs["inputs_embeds"].shape, batch.kwargs["attention_mask"].tolist()
+    (torch.Size([1, 5, 4]), [[1, 1, 1, 1, 1]])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from softprompt.families import ModelShape
+from softprompt.injection.attention import AttentionPrefix
+from softprompt.injection.positions import IGNORE_INDEX
+from softprompt.injection.prompts import RowPrompts
+
+
+@dataclass
+class EncoderBatch:
+    """The caller's batch as the encoder sees it: rows right-aligned, virtual tokens first.
+
+    ``kwargs`` go to the encoder; ``order`` (B, T) is the caller position of each aligned token.
+    """
+
+    kwargs: dict
+    order: torch.Tensor
+    virtual: int
+
+    def tokens(self, states: torch.Tensor) -> torch.Tensor:
+        """Encoder outputs (B, P + T, ...) -> the caller's tokens (B, T, ...), in the caller's layout."""
+        aligned = states[:, self.virtual :]
+        back = torch.argsort(self.order, dim=-1)
+        index = back.view(*back.shape, *([1] * (aligned.dim() - 2))).expand(-1, -1, *aligned.shape[2:])
+        return aligned.gather(1, index)
+
+    def labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Token labels (B, T) in the caller's layout -> (B, P + T) aligned, ignored at virtual tokens."""
+        aligned = labels.gather(1, self.order.to(labels.device))
+        ignored = torch.full(
+            (labels.shape[0], self.virtual), IGNORE_INDEX, dtype=labels.dtype, device=labels.device
+        )
+        return torch.cat([ignored, aligned], dim=-1)
+
+
+def arrange(
+    embed: nn.Module,
+    shape: ModelShape,
+    prompt: RowPrompts,
+    modules: list[nn.Module] | None,
+    input_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+) -> EncoderBatch:
+    """Arrange a batch and its prompt for an encoder (see the module docstring).
+
+    ``embed`` is the model's input embedding; ``modules`` the encoder's attention modules, one per
+    layer, which an ``encoder`` prefix enters (see :func:`softprompt.cache.attention_modules`).
+    """
+    tokens = input_ids if input_ids is not None else inputs_embeds
+    batch, length = tokens.shape[:2]
+    device = tokens.device
+    if attention_mask is None:
+        attention_mask = torch.ones(batch, length, dtype=torch.long, device=device)
+    mask = attention_mask.long()
+    order = torch.argsort(1 - mask, dim=-1, stable=True)  # tokens first, pads last, tokens keep order
+    mask = mask.gather(1, order)
+    if inputs_embeds is None:
+        inputs_embeds = embed(input_ids.gather(1, order))
+    else:
+        inputs_embeds = inputs_embeds.gather(1, order[..., None].expand(-1, -1, inputs_embeds.shape[-1]))
+    kwargs: dict = {}
+    if token_type_ids is not None:
+        token_type_ids = token_type_ids.gather(1, order)
+    virtual = 0
+    if prompt.tokens is not None:
+        virtual = prompt.tokens.shape[1]
+        inputs_embeds = torch.cat([prompt.tokens.to(inputs_embeds.dtype), inputs_embeds], dim=1)
+        mask = torch.cat([prompt.tokens_mask, mask], dim=-1)
+        if token_type_ids is not None:
+            token_type_ids = torch.cat([torch.zeros_like(prompt.tokens_mask), token_type_ids], dim=-1)
+    if token_type_ids is not None:
+        kwargs["token_type_ids"] = token_type_ids
+    prefix_lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    if "encoder" in prompt.sites:
+        prefix = prompt.sites["encoder"]
+        kwargs["softprompt_prefix"] = AttentionPrefix(
+            dict(zip(modules, prefix.layers, strict=True)), prefix.mask
+        )
+        prefix_lengths = prefix.lengths
+    if shape.takes_position_ids:
+        # Real slots count from the end of the row's prompt, skipping pads (RoBERTa counts from its offset).
+        positions = mask.cumsum(-1) - 1 + prefix_lengths[:, None] + shape.position_offset
+        kwargs["position_ids"] = positions.masked_fill(mask == 0, max(shape.position_offset - 1, 0))
+    kwargs |= {"inputs_embeds": inputs_embeds, "attention_mask": mask}
+    return EncoderBatch(kwargs, order, virtual)
