@@ -44,7 +44,7 @@ from softprompt.train.config import RunConfig
 from softprompt.train.evaluate import evaluate_classification, evaluate_generation
 from softprompt.train.logs import JSONL_NAME, PLOT_NAME, MetricsLog, plot_curves
 from softprompt.train.loop import Hooks, fit, total_steps
-from softprompt.train.objectives import GenerationObjective, Objective
+from softprompt.train.objectives import Objective
 from softprompt.train.optim import make_optimizer, make_scheduler
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def train(
     )
 
     def evaluate(split_examples, scoring: Objective) -> dict[str, float]:
-        return _evaluate(config, scoring, split_examples, tokenizer, accelerator)
+        return score_split(config, scoring, split_examples, tokenizer, accelerator)
 
     def write_log(split: str, step: int, values: dict[str, float]) -> None:
         if log is not None:
@@ -251,12 +251,13 @@ def train(
     return summary
 
 
-def _evaluate(
+def score_split(
     config: RunConfig, objective: Objective, examples, tokenizer: Any, accelerator
 ) -> dict[str, float]:
-    """Scores of ``objective``'s model on ``examples`` as the task section asks."""
+    """Scores of ``objective``'s model on ``examples`` as the task section asks: label-word or head
+    classification metrics, or metrics of generated texts."""
     objective = accelerator.unwrap_model(objective)
-    if not isinstance(objective, GenerationObjective):
+    if config.task.kind != "generation":
         return evaluate_classification(
             objective,
             examples,

@@ -94,14 +94,23 @@ def reference_generate(model, ids, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "decoding", [dict(do_sample=False), dict(num_beams=3, do_sample=False, num_return_sequences=2)]
+    "decoding",
+    [
+        dict(do_sample=False),
+        dict(num_beams=3, do_sample=False, num_return_sequences=2),
+        dict(num_beams=2, do_sample=False, num_return_sequences=2),
+        # Sampling expands each row by num_return_sequences (the prefix cache must expand too).
+        dict(do_sample=True, top_k=10, num_return_sequences=2),
+    ],
 )
 @pytest.mark.parametrize("family", FAMILIES)
 def test_generation_equals_prompt_prepended_to_the_input(family, decoding):
     model = wrapped(family, "prompt_tuning")
     ids = random_ids(2, 5)
     with torch.no_grad():
+        torch.manual_seed(7)
         expected = reference_generate(model, ids, max_new_tokens=5, **decoding)
+    torch.manual_seed(7)
     got = model.generate(ids, max_new_tokens=5, **decoding)
     assert got[:, :5].tolist() == ids.repeat_interleave(decoding.get("num_return_sequences", 1), 0).tolist()
     assert got[:, 5:].tolist() == expected.tolist()
@@ -117,6 +126,9 @@ def test_sampling_runs_and_is_reproducible(family, method):
     torch.manual_seed(3)
     second = model.generate(ids, max_new_tokens=4, do_sample=True, top_k=10)
     assert first.shape == (2, 8) and first.tolist() == second.tolist()
+    torch.manual_seed(3)
+    several = model.generate(ids, max_new_tokens=4, do_sample=True, top_k=10, num_return_sequences=3)
+    assert several.shape == (6, 8) and several[:, :4].tolist() == ids.repeat_interleave(3, 0).tolist()
 
 
 @pytest.mark.parametrize("method", METHODS)
