@@ -111,6 +111,17 @@ def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
+def padded_batch(rows, side):
+    """Pad 1-D id tensors with id 0 on ``side``: (B, T_max) ids and mask."""
+    longest = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), longest, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        span = slice(longest - len(r), longest) if side == "left" else slice(0, len(r))
+        ids[i, span], mask[i, span] = r, 1
+    return ids, mask
+
+
 # ---------------------------------------------------------------------------------- encoder-decoder
 _SEQ2SEQ_IDS = dict(pad_token_id=0, eos_token_id=1, bos_token_id=2, decoder_start_token_id=2)
 _T5 = dict(

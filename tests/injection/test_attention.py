@@ -8,8 +8,7 @@ the bare model's own calls alone.
 
 import pytest
 import torch
-from test_model import padded_batch
-from tiny import random_ids, tiny_causal_lm
+from tiny import padded_batch, random_ids, tiny_causal_lm
 
 import softprompt
 

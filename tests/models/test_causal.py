@@ -4,7 +4,7 @@ gradient checkpointing and a frozen base."""
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import FAMILIES, random_ids, tiny_causal_lm
+from tiny import FAMILIES, padded_batch, random_ids, tiny_causal_lm
 
 import softprompt
 
@@ -26,17 +26,6 @@ def wrapped(family, method, seed=0):
         for p in model.prompt.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 0.3)
     return model
-
-
-def padded_batch(rows, side):
-    """Pad 1-D id tensors with id 0 on ``side``: (B, T_max) ids and mask."""
-    longest = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), longest, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        span = slice(longest - len(r), longest) if side == "left" else slice(0, len(r))
-        ids[i, span], mask[i, span] = r, 1
-    return ids, mask
 
 
 def test_logits_cover_real_tokens_only_and_loss_is_next_token_cross_entropy():
