@@ -57,7 +57,7 @@ def registered(monkeypatch):
 def test_a_registered_method_wraps_saves_loads_and_serves(registered, tmp_path):
     base = tiny_causal_lm("llama")
     model = softprompt.wrap(base, MeanTokenConfig())
-    assert method_of(model.config) is registered
+    assert method_of(model.prompt_config) is registered
     ids = random_ids(2, 5)
     model(input_ids=ids, labels=ids).loss.backward()
     assert model.prompt.embeddings.grad is not None

@@ -197,7 +197,7 @@ def test_loading_a_peft_adapter_gives_peft_logits_and_generations(family, method
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert model.generate(ids, max_new_tokens=4, do_sample=False).tolist() == expected_generated.tolist()
     if method.startswith("prefix"):
-        assert model.config.prefix_sites == "decoder"
+        assert model.prompt_config.prefix_sites == "decoder"
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning", "prefix_decoder"])

@@ -164,7 +164,7 @@ def export_peft(model: PromptedModel, directory: str | os.PathLike) -> Path:
     folder = Path(directory)
     shape = model.shape
     tensors, head = split_head(model.adapter_tensors())
-    method = method_of(model.config)
+    method = method_of(model.prompt_config)
     if shape.head not in HEADS:
         raise ValueError(f"peft has no task type for a {type(model.base_model).__name__} model")
     submodules = 2 if shape.kind == "seq2seq" else 1
@@ -180,7 +180,7 @@ def export_peft(model: PromptedModel, directory: str | os.PathLike) -> Path:
     }
     if head:
         config["modules_to_save"] = sorted({name.removeprefix(HEAD_PREFIX).split(".")[0] for name in head})
-    layout = method.layout(model.config, shape)
+    layout = method.layout(model.prompt_config, shape)
     if layout is not None:
         if layout.site_names not in (("self",), ("encoder",), ("decoder",)):
             raise ValueError(
@@ -203,7 +203,7 @@ def export_peft(model: PromptedModel, directory: str | os.PathLike) -> Path:
             table = decoder_layers_for_peft(table, len(layout.layers))
     else:
         config |= {"num_attention_heads": shape.num_attention_heads, "token_dim": shape.embed_dim}
-        config |= method.peft_fields(model.config)
+        config |= method.peft_fields(model.prompt_config)
         table = tensors["embeddings"]
         if submodules == 2:  # peft keeps a row per virtual token and stack; it reads the encoder's
             table = torch.cat([table, torch.zeros_like(table)])

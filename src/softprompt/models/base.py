@@ -60,8 +60,13 @@ class PromptedModel(nn.Module, ABC):
 
     # ----------------------------------------------------------------------------------------- info
     @property
+    def prompt_config(self):
+        """The prompt's config (the user's choices): a method's config dataclass."""
+        return self.prompt.config
+
+    @property
     def config(self):
-        """The prompt's config (the user's choices)."""
+        """The prompt's config; being replaced by :attr:`prompt_config` (``config`` will be the base model's)."""
         return self.prompt.config
 
     def without_prompt(self) -> PromptedModel:
@@ -139,8 +144,8 @@ class PromptedModel(nn.Module, ABC):
         """Write the folded prompt (optionally as fp16/bf16) and its record to one safetensors file."""
         tensors = {name: t.to(dtype) if dtype else t for name, t in self.adapter_tensors().items()}
         record = {
-            "method": self.config.method,
-            "config": asdict(self.config),
+            "method": self.prompt_config.method,
+            "config": asdict(self.prompt_config),
             "base_model": {"name_or_path": self.shape.name_or_path, **self.shape.fingerprint()},
             "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch."),
         }

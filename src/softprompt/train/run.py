@@ -156,7 +156,7 @@ def train(
         else None
     )
     say(
-        f"{model.config.method}: {model.num_trainable_parameters():,} trainable parameters, "
+        f"{model.prompt_config.method}: {model.num_trainable_parameters():,} trainable parameters, "
         f"{len(data.train)} training rows, {steps} steps of {config.train.batch_size}"
     )
 
@@ -225,8 +225,8 @@ def train(
     summary = RunSummary(
         run_dir=str(run_dir),
         finished=result.finished,
-        method=model.config.method,
-        num_virtual_tokens=model.config.num_virtual_tokens,
+        method=model.prompt_config.method,
+        num_virtual_tokens=model.prompt_config.num_virtual_tokens,
         trainable_parameters=model.num_trainable_parameters(),
         adapter=str(adapter_path) if adapter_path.exists() else None,
         adapter_bytes=adapter_path.stat().st_size if adapter_path.exists() else None,
