@@ -1,6 +1,6 @@
 """softprompt: parameter-efficient fine-tuning of frozen transformers with soft prompts.
 
-Example:
+Examples:
     >>> import softprompt
     >>> model = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=20))
     >>> model(input_ids, labels=input_ids).loss.backward()

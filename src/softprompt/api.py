@@ -5,7 +5,7 @@ The model class follows the base model's kind (:mod:`softprompt.kinds`):
 :class:`~softprompt.models.Seq2SeqSoftPromptModel` for encoder-decoders (T5, BART) and
 :class:`~softprompt.models.EncoderSoftPromptModel` for encoders (BERT...).
 
-Example:
+Examples:
     >>> config = softprompt.PromptTuningConfig(num_virtual_tokens=4, init="text", init_text=" yes no")
     >>> model = softprompt.wrap(base_model, config, tokenizer=tokenizer)
     >>> path = model.save(tmp_dir / "task.safetensors")

@@ -10,7 +10,7 @@ prompt-tuned task costs no prefill per request — it starts from its cache like
 A compiled cache is dropped when its task is replaced or removed, or when its parameters change
 in place (an optimiser step), detected through the tensors' version counters.
 
-Example:
+Examples:
     >>> bank = TaskBank(base_model)
     >>> bank.add("sentiment", softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=4)))
     >>> bank.add("topic", softprompt.wrap(base_model, softprompt.PrefixTuningConfig(num_virtual_tokens=2)))

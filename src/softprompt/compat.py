@@ -10,7 +10,7 @@
 
 No other module touches a private ``transformers`` attribute.
 
-Example:
+Examples:
     >>> import transformers as T
     >>> model = T.GPT2LMHeadModel(T.GPT2Config(n_embd=8, n_layer=1, n_head=2, vocab_size=16))
     >>> list(cache_kwargs(model, None))[0] in ("cache", "past_key_values")

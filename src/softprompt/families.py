@@ -8,7 +8,7 @@ family is a table entry, never a branch elsewhere.
 A :class:`PrefixLayout` lists the attention sites (see :data:`softprompt.kinds.Site`) and layers
 one prefix fills, in the order its flat ``(P, F)`` table stores them.
 
-Example:
+Examples:
     >>> from transformers import LlamaConfig, LlamaForCausalLM
     >>> model = LlamaForCausalLM(LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
     ...                                      num_key_value_heads=2, intermediate_size=64, vocab_size=128))

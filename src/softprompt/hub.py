@@ -10,7 +10,7 @@ Two aliases name real models that install offline from PyPI:
 The cache lives in ``$SOFTPROMPT_CACHE_DIR/<alias>`` when that variable is set, else in
 ``~/.cache/softprompt/models/<alias>``.
 
-Example:
+Examples:
     >>> model, tok = load_base_model("smollm2-135m-instruct")  # doctest: +SKIP
     >>> clf, tok = load_base_model("all-minilm-l6-v2", head="sequence-classification", num_labels=3)  # doctest: +SKIP
 """
@@ -98,7 +98,7 @@ def load_base_model(
         ``(model, tokenizer)``; the model is in eval mode, its parameters are NOT frozen here (a
         new classification head must still train), and the tokenizer has a pad token.
 
-    Example:
+    Examples:
         >>> model, tok = load_base_model("smollm2-135m-instruct")  # doctest: +SKIP
         >>> batch = tok(["a", "a longer text"], return_tensors="pt", padding=True)  # doctest: +SKIP
     """
@@ -124,7 +124,7 @@ def family_kind(name_or_path: str) -> ModelKind:
     """The kind of model family (``causal``, ``seq2seq`` or ``encoder``) ``name_or_path`` holds, from its
     config alone (no weights are loaded). Raises :class:`UnsupportedModelError` naming the supported ones.
 
-    Example:
+    Examples:
         >>> family_kind("all-minilm-l6-v2")  # doctest: +SKIP
         'encoder'
     """
@@ -141,7 +141,7 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel 
     embedding matrix. The model's ``config.pad_token_id`` is set too because decoder
     sequence-classification heads use it to find each row's last real token.
 
-    Example:
+    Examples:
         >>> ensure_pad_token(tok, model)  # doctest: +SKIP
         >>> tok.pad_token == tok.eos_token  # doctest: +SKIP
         True
@@ -158,7 +158,7 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel 
 def builtin_model_path(alias: str) -> Path:
     """Return a folder that ``from_pretrained`` reads for a built-in alias, converting once if needed.
 
-    Example:
+    Examples:
         >>> builtin_model_path("all-minilm-l6-v2").name  # doctest: +SKIP
         'model'
     """
@@ -181,7 +181,7 @@ def builtin_model_path(alias: str) -> Path:
 def cache_dir(alias: str) -> Path:
     """Where the converted copy of ``alias`` lives: ``$SOFTPROMPT_CACHE_DIR/<alias>`` or the default.
 
-    Example:
+    Examples:
         >>> cache_dir("smollm2-135m-instruct").name
         'smollm2-135m-instruct'
     """

@@ -5,7 +5,7 @@ Input-space inits return (P, E) embeddings; prefix inits return a flat (P, F) pr
 :func:`softprompt.injection.capture.site_states`). Soft prompts live or die by their init, so the
 inits that start from the frozen model's own numbers (``vocab``, ``text``) are the defaults.
 
-Example:
+Examples:
     >>> repeat_to_length(torch.tensor([7, 8]), 5).tolist()        # Lester's class-label init repeats
     [7, 8, 7, 8, 7]
     >>> uniform(2, 3, 0.5, torch.Generator().manual_seed(0)).abs().max() <= 0.5

@@ -14,7 +14,7 @@ elsewhere in softprompt is a lookup here.
 Model classes and objectives are named by import path and resolved on first use, as
 ``transformers``' own auto mappings do: this module sits below everything it names.
 
-Example:
+Examples:
     >>> kind = KINDS["causal"]
     >>> kind.model_class.__name__, kind.run_head, kind.serves_bank
     ('SoftPromptModel', 'causal-lm', True)
@@ -170,7 +170,7 @@ KINDS: dict[ModelKind, Kind] = {
 def head_of(model: nn.Module) -> ModelHead | None:
     """What ``model``'s class does, from the ``AutoModelFor...`` mapping it is in (or derives from).
 
-    Example:
+    Examples:
         >>> import transformers as T
         >>> head_of(T.GPT2LMHeadModel(T.GPT2Config(n_embd=8, n_layer=1, n_head=2, vocab_size=16)))
         'causal-lm'

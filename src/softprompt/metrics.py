@@ -3,7 +3,7 @@
 Classification metrics compare predicted and gold labels (any hashable values). Generation
 metrics compare predicted strings with one reference string, or a list of references, per example.
 
-Example:
+Examples:
     >>> scores = compute_metrics(["accuracy", "macro_f1"], [0, 1, 1], [0, 1, 0])
     >>> {name: round(score, 2) for name, score in scores.items()}
     {'accuracy': 66.67, 'macro_f1': 66.67}
@@ -26,7 +26,7 @@ ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 def accuracy(predictions: Sequence[Hashable], references: Sequence[Hashable]) -> float:
     """Percentage of predictions equal to their reference.
 
-    Example:
+    Examples:
         >>> accuracy([1, 0, 1, 1], [1, 0, 0, 1])
         75.0
     """
@@ -43,7 +43,7 @@ def macro_f1(
     that is never predicted (or never gold) has F1 = 0 and still counts in the mean, as in
     scikit-learn's `f1_score(average="macro")`.
 
-    Example:
+    Examples:
         >>> macro_f1([0, 0, 0, 0], [0, 0, 1, 1])  # class 1 never predicted: F1s are 2/3 and 0
         33.33333333333333
     """
@@ -64,7 +64,7 @@ def macro_f1(
 def exact_match(predictions: Sequence[str], references: Sequence[Reference]) -> float:
     """Percentage of predictions equal to one of their references, ignoring surrounding whitespace.
 
-    Example:
+    Examples:
         >>> exact_match([" yes", "no"], [["yes", "y"], "maybe"])
         50.0
     """
@@ -82,7 +82,7 @@ def bleu(predictions: Sequence[str], references: Sequence[Reference]) -> float:
     Examples may have different numbers of references. BLEU counts n-grams up to 4, so texts
     shorter than four tokens score 0 even when identical.
 
-    Example:
+    Examples:
         >>> bleu(["the cat sat on the mat"], [["the cat sat on the mat", "a cat was on the mat"]])
         100.00000000000004
     """
@@ -98,7 +98,7 @@ def rouge(predictions: Sequence[str], references: Sequence[Reference]) -> dict[s
 
     With several references an example scores its best reference, per ROUGE type.
 
-    Example:
+    Examples:
         >>> rouge(["the cat sat"], [["the cat sat", "a dog"]])
         {'rouge1': 100.0, 'rouge2': 100.0, 'rougeL': 100.0}
     """
@@ -125,7 +125,7 @@ METRICS: dict[str, Callable[[Sequence, Sequence], dict[str, float]]] = {
 def compute_metrics(names: Sequence[str], predictions: Sequence, references: Sequence) -> dict[str, float]:
     """Compute the named metrics; "rouge" adds keys rouge1, rouge2 and rougeL.
 
-    Example:
+    Examples:
         >>> compute_metrics(["exact_match"], ["a"], ["a "])
         {'exact_match': 100.0}
     """

@@ -2,7 +2,7 @@
 
 Each command is one function over the library; its signature and help texts are its ``--help``.
 
-Example:
+Examples:
     $ softprompt train --example                        # the built-in example on SmolLM2-135M-Instruct
     $ softprompt train configs/sst2.yaml --set train.lr=0.1
     $ softprompt eval runs/sst2 --split test

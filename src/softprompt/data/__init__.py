@@ -1,6 +1,6 @@
 """Data for training and evaluation: load rows, encode them for a task, batch them.
 
-Example:
+Examples:
     >>> from softprompt.data import ClassificationTask, encode_dataset, load_rows, make_dataloader
     >>> rows = load_rows("sst2/train.tsv")  # doctest: +SKIP
     >>> task = ClassificationTask("Review: {sentence}\\nSentiment:", "label", ["negative", "positive"], 128)

@@ -29,7 +29,7 @@ def collate(
     indices. Left padding is for generation (the last position is every row's last real token);
     right padding suits training.
 
-    Example:
+    Examples:
         >>> batch = collate([Encoded([1, 2, 3], label=0), Encoded([4], label=1)], 0, "left")
         >>> batch["input_ids"].tolist(), batch["attention_mask"].tolist(), batch["label"].tolist()
         ([[1, 2, 3], [0, 0, 4]], [[1, 1, 1], [0, 0, 1]], [0, 1])
@@ -70,7 +70,7 @@ class LengthGroupedSampler(Sampler[list[int]]):
     `set_epoch(epoch, skip_batches)` selects the epoch and drops its first `skip_batches` batches,
     which is how a run resumes from a checkpoint mid-epoch.
 
-    Example:
+    Examples:
         >>> sampler = LengthGroupedSampler([5, 1, 9, 3, 7], batch_size=2, seed=0)
         >>> sampler.set_epoch(1, skip_batches=1)
         >>> len(sampler)
@@ -162,7 +162,7 @@ def make_dataloader(
     `skip_batches` (batches already consumed in it) to resume exactly where a checkpoint left off.
     For evaluation in data order use `shuffle=False, group_by_length=False`.
 
-    Example:
+    Examples:
         >>> loader = make_dataloader(examples, 8, tokenizer.pad_token_id, "right", seed=1)  # doctest: +SKIP
         >>> for epoch in range(3):  # doctest: +SKIP
         ...     loader.batch_sampler.set_epoch(epoch)

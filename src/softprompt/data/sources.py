@@ -47,7 +47,7 @@ def load_rows(
         ValueError: unknown extension or format, a file that does not parse, or no rows.
         RuntimeError: loading from the hub failed (e.g. no network).
 
-    Example:
+    Examples:
         >>> ds = load_rows("/data/sst2/dev.tsv", limit=100)  # doctest: +SKIP
         >>> ds.column_names  # doctest: +SKIP
         ['sentence', 'label']
@@ -66,7 +66,7 @@ def load_rows(
 def require_columns(ds: datasets.Dataset, names: Iterable[str], *, where: str = "data set") -> None:
     """Raise if any of `names` is not a column of `ds`, naming it and listing the available ones.
 
-    Example:
+    Examples:
         >>> ds = datasets.Dataset.from_dict({"sentence": ["hi"], "label": [1]})
         >>> require_columns(ds, ["sentence", "label"], where="train data")
         >>> require_columns(ds, ["text"], where="train data")

@@ -44,7 +44,7 @@ class Encoded:
     def prompt(self) -> Encoded:
         """This example as a generation prompt: source tokens only, no loss targets.
 
-        Example:
+        Examples:
             >>> Encoded([5, 6, 7, 0], labels=[-100, -100, 7, 0], prompt_ids=[5, 6]).prompt().input_ids
             [5, 6]
         """
@@ -77,7 +77,7 @@ class ClassificationTask:
         max_length: longest input in tokens; longer inputs keep their last `max_length` tokens
             (after any BOS), so the answer position survives.
 
-    Example:
+    Examples:
         >>> task = ClassificationTask("Review: {sentence}\\nSentiment:", "label", ["negative", "positive"], 128)
         >>> ex = task.encode({"sentence": "great film", "label": 1}, tokenizer)  # doctest: +SKIP
         >>> ex.label, task.label_token_ids(tokenizer)  # doctest: +SKIP
@@ -169,7 +169,7 @@ class GenerationTask:
         max_length: longest `input_ids` in tokens.
         max_target_length: longest target in tokens, EOS included.
 
-    Example:
+    Examples:
         >>> task = GenerationTask("Table: {mr}\\nText:", " {ref}", max_length=256, max_target_length=64)
         >>> ex = task.encode({"mr": "name[Aromi]", "ref": "Aromi is a pub."}, tokenizer)  # doctest: +SKIP
         >>> ex.labels[: len(ex.prompt_ids)] == [-100] * len(ex.prompt_ids)  # doctest: +SKIP
@@ -225,7 +225,7 @@ def encode_dataset(
 ) -> tuple[list[Encoded], int]:
     """Encode every row; return the examples and how many were truncated (warned about if any).
 
-    Example:
+    Examples:
         >>> examples, n_truncated = encode_dataset(task, load_rows("dev.tsv"), tokenizer)  # doctest: +SKIP
     """
     if isinstance(rows, datasets.Dataset):
@@ -247,7 +247,7 @@ def encode_dataset(
 def template_fields(template: str) -> list[str]:
     """Column names a `str.format` template refers to, in order of first use.
 
-    Example:
+    Examples:
         >>> template_fields("{premise} Question: {hypothesis}? {premise}")
         ['premise', 'hypothesis']
     """
@@ -268,7 +268,7 @@ def template_fields(template: str) -> list[str]:
 def format_template(template: str, row: Mapping[str, Any]) -> str:
     """`template.format(**row)`, with a missing field named along with the available columns.
 
-    Example:
+    Examples:
         >>> format_template("Review: {sentence}", {"sentence": "fine", "label": 1})
         'Review: fine'
     """

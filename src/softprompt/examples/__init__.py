@@ -3,7 +3,7 @@
 Rows in ``data/{train,dev}.jsonl`` are ``{"text": ..., "label": ...}`` (written by
 ``make_data.py``); the label is scored by the first token of its label word after ``TEMPLATE``.
 
-Example:
+Examples:
     >>> TEMPLATE.format(text="My parcel never came.")
     'Support ticket: My parcel never came.\\nCategory:'
     >>> sorted(LABEL_WORDS)

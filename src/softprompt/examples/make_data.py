@@ -10,7 +10,7 @@ training message uses, so the dev score measures generalisation, not recall.
 Run from the project root:
     python src/softprompt/examples/make_data.py            # writes examples/data/{train,dev}.jsonl
 
-Example:
+Examples:
     >>> rows = make_rows(random.Random(0), per_label=2, split="dev")
     >>> sorted({r["label"] for r in rows})
     ['account', 'billing', 'shipping', 'technical']

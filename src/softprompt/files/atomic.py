@@ -3,7 +3,7 @@
 A crash (or ``kill -9``) at any moment leaves either the old target or the new one, never half of
 one, because ``os.replace`` is atomic on one file system.
 
-Example:
+Examples:
     >>> import tempfile
     >>> target = Path(tempfile.mkdtemp()) / "notes.txt"
     >>> atomic_write(target, lambda tmp: tmp.write_text("hello"))

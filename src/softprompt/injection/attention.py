@@ -13,7 +13,7 @@ The function is registered with ``transformers`` by an explicit :func:`install` 
 ``use_*`` switches call), never as a side effect of import. Called without softprompt's keyword
 arguments it is ``transformers``' own sdpa, so a switched model computes what it computed before.
 
-Example:
+Examples:
     >>> install()
     >>> PREFIX_ATTENTION in ALL_ATTENTION_FUNCTIONS
     True

@@ -13,7 +13,7 @@ The caches that record what a forward pass computes are in :mod:`softprompt.inje
 The forward-pass caches never change what they return when called twice with the same input, so
 layers may keep them under gradient checkpointing, whose backward pass replays each layer's forward.
 
-Example:
+Examples:
     >>> keys = values = torch.zeros(1, 2, 3, 4)                   # (B, kv_heads, P, head_dim)
     >>> cache = prefix_cache([(keys, values)])
     >>> cache.layers[0].update(torch.ones(1, 2, 5, 4), torch.ones(1, 2, 5, 4))[0].shape

@@ -9,7 +9,7 @@
 * :func:`attention_modules` lists the attention modules an encoder calls, in order (encoder prefixes
   name the modules they enter).
 
-Example:
+Examples:
     >>> import transformers as T
     >>> from softprompt.families import model_shape
     >>> model = T.GPT2LMHeadModel(T.GPT2Config(n_embd=8, n_layer=2, n_head=2, vocab_size=16)).eval()

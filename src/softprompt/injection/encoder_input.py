@@ -11,7 +11,7 @@ Rows are right-aligned first (pads after the tokens), so each row's prompt, toke
 are what they would be if it ran alone, whatever the padding side. :class:`EncoderBatch` maps the
 encoder's outputs and token labels back to the caller's layout.
 
-Example:
+Examples:
     >>> embed = torch.nn.Embedding(10, 4)
     >>> prompts = RowPrompts(torch.zeros(1, 2, 4), torch.ones(1, 2, dtype=torch.long))   # 2 virtual tokens
     >>> from softprompt.families import model_shape

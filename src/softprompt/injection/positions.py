@@ -3,7 +3,7 @@
 A row's real tokens take the positions right after *its own* prompt and skip pads, so its numbers
 do not depend on its batch or on the padding side (peft #1093).
 
-Example:
+Examples:
     >>> mask = torch.tensor([[0, 1, 1], [1, 1, 1]])                  # row 0 left-padded
     >>> positions_after_prefix(mask, torch.tensor([2, 2])).tolist()  # both rows after a prompt of 2
     [[0, 2, 3], [2, 3, 4]]

@@ -14,7 +14,7 @@ Rows of a batch may carry different prompts of different lengths, or none: :func
 each to the longest with masked slots, so each row sees its own prompt only and its real slots sit
 right before its input.
 
-Example:
+Examples:
     >>> states = PrefixStates([(torch.ones(2, 3, 4), torch.ones(2, 3, 4))])      # 1 layer, 2 heads, P=3
     >>> compiled = [CompiledPrompt(sites={"self": states})]
     >>> rows = gather(compiled, torch.tensor([0, -1]), torch.float32, torch.device("cpu"))

@@ -3,7 +3,7 @@
 Adding a method is one file — its config dataclass, its prompt module and its
 :class:`~softprompt.methods.base.Method` — plus one entry in ``_REGISTERED`` below.
 
-Example:
+Examples:
     >>> sorted(METHODS)
     ['p_tuning', 'prefix_tuning', 'prompt_tuning']
     >>> method_of(PrefixTuningConfig()).saves

@@ -7,7 +7,7 @@ Unlike the paper, the encoder is residual and its last layer starts at zero, so 
 exactly at the init (``vocab``/``text``) instead of at a random point: soft prompts are sensitive
 to their start, and this keeps the robust inits of prompt tuning.
 
-Example:
+Examples:
     >>> config = PTuningConfig(num_virtual_tokens=20, encoder="lstm", encoder_hidden_size=256)
 """
 

@@ -17,7 +17,7 @@ fills the decoder's self-attention only, the sites ``peft`` uses. On an encoder 
 encoder layer: with the default plain table (no reparameterisation) this is P-tuning v2's *deep
 prompt* (Liu et al. 2022, arXiv 2110.07602), so deep prompts need no config of their own.
 
-Example:
+Examples:
     >>> config = PrefixTuningConfig(num_virtual_tokens=10, projection_hidden_size=512)
     >>> deep_prompt = PrefixTuningConfig(num_virtual_tokens=20, init="zero")  # P-tuning v2 on BERT
 """

@@ -1,6 +1,6 @@
 """Prompt tuning (Lester et al. 2021, arXiv 2104.08691): ``P`` trainable input embeddings.
 
-Example:
+Examples:
     >>> config = PromptTuningConfig(num_virtual_tokens=20, init="text", init_text=" positive negative")
     >>> model = softprompt.wrap(base_model, config, tokenizer=tokenizer)
     >>> model.prompt.embeddings.shape  # (P, E)

@@ -11,7 +11,7 @@ One subclass per kind of model (:mod:`softprompt.kinds`) says how a prompt joins
 * ``forward(..., row_prompts=...)`` and ``generate(..., row_prompts=...)`` — the model run with
   those prompts (or, without ``row_prompts``, with its own prompt).
 
-Example:
+Examples:
     >>> model = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=4))
     >>> compiled = [model.compile_prompt(model.prompt)]
     >>> rows = model.row_prompts(compiled, torch.tensor([0, -1]), input_ids.device)  # row 1: bare model

@@ -4,7 +4,7 @@ Every method enters a causal decoder as a key/value prefix in every layer (``sel
 prefix-tuning prompt already is one, and virtual tokens (prompt tuning, P-tuning) are run once
 through the frozen model to the keys/values they leave (:func:`~softprompt.injection.capture.virtual_tokens_prefix`).
 
-Example:
+Examples:
     >>> model = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=4))
     >>> out = model(input_ids, attention_mask=attention_mask, labels=input_ids)  # logits: (B, T, V)
     >>> out.loss.backward()                                                      # only the prompt learns

@@ -26,7 +26,7 @@ A classifier's head (the modules outside the backbone: ``classifier``, ``score``
 ``pre_classifier``, DeBERTa's ``pooler``...) is usually new, so it trains with the prompt, is saved in
 the adapter file as part of the task, and counts in the model's size. The backbone stays frozen.
 
-Example:
+Examples:
     >>> model = softprompt.wrap(encoder_model, softprompt.PrefixTuningConfig(num_virtual_tokens=16, init="zero"))
     >>> model(input_ids, attention_mask=attention_mask, labels=torch.tensor([1, 0])).loss.backward()
     >>> sorted(model.head)                                   # the new head trains with the prompt

@@ -14,7 +14,7 @@ How each method enters an encoder-decoder:
   ``peft`` does. Decoder positions start after the decoder prefix (as after ``P`` real tokens);
   encoder prefix slots carry no position (T5 gives them no relative bias).
 
-Example:
+Examples:
     >>> model = softprompt.wrap(t5_model, softprompt.PrefixTuningConfig(num_virtual_tokens=10))
     >>> model(input_ids, attention_mask=attention_mask, labels=input_ids).loss.backward()
     >>> model.generate(input_ids, attention_mask=attention_mask, num_beams=2, max_new_tokens=4).shape

@@ -1,6 +1,6 @@
 """Turn a validated run config into the run's parts: the task, the encoded data, the prompt, the objective.
 
-Example:
+Examples:
     >>> from softprompt.examples import DATA_DIR
     >>> from softprompt.train import load_config
     >>> config = load_config(None, base={"task": {"kind": "classification", "template": "{text} ->",

@@ -9,7 +9,7 @@ The file is one safetensors file, written atomically: every tensor of the state 
 moments, the torch RNG state) is a safetensors entry, and the rest (counters, hyper-parameters,
 the Python and NumPy RNG states) is JSON in its header — nothing is pickled.
 
-Example:
+Examples:
     >>> save_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, scheduler, progress)  # doctest: +SKIP
     >>> progress = load_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, scheduler)  # doctest: +SKIP
 """

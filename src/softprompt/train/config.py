@@ -10,7 +10,7 @@ Relative paths inside a config file (data files, ``prompt.init_file``) are relat
 paths given with ``--set`` and ``output.dir`` are relative to the current folder. Every error names
 its key: ``train.lr: Input should be a valid number``.
 
-Example:
+Examples:
     >>> config = load_config("configs/sst2.yaml", ["train.max_steps=100"])  # doctest: +SKIP
     >>> config.train.optimizer, config.prompt.to_config().num_virtual_tokens  # doctest: +SKIP
     ('adamw', 20)
@@ -390,7 +390,7 @@ def load_config(
     Raises:
         ConfigError: the file is missing or not YAML, or a key is unknown, mistyped or invalid.
 
-    Example:
+    Examples:
         >>> load_config("run.yaml", ["train.lr=0.1", "data.dev_limit=100"])  # doctest: +SKIP
     """
     raw = dict(base or {})

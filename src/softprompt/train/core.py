@@ -9,7 +9,7 @@ summed loss is divided by the item count of the *whole* global batch (and multip
 of processes, which DDP's gradient averaging divides out again), so one process and N processes,
 one micro-batch or many, compute the gradient of the same batch.
 
-Example:
+Examples:
     >>> from softprompt.train.objectives import ClassificationObjective
     >>> model = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=4))
     >>> objective = ClassificationObjective(model, label_token_ids=[5, 6])

@@ -4,7 +4,7 @@ Rows are sorted by length into batches (little padding) and put back in order. W
 processes each scores its share of the rows and the predictions are gathered, so every process
 returns the same scores.
 
-Example:
+Examples:
     >>> from softprompt.data import Encoded
     >>> from softprompt.train.objectives import ClassificationObjective
     >>> model = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=4))

@@ -6,7 +6,7 @@ A record is ``{"step": 50, "split": "train" | "dev" | "test" | "zero_shot", <nam
 scalars. A resumed run first drops records after the checkpoint's step, so the logs read as one
 uninterrupted run.
 
-Example:
+Examples:
     >>> log = MetricsLog(run_dir, tensorboard=False)  # doctest: +SKIP
     >>> log.write("train", 10, {"loss": 1.25, "lr": 0.3})  # doctest: +SKIP
     >>> plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", metric="accuracy")  # doctest: +SKIP

@@ -11,7 +11,7 @@ kept) and ``early_stopping_patience`` evaluations without one stop the run. Chec
 at every evaluation (or every ``save_every`` steps), at the end, and when Ctrl-C interrupts: the
 loop then finishes the current step first, so the checkpoint is exact.
 
-Example:
+Examples:
     >>> result = fit(objective, optimizer, scheduler, data.train, hooks, train=config.train,
     ...              accelerator=accelerator, pad_token_id=tok.pad_token_id, total_steps=300,
     ...              progress=Progress())  # doctest: +SKIP

@@ -14,7 +14,7 @@ Every objective has the same few members (:class:`Objective`), so the training c
 (:mod:`softprompt.train.core`), the run, the evaluation and the benchmarks take any of them; which
 one a run uses is a lookup in :mod:`softprompt.kinds` (``Kind.objective(task.kind)``).
 
-Example:
+Examples:
     >>> model = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=4))
     >>> objective = ClassificationObjective(model, label_token_ids=[5, 6])
     >>> batch = {"input_ids": input_ids, "attention_mask": attention_mask, "label": torch.tensor([0, 1])}
@@ -64,7 +64,7 @@ def for_task(model: PromptedModel, task: Any, tokenizer: Any) -> nn.Module:
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of each row's last real token, with left or right padding: (B, T) -> (B,).
 
-    Example:
+    Examples:
         >>> last_token_index(torch.tensor([[0, 1, 1], [1, 1, 0]])).tolist()
         [2, 1]
     """

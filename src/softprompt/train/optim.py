@@ -1,6 +1,6 @@
 """The optimiser and the learning-rate schedule that the ``train`` section describes.
 
-Example:
+Examples:
     >>> optimizer = make_optimizer(model.prompt.parameters(), config.train)  # doctest: +SKIP
     >>> scheduler = make_scheduler(optimizer, config.train, total_steps=300)  # doctest: +SKIP
 """

@@ -24,7 +24,7 @@ Paper recipes (``preset: <name>``):
   starting at the init) trained with AdamW. The paper's lr 1e-5 is for tuning the whole model;
   with a frozen model the encoder needs a larger one.
 
-Example:
+Examples:
     >>> resolved = apply_preset({"preset": "lester", "train": {"lr": 0.1}})
     >>> resolved["train"]["optimizer"], resolved["train"]["lr"], resolved["prompt"]["method"]
     ('adafactor', 0.1, 'prompt_tuning')
@@ -122,7 +122,7 @@ def apply_preset(raw: dict[str, Any]) -> dict[str, Any]:
     """Return a copy of the raw config with the preset's (or the method's defaults') values filled in
     where the user set none. Unknown preset or method names are left for validation to report.
 
-    Example:
+    Examples:
         >>> apply_preset({"prompt": {"method": "prefix_tuning"}})["train"]["lr"]
         0.003
     """

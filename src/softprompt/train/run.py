@@ -9,7 +9,7 @@ The run folder (``output.dir``) ends up holding:
 * ``checkpoint.safetensors`` — the resumable state (``softprompt train ... --resume``);
 * ``summary.json`` — the numbers :func:`format_summary` prints.
 
-Example:
+Examples:
     >>> from softprompt.train import load_config, train
     >>> summary = train(load_config("configs/sst2.yaml"))  # doctest: +SKIP
     >>> print(format_summary(summary))  # doctest: +SKIP
@@ -98,7 +98,7 @@ def train(
         base: an already loaded ``(model, tokenizer)`` to use instead of loading ``model.name_or_path``
             (it is frozen, not otherwise changed, so several runs can share it).
 
-    Example:
+    Examples:
         >>> summary = train(load_config("run.yaml"), resume=True)  # doctest: +SKIP
     """
     from accelerate import Accelerator
