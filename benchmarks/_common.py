@@ -51,6 +51,7 @@ def machine_info() -> dict:
         "transformers": transformers.__version__,
         "peft": peft.__version__,
         "softprompt": softprompt.__version__,
+        "softprompt_source": str(Path(softprompt.__file__).parent),  # which checkout's library ran
         # Other processes on a 2-core machine inflate wall-clock times; the load tells the reader.
         "load_average_at_start": list(os.getloadavg()),
     }

@@ -25,6 +25,8 @@ Run:
     python benchmarks/speed_memory.py --threads 1              # the run in RESULTS.md (13 min here)
     python benchmarks/speed_memory.py --quick                  # tiny model, seconds (the tests run this)
     python benchmarks/speed_memory.py --models smollm2 --methods prompt_tuning --repeats 9
+    PYTHONPATH=/tmp/sp-before/src python benchmarks/speed_memory.py --contestants softprompt,floor
+                                                               # another checkout's library, same harness
 """
 
 from __future__ import annotations
@@ -262,7 +264,9 @@ class Entry:
 def measure(base: nn.Module, style: BatchStyle, methods: list[str], args) -> list[Entry]:
     """Memory (one window per contestant), FLOPs (one step each), then interleaved timing rounds."""
     batch = make_batch(style, base.config.vocab_size)
-    entries = [Entry("floor", None)] + [Entry(c, m) for m in methods for c in CONTESTANTS if c != "floor"]
+    entries = [Entry("floor", None)] + [
+        Entry(c, m) for m in methods for c in args.contestants if c != "floor"
+    ]
 
     # Warm the allocator and oneDNN's primitive caches once, outside every window, so the first
     # contestant measured does not pay the process's one-time costs.
@@ -355,44 +359,33 @@ def style_tables(style: BatchStyle, entries: list[Entry], records: list[dict]) -
     floor = entries[0]
     by = {(e.contestant, e.method): e for e in entries}
     methods = list(dict.fromkeys(e.method for e in entries[1:]))
+    peers = [c for c in CONTESTANTS if c != "softprompt" and any(e.contestant == c for e in entries)]
     time_rows, mem_rows, work_rows = [], [], []
     for method in methods:
         ours = by["softprompt", method]
-        vs = {c: ratios(ours, by[c, method]) for c in ("peft", "peft-scored")} | {
-            "floor": ratios(ours, floor)
-        }
+        theirs = [floor if c == "floor" else by[c, method] for c in peers]
+        vs = {c: ratios(ours, entry) for c, entry in zip(peers, theirs, strict=True)}
         records.append({"style": style.name, "method": method, "softprompt_vs": vs})
         time_rows.append(
-            [method, ms(ours), ms(by["peft", method]), ms(by["peft-scored", method]), ms(floor)]
+            [method, ms(ours), *[ms(e) for e in theirs]]
             + [mark(vs[c]["time"], goal_for(style.name, "time", c)) for c in vs]
         )
         mem_rows.append(
-            [method, f"{ours.trainable:,}", mib(ours.peak_bytes), mib(by["peft", method].peak_bytes)]
-            + [mib(by["peft-scored", method].peak_bytes), mib(floor.peak_bytes)]
+            [method, f"{ours.trainable:,}", mib(ours.peak_bytes), *[mib(e.peak_bytes) for e in theirs]]
             + [mark(vs[c]["memory"], goal_for(style.name, "memory", c)) for c in vs]
         )
         work_rows.append(
-            [method]
-            + [gflop(by[c, method]) for c in ("softprompt", "peft", "peft-scored")]
-            + [gflop(floor)]
-            + [f"{vs[c]['flops']:.2f}" for c in vs]
+            [method, gflop(ours), *[gflop(e) for e in theirs]] + [f"{vs[c]['flops']:.2f}" for c in vs]
         )
     title = (
         f"{style.name}: batch {style.batch_size} × {style.seq_len} tokens, loss on the last "
         f"{style.scored} token{'s' if style.scored > 1 else ''} of each row"
     )
-    ratio_heads = ["÷ peft", "÷ peft-scored", "÷ floor"]
-    time_table = markdown_table(
-        ["method", "softprompt ms", "peft ms", "peft-scored ms", "floor ms", *ratio_heads], time_rows
-    )
-    mem_table = markdown_table(
-        ["method", "trainable", "softprompt MiB", "peft MiB", "peft-scored MiB", "floor MiB", *ratio_heads],
-        mem_rows,
-    )
-    work_table = markdown_table(
-        ["method", "softprompt GFLOP", "peft GFLOP", "peft-scored GFLOP", "floor GFLOP", *ratio_heads],
-        work_rows,
-    )
+    ratio_heads = [f"÷ {c}" for c in peers]
+    names = ["softprompt", *peers]
+    time_table = markdown_table(["method", *[f"{c} ms" for c in names], *ratio_heads], time_rows)
+    mem_table = markdown_table(["method", "trainable", *[f"{c} MiB" for c in names], *ratio_heads], mem_rows)
+    work_table = markdown_table(["method", *[f"{c} GFLOP" for c in names], *ratio_heads], work_rows)
     return (
         f"{title}\n\nStep time, median (min–max):\n\n{time_table}\n\n"
         f"Peak training memory above the loaded model:\n\n{mem_table}\n\n"
@@ -438,6 +431,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--styles", default="classification,generation", help="comma-separated batch styles")
     parser.add_argument(
+        "--contestants",
+        default=",".join(CONTESTANTS),
+        help="comma-separated, from: " + ", ".join(CONTESTANTS) + " (softprompt and the floor always run)",
+    )
+    parser.add_argument(
         "--repeats", type=int, default=5, help="timed rounds (each runs every contestant once)"
     )
     parser.add_argument(
@@ -460,11 +458,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.models, args.repeats, args.warmup, args.threads = "tiny-llama", 2, 0, 1
         args.batch_size, args.seq_len, args.virtual_tokens, args.generation_scored = 2, 12, 4, 4
-    args.models, args.methods, args.styles = (s.split(",") for s in (args.models, args.methods, args.styles))
-    for name, known in (("method", METHODS), ("style", ("classification", "generation"))):
+    args.models, args.methods, args.styles, args.contestants = (
+        s.split(",") for s in (args.models, args.methods, args.styles, args.contestants)
+    )
+    for name, known in (
+        ("method", METHODS),
+        ("style", ("classification", "generation")),
+        ("contestant", CONTESTANTS),
+    ):
         unknown = [x for x in getattr(args, name + "s") if x not in known]
         if unknown:
             parser.error(f"unknown {name} {unknown}; choose from {', '.join(known)}")
+    # Every ratio is softprompt's over another contestant's, and the floor is what all are read against.
+    args.contestants = [c for c in CONTESTANTS if c in {"softprompt", "floor", *args.contestants}]
     return args
 
 
