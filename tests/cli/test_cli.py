@@ -1,4 +1,4 @@
-"""The ``softprompt`` command line, end to end on a tiny GPT-2 folder (real tokenizer, random weights)."""
+"""The ``softprompt`` command line, end to end on a tiny GPT-2 folder (the test tokenizer, random weights)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import typer
 import yaml
 from safetensors.torch import load_file
 from train.train_helpers import (
-    GPT2_TOKENIZER,
     classification_config,
     save_tiny_gpt2,
     write_classification_data,
@@ -33,8 +32,6 @@ SOFTPROMPT = Path(sys.executable).with_name("softprompt")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    if not GPT2_TOKENIZER.is_dir():
-        pytest.skip(f"needs the GPT-2 tokenizer at {GPT2_TOKENIZER}")
     root = tmp_path_factory.mktemp("cli")
     model = save_tiny_gpt2(root / "tiny-gpt2")
     data = write_classification_data(root)

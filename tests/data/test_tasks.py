@@ -1,11 +1,10 @@
 """Tasks turn rows into token ids: verbalizer classification and target-masked generation."""
 
 import logging
-from pathlib import Path
 
 import datasets
 import pytest
-from transformers import GPT2Tokenizer
+from train.train_helpers import build_tokenizer
 
 from softprompt.data.tasks import (
     IGNORE_INDEX,
@@ -17,15 +16,13 @@ from softprompt.data.tasks import (
     template_fields,
 )
 
-TOKENIZER_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "tokenizers" / "gpt2"
 SENTIMENT = "Review: {sentence}\nSentiment:"
 
 
 @pytest.fixture(scope="module")
 def tok():
-    tokenizer = GPT2Tokenizer.from_pretrained(TOKENIZER_DIR)
-    tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    """A GPT-2-style byte-level BPE (no BOS, leading-space word tokens), built in memory."""
+    return build_tokenizer()
 
 
 def ids(tok, text):
@@ -33,10 +30,10 @@ def ids(tok, text):
 
 
 class WithBos:
-    """GPT-2's tokenizer, but adding a BOS like Llama's, to check truncation keeps it."""
+    """The test tokenizer, but adding a BOS like Llama's, to check truncation keeps it."""
 
     def __init__(self, tok):
-        self.tok, self.bos = tok, 50256
+        self.tok, self.bos = tok, tok.bos_token_id
         self.eos_token_id = tok.eos_token_id
 
     def __call__(self, text, add_special_tokens=True):
@@ -54,7 +51,7 @@ def test_classification_encodes_template_without_answer(tok):
 def test_label_token_ids_use_leading_space(tok):
     task = ClassificationTask(SENTIMENT, "label", {0: "negative", 1: " positive"}, max_length=64)
     assert task.label_token_ids(tok) == [ids(tok, " negative")[0], ids(tok, " positive")[0]]
-    assert task.label_token_ids(tok)[1] == 3967  # " positive" is one GPT-2 token
+    assert len(ids(tok, " positive")) == 1 and len(ids(tok, "positive")) > 1  # the space is part of the word
 
 
 def test_label_words_sharing_first_token_are_named(tok):
@@ -109,7 +106,7 @@ def test_truncation_keeps_bos_first(tok):
     task = ClassificationTask(SENTIMENT, "label", ["negative", "positive"], max_length=5)
     ex = task.encode({"sentence": "one two three four five", "label": 0}, bos_tok)
     full = ids(tok, "Review: one two three four five\nSentiment:")
-    assert ex.input_ids == [50256, *full[-4:]]
+    assert ex.input_ids == [tok.bos_token_id, *full[-4:]]
 
 
 def test_generation_masks_exactly_the_source(tok):
@@ -153,11 +150,12 @@ def test_encode_dataset_counts_and_warns_truncation(tok, caplog):
     rows = datasets.Dataset.from_dict(
         {"sentence": ["short", "a much longer sentence than fits here"], "label": [0, 1]}
     )
-    task = ClassificationTask(SENTIMENT, "label", ["negative", "positive"], max_length=8)
+    fits = len(ids(tok, format_template(SENTIMENT, {"sentence": "short"})))  # the short row just fits
+    task = ClassificationTask(SENTIMENT, "label", ["negative", "positive"], max_length=fits)
     with caplog.at_level(logging.WARNING, logger="softprompt.data.tasks"):
         examples, n_truncated = encode_dataset(task, rows, tok, where="train data")
     assert n_truncated == 1 and [ex.label for ex in examples] == [0, 1]
-    assert "train data: 1 of 2 rows were truncated to fit max_length=8" in caplog.text
+    assert f"train data: 1 of 2 rows were truncated to fit max_length={fits}" in caplog.text
 
 
 def test_encode_dataset_checks_columns_up_front(tok):

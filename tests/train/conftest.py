@@ -1,15 +1,13 @@
-"""Shared fixtures for the training tests: a tiny GPT-2 folder (real tokenizer) and small data files."""
+"""Shared fixtures for the training tests: a tiny GPT-2 folder (the test tokenizer) and small data files."""
 
 from __future__ import annotations
 
 import pytest
-from train_helpers import GPT2_TOKENIZER, save_tiny_gpt2, write_classification_data, write_generation_data
+from train_helpers import save_tiny_gpt2, write_classification_data, write_generation_data
 
 
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory):
-    if not GPT2_TOKENIZER.is_dir():
-        pytest.skip(f"needs the GPT-2 tokenizer at {GPT2_TOKENIZER}")
     return save_tiny_gpt2(tmp_path_factory.mktemp("models") / "tiny-gpt2")
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from train_helpers import GPT2_TOKENIZER, classification_config, save_tiny_bert, save_tiny_t5
+from train_helpers import classification_config, save_tiny_bert, save_tiny_t5
 from typer.testing import CliRunner
 
 from softprompt.cli import app
@@ -136,8 +136,6 @@ def test_generation_run_scores_generated_text(tiny_gpt2, gpt2_base, gen_data, tm
 
 
 def test_an_encoder_decoder_classifies_and_generates(cls_data, gen_data, tmp_path):
-    if not GPT2_TOKENIZER.is_dir():
-        pytest.skip(f"needs the GPT-2 tokenizer at {GPT2_TOKENIZER}")
     t5 = save_tiny_t5(tmp_path / "t5")
     raw = classification_config(
         t5, cls_data, tmp_path / "cls", max_steps=4, eval_every=2, optimizer="adamw", lr=0.01
@@ -171,8 +169,6 @@ def test_an_encoder_decoder_classifies_and_generates(cls_data, gen_data, tmp_pat
 def test_encoder_decoder_objectives_score_what_the_bare_model_computes(gpt2_base, tmp_path):
     # The zero-shot objectives against T5's own forward: label words at the first decoder step, and
     # the decoder's loss on the target with the source in the encoder.
-    if not GPT2_TOKENIZER.is_dir():
-        pytest.skip(f"needs the GPT-2 tokenizer at {GPT2_TOKENIZER}")
     from softprompt.data import ClassificationTask, GenerationTask, collate
     from softprompt.families import model_shape
     from softprompt.hub import load_base_model
@@ -220,8 +216,6 @@ def test_tqdm_disable_hides_the_bar_but_not_the_dev_scores(cls_data, tiny_gpt2, 
 
 
 def test_an_encoder_trains_its_deep_prompt_and_new_head(cls_data, tmp_path):
-    if not GPT2_TOKENIZER.is_dir():
-        pytest.skip(f"needs the GPT-2 tokenizer at {GPT2_TOKENIZER}")
     bert = save_tiny_bert(tmp_path / "bert")
     raw = classification_config(
         bert, cls_data, tmp_path / "run", max_steps=4, eval_every=2, optimizer="adamw"

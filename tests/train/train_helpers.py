@@ -1,83 +1,138 @@
-"""Fixtures' building blocks for the training tests: a tiny GPT-2 folder and small data files."""
+"""Fixtures' building blocks for the training tests: a test tokenizer, tiny model folders, small data files.
+
+Nothing here reads ``../shared`` or the network: the tokenizer is a byte-level BPE (GPT-2's scheme)
+trained in memory on the words the tests use, with a ChatML chat template, so every test runs on a
+bare clone.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
 
 import torch
 import transformers as T
-
-GPT2_TOKENIZER = Path(__file__).resolve().parents[3] / "shared" / "data" / "tokenizers" / "gpt2"
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 LABEL_WORDS = {"pos": "good", "neg": "bad"}
 _POSITIVE = ["a great film", "wonderful acting", "I loved it", "superb and moving", "a joy to watch"]
 _NEGATIVE = ["a dull film", "terrible acting", "I hated it", "boring and slow", "a waste of time"]
+_NAMES, _FOODS = ["Aromi", "Bibimbap", "Cotto", "Zizzi"], ["Italian", "French", "Indian"]
+
+# What the BPE learns its merges from: the tests' data, templates and label words. "entail" is common
+# and "entailment" absent, so " entailment" splits into " entail" + "ment" (as in GPT-2's vocabulary).
+_CORPUS = [
+    *_POSITIVE, *_NEGATIVE, *(f"{n} serves {f} food." for n in _NAMES for f in _FOODS),
+    "Review: Sentiment: Data: Text: Table: name[ ], food[ ] Question: Answer: Support ticket: Category:",
+    "good bad positive negative yes no maybe billing shipping account technical",
+    "entail " * 8, "premise hypothesis sentence label one two three four five six seven eight",
+]  # fmt: skip
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@functools.cache
+def _trained_bpe() -> str:
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    raw.train_from_iterator(_CORPUS, trainer)
+    return raw.to_str()
+
+
+def build_tokenizer(chat_template: bool = True) -> T.PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (~500 ids; any text encodes) ending texts with ``<|im_end|>``, as
+    SmolLM2's does, and without a pad token (``load_base_model`` gives it one)."""
+    tokenizer = T.PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_trained_bpe()), eos_token="<|im_end|>", bos_token="<|im_start|>"
+    )
+    if chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def _save(model: torch.nn.Module, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    return folder
 
 
 def save_tiny_gpt2(folder: Path, seed: int = 0) -> Path:
-    """A random 2-layer GPT-2 (width 16) with the real GPT-2 tokenizer, loadable with from_pretrained."""
+    """A random 2-layer GPT-2 (width 16) with the test tokenizer, loadable with from_pretrained."""
     torch.manual_seed(seed)
-    config = T.GPT2Config(vocab_size=50257, n_embd=16, n_layer=2, n_head=2, n_positions=256)
-    model = T.GPT2LMHeadModel(config)
-    model.save_pretrained(folder)
-    tokenizer = T.GPT2Tokenizer.from_pretrained(GPT2_TOKENIZER)
-    tokenizer.save_pretrained(folder)
-    return folder
+    config = T.GPT2Config(vocab_size=len(build_tokenizer()), n_embd=16, n_layer=2, n_head=2, n_positions=256)
+    return _save(T.GPT2LMHeadModel(config), folder)
+
+
+def tiny_bert_config(**options) -> T.BertConfig:
+    """A 2-layer BERT (width 16) over the test tokenizer's ids."""
+    return T.BertConfig(
+        vocab_size=len(build_tokenizer()), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=128, **options,
+    )  # fmt: skip
 
 
 def save_tiny_bert(folder: Path, seed: int = 0) -> Path:
-    """A random 2-layer BERT sequence classifier (width 16, 2 labels) with the GPT-2 tokenizer."""
+    """A random 2-layer BERT sequence classifier (width 16, 2 labels) with the test tokenizer."""
     torch.manual_seed(seed)
-    config = T.BertConfig(
-        vocab_size=50257, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=128, num_labels=2,
-    )  # fmt: skip
-    T.BertForSequenceClassification(config).save_pretrained(folder)
-    T.GPT2Tokenizer.from_pretrained(GPT2_TOKENIZER).save_pretrained(folder)
-    return folder
+    return _save(T.BertForSequenceClassification(tiny_bert_config(num_labels=2)), folder)
 
 
 def save_tiny_t5(folder: Path, seed: int = 0) -> Path:
-    """A random 2-layer T5 (width 16) with the GPT-2 tokenizer (its end-of-text token pads and starts)."""
+    """A random 2-layer T5 (width 16) with the test tokenizer (its end token pads and starts)."""
     torch.manual_seed(seed)
-    eos = 50256
+    end = build_tokenizer().eos_token_id
     config = T.T5Config(
-        vocab_size=50257, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=2,
-        pad_token_id=eos, eos_token_id=eos, decoder_start_token_id=eos,
+        vocab_size=len(build_tokenizer()), d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=2,
+        pad_token_id=end, eos_token_id=end, decoder_start_token_id=end,
     )  # fmt: skip
-    T.T5ForConditionalGeneration(config).save_pretrained(folder)
-    T.GPT2Tokenizer.from_pretrained(GPT2_TOKENIZER).save_pretrained(folder)
-    return folder
+    return _save(T.T5ForConditionalGeneration(config), folder)
+
+
+def classification_rows(n: int, seed: int = 0) -> list[dict]:
+    """``n`` {"text", "label"} rows with labels "pos"/"neg", alternating."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        text = rng.choice(_POSITIVE if label == "pos" else _NEGATIVE) + "!" * rng.randint(0, 3)
+        rows.append({"text": text, "label": label})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 def write_classification_data(
     folder: Path, n_train: int = 48, n_dev: int = 16, seed: int = 0
 ) -> dict[str, Path]:
     """train/dev JSONL files of {"text", "label"} rows with labels "pos"/"neg"."""
-    rng = random.Random(seed)
-    paths = {}
-    for split, n in (("train", n_train), ("dev", n_dev)):
-        rows = []
-        for i in range(n):
-            label = "pos" if i % 2 == 0 else "neg"
-            text = rng.choice(_POSITIVE if label == "pos" else _NEGATIVE) + "!" * rng.randint(0, 3)
-            rows.append({"text": text, "label": label})
-        paths[split] = folder / f"cls_{split}.jsonl"
-        paths[split].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return paths
+    return {
+        split: write_jsonl(folder / f"cls_{split}.jsonl", classification_rows(n, seed + offset))
+        for offset, (split, n) in enumerate((("train", n_train), ("dev", n_dev)))
+    }
 
 
 def write_generation_data(folder: Path, n_train: int = 32, n_dev: int = 8, seed: int = 0) -> dict[str, Path]:
     """train/dev CSV files of (name, food) -> sentence rows."""
     rng = random.Random(seed)
-    names, foods = ["Aromi", "Bibimbap", "Cotto", "Zizzi"], ["Italian", "French", "Indian"]
     paths = {}
     for split, n in (("train", n_train), ("dev", n_dev)):
         lines = ["mr,ref"]
         for _ in range(n):
-            name, food = rng.choice(names), rng.choice(foods)
+            name, food = rng.choice(_NAMES), rng.choice(_FOODS)
             lines.append(f'"name[{name}], food[{food}]","{name} serves {food} food."')
         paths[split] = folder / f"gen_{split}.csv"
         paths[split].write_text("\n".join(lines) + "\n")
