@@ -1,0 +1,141 @@
+"""The key/value state of the sequences being decoded together, and the two forward passes over it.
+
+A causal decoder's sequence is its cache: per layer, the keys/values of its task's prefix (what a
+compiled prompt is, :class:`~softprompt.injection.CompiledPrompt`) followed by those of its tokens.
+A :class:`DecodingBatch` holds the running sequences' caches side by side, left-padded to one length,
+with a mask of the real slots — so sequences of different tasks, prompt lengths and ages decode in
+one forward pass, and sequences can join (after their prefill) and leave between any two steps.
+
+Positions: a sequence's next token sits at the number of real slots it holds (prompt slots count, as
+in :func:`~softprompt.injection.positions.positions_after_prefix`), whatever padding the batch adds.
+So every sequence computes what it would compute alone, in a batch of one.
+
+Example:
+    >>> from softprompt.bank import TaskBank
+    >>> decoder = Decoder(TaskBank(base_model).runner)
+    >>> task = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=3))
+    >>> compiled = task.compile_prompt(task.prompt)
+    >>> batch, logits = decoder.prefill([[5, 6, 7], [8, 9]], [compiled, None])
+    >>> batch.mask.tolist()                                   # 3 prompt slots for row 0, none for row 1
+    [[1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1]]
+    >>> logits = batch.step(decoder, logits.argmax(-1))       # one more token in every row: (B, V)
+    >>> batch.select([1]).mask.tolist()                       # row 0 left; the columns only it used go
+    [[1, 1, 1]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from softprompt.compat import cache_kwargs
+from softprompt.injection import CompiledPrompt
+from softprompt.injection.attention import use_grouped_attention
+from softprompt.injection.caches import generation_cache
+from softprompt.injection.positions import positions_after_prefix, with_prefix_columns
+from softprompt.injection.prompts import no_prefix
+from softprompt.models import SoftPromptModel
+
+LayerStates = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each (B, H, L, D)
+
+
+class DecodingBatch:
+    """Running sequences' caches, left-padded to one length ``L``: per layer (B, H, L, D), mask (B, L)."""
+
+    def __init__(self, config, layers: LayerStates, mask: torch.Tensor) -> None:
+        self.config = config  # the model's config: which cache layers it takes
+        self.cache = generation_cache(config, layers)
+        self.mask = mask
+
+    @property
+    def size(self) -> int:
+        return self.mask.shape[0]
+
+    def layers(self) -> LayerStates:
+        return [(layer.keys, layer.values) for layer in self.cache.layers]
+
+    def step(self, decoder: Decoder, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one token to every sequence, ``tokens`` (B,); returns the next-token logits (B, V)."""
+        positions = self.mask.sum(-1, keepdim=True)  # (B, 1): the real slots before the new token
+        self.mask = torch.cat([self.mask, torch.ones_like(positions)], dim=-1)
+        return decoder.forward(tokens[:, None], self.mask, positions, self.cache)
+
+    def select(self, rows: Sequence[int]) -> DecodingBatch:
+        """The sequences at ``rows`` (any order, repeats allowed), without columns no row uses."""
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.mask.device)
+        mask = self.mask[index]
+        used = mask.any(0).nonzero()
+        start = int(used[0]) if len(used) else mask.shape[1]
+        layers = [(k[index, :, start:], v[index, :, start:]) for k, v in self.layers()]
+        return DecodingBatch(self.config, layers, mask[:, start:])
+
+    @staticmethod
+    def join(batches: Sequence[DecodingBatch]) -> DecodingBatch:
+        """One batch of all the sequences of ``batches``, in order (shorter caches left-padded)."""
+        if len(batches) == 1:
+            return batches[0]
+        length = max(b.mask.shape[1] for b in batches)
+        pads = [length - b.mask.shape[1] for b in batches]
+        mask = torch.cat([nn.functional.pad(b.mask, (pad, 0)) for b, pad in zip(batches, pads, strict=True)])
+        layers = []
+        for per_batch in zip(*(b.layers() for b in batches), strict=True):
+            keys = [_left_pad(k, pad) for (k, _), pad in zip(per_batch, pads, strict=True)]
+            values = [_left_pad(v, pad) for (_, v), pad in zip(per_batch, pads, strict=True)]
+            layers.append((torch.cat(keys), torch.cat(values)))
+        return DecodingBatch(batches[0].config, layers, mask)
+
+
+class Decoder:
+    """The frozen causal LM a batch runs on: the task bank's runner, called with a growing cache."""
+
+    def __init__(self, runner: SoftPromptModel) -> None:
+        self.runner = runner
+        self.config = runner.base_model.config
+        self.device = runner.base_model.device
+        # Whether calls ask the attention to keep grouped key/value heads (softprompt.injection.attention).
+        self.grouped = use_grouped_attention(runner.base_model, runner.shape)
+
+    @torch.no_grad()
+    def prefill(
+        self, prompts: Sequence[Sequence[int]], compiled: Sequence[CompiledPrompt | None]
+    ) -> tuple[DecodingBatch, torch.Tensor]:
+        """Run new sequences' tokens after their tasks' prompts: their batch, and next-token logits (B, V).
+
+        ``compiled[i]`` is row ``i``'s task prompt (``None``: the bare model). Rows are left-padded, and
+        each task's prefix is gathered per row by the model's own
+        :meth:`~softprompt.models.PromptedModel.row_prompts`.
+        """
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros(len(prompts), width, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt) :] = 1
+        used = list({id(c): c for c in compiled if c is not None}.values())
+        rows = torch.tensor([-1 if c is None else [id(u) for u in used].index(id(c)) for c in compiled])
+        sites = self.runner.row_prompts(used, rows, self.device).sites if used else {}
+        prefix = sites.get("self") or no_prefix(
+            self.runner.shape, len(prompts), self.runner.base_model.dtype, self.device
+        )
+        batch = DecodingBatch(self.config, prefix.layers, with_prefix_columns(mask, prefix.mask))
+        positions = positions_after_prefix(mask, prefix.lengths)
+        return batch, self.forward(ids, batch.mask, positions, batch.cache)
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, full_mask, positions, cache) -> torch.Tensor:
+        """The backbone over ``ids`` (B, T), ``cache`` growing by T; logits of each row's last token (B, V)."""
+        kwargs = {"position_ids": positions} if self.runner.shape.takes_position_ids else {}
+        if self.grouped:
+            kwargs["softprompt_grouped"] = True
+        backbone = self.runner.base_model.base_model
+        hidden = backbone(
+            input_ids=ids, attention_mask=full_mask, use_cache=True, **cache_kwargs(backbone, cache), **kwargs
+        ).last_hidden_state
+        return self.runner.logits(hidden[:, -1])
+
+
+def _left_pad(states: torch.Tensor, columns: int) -> torch.Tensor:
+    """(B, H, L, D) -> (B, H, columns + L, D), zeros first."""
+    return nn.functional.pad(states, (0, 0, columns, 0)) if columns else states
