@@ -12,9 +12,8 @@ from softprompt.data.tasks import (
     Encoded,
     GenerationTask,
     encode_dataset,
-    format_template,
-    template_fields,
 )
+from softprompt.data.text import TextFormat, format_template, template_fields
 
 SENTIMENT = "Review: {sentence}\nSentiment:"
 
@@ -165,3 +164,64 @@ def test_encode_dataset_checks_columns_up_front(tok):
         ValueError, match=r"eval data has no column 'sentence'; available columns: \['text', 'label'\]"
     ):
         encode_dataset(task, rows, tok, where="eval data")
+
+
+CHAT = TextFormat(chat=True)
+
+
+def chat_ids(tok, messages, **options):
+    return tok.apply_chat_template(messages, tokenize=True, return_dict=True, **options)["input_ids"]
+
+
+def test_chat_classification_reads_what_apply_chat_template_renders(tok):
+    task = ClassificationTask(SENTIMENT, "label", ["bad", "good"], max_length=64, format=CHAT)
+    ex = task.encode({"sentence": "a great film", "label": 1}, tok)
+    message = [{"role": "user", "content": "Review: a great film\nSentiment:"}]
+    assert ex.input_ids == chat_ids(tok, message, add_generation_prompt=True)
+    assert tok.decode(ex.input_ids).endswith("Sentiment:<|im_end|>\n<|im_start|>assistant\n")
+    # A reply starts its own turn: the label words are scored without a leading space.
+    assert task.label_token_ids(tok) == [ids(tok, "bad")[0], ids(tok, "good")[0]]
+    assert ids(tok, "good")[0] != ids(tok, " good")[0]
+
+
+def test_chat_truncation_cuts_the_message_not_the_frame(tok):
+    row = {"sentence": "one two three four five six seven eight", "label": 0}
+    full = ClassificationTask(SENTIMENT, "label", ["bad", "good"], 256, format=CHAT).encode(row, tok)
+    cut = ClassificationTask(SENTIMENT, "label", ["bad", "good"], len(full.input_ids) - 3, format=CHAT)
+    ex = cut.encode(row, tok)
+    head = chat_ids(tok, [{"role": "user", "content": ""}], add_generation_prompt=True)
+    opening = ids(tok, "<|im_start|>user\n")
+    assert ex.truncated and len(ex.input_ids) == len(full.input_ids) - 3
+    assert ex.input_ids[: len(opening)] == opening and ex.input_ids[-5:] == full.input_ids[-5:] == head[-5:]
+    assert ex.input_ids[len(opening) :][:-5] == full.input_ids[len(opening) + 3 :][:-5]  # the message's end
+
+
+def test_chat_generation_answers_as_the_assistant_and_ends_its_turn(tok):
+    task = GenerationTask("Table: {mr}\nText:", " {ref}", max_length=64, max_target_length=16, format=CHAT)
+    ex = task.encode({"mr": "name[Aromi]", "ref": "Aromi is a pub."}, tok)
+    turns = [
+        {"role": "user", "content": "Table: name[Aromi]\nText:"},
+        {"role": "assistant", "content": "Aromi is a pub."},
+    ]
+    conversation = chat_ids(tok, turns)  # ... <|im_start|>assistant\nAromi is a pub.<|im_end|>\n
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert ex.input_ids == conversation[: conversation.index(end, len(ex.prompt_ids)) + 1]
+    assert ex.prompt_ids == chat_ids(tok, turns[:1], add_generation_prompt=True)
+    assert ex.labels[-1] == end and ex.labels[: len(ex.prompt_ids)] == [IGNORE_INDEX] * len(ex.prompt_ids)
+    assert ex.reference == "Aromi is a pub."
+
+
+def test_chat_system_message_and_errors(tok):
+    framed = TextFormat(chat=True, system_message="Be brief.")
+    ids_, _ = framed.prompt_ids("hi", tok, limit=64)
+    assert tok.decode(ids_).startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi")
+    with pytest.raises(ValueError, match="system_message applies only with the chat template"):
+        TextFormat(system_message="Be brief.")
+    with pytest.raises(ValueError, match="has no chat template; set the task's chat_template to false"):
+        CHAT.prompt_ids("hi", build_tokenizer(chat_template=False), limit=64)
+    with pytest.raises(ValueError, match="leaves no room inside the chat template"):
+        CHAT.prompt_ids("hi", tok, limit=4)
+    tok_refusing = build_tokenizer()
+    tok_refusing.chat_template = "{{ raise_exception('System role not supported') }}"
+    with pytest.raises(ValueError, match="chat template failed: System role not supported"):
+        CHAT.prompt_ids("hi", tok_refusing, limit=64)

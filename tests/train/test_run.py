@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from softprompt.cli import app
 from softprompt.files.adapter import read_adapter
-from softprompt.train import RunError, load_config, train
+from softprompt.train import ConfigError, RunError, load_config, train
 from softprompt.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
 
 
@@ -234,3 +234,46 @@ def test_an_encoder_trains_its_deep_prompt_and_new_head(cls_data, tmp_path):
     assert f"{summary.dev['accuracy']:9.2f}" in result.output
     refused = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--zero-shot"])
     assert refused.exit_code == 2 and "no zero-shot score" in refused.output
+
+
+def test_a_chat_template_run_trains_scores_and_generates_in_the_chat_frame(
+    gpt2_base, tiny_gpt2, cls_data, gen_data, tmp_path
+):
+    from softprompt.data import TextFormat
+    from softprompt.train.build import load_data, make_task
+
+    raw = classification_config(tiny_gpt2, cls_data, tmp_path / "cls", max_steps=2, eval_every=2)
+    raw["task"].update(chat_template=True, system_message="Answer in one word.", max_length=64)
+    config = load_config(None, base=raw)
+    data = load_data(config.data, make_task(config.task), gpt2_base[1], splits=("dev",))
+    rendered = gpt2_base[1].decode(data.dev[0].input_ids)
+    assert rendered.startswith(
+        "<|im_start|>system\nAnswer in one word.<|im_end|>\n<|im_start|>user\nReview: "
+    )
+    assert rendered.endswith("Sentiment:<|im_end|>\n<|im_start|>assistant\n")
+    summary = train(config, base=gpt2_base)
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "cls")])
+    assert result.exit_code == 0, result.output
+    assert f"{summary.dev['accuracy']:9.2f}" in result.output
+
+    raw = {
+        "model": {"name_or_path": str(tiny_gpt2)},
+        "prompt": {"method": "prompt_tuning", "num_virtual_tokens": 2, "init": "vocab"},
+        "task": {"kind": "generation", "source_template": "Data: {mr}", "target_template": " {ref}",
+                 "max_length": 64, "max_target_length": 12, "metrics": ["bleu"], "chat_template": True},
+        "data": {"train": str(gen_data["train"]), "dev": str(gen_data["dev"])},
+        "train": {"max_steps": 2, "batch_size": 4, "eval_every": 2},
+        "eval": {"batch_size": 4, "zero_shot": False},
+        "output": {"dir": str(tmp_path / "gen"), "tensorboard": False, "plot": False},
+    }  # fmt: skip
+    assert train(load_config(None, base=raw), base=gpt2_base).finished
+    # generate gives the text in the run's chat frame; --no-chat-template as it is.
+    out = {flag: CliRunner().invoke(app, ["generate", str(tmp_path / "gen"), "name[Aromi]", *flag])
+           for flag in ((), ("--no-chat-template",))}  # fmt: skip
+    assert all(result.exit_code == 0 for result in out.values()), [r.output for r in out.values()]
+    with pytest.raises(ValueError, match="system_message applies only with the chat template"):
+        TextFormat(system_message="x")
+    raw["task"]["system_message"] = "x"
+    raw["task"]["chat_template"] = False
+    with pytest.raises(ConfigError, match="task: system_message applies only with the chat template"):
+        load_config(None, base=raw)

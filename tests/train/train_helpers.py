@@ -70,7 +70,11 @@ def _save(model: torch.nn.Module, folder: Path) -> Path:
 def save_tiny_gpt2(folder: Path, seed: int = 0) -> Path:
     """A random 2-layer GPT-2 (width 16) with the test tokenizer, loadable with from_pretrained."""
     torch.manual_seed(seed)
-    config = T.GPT2Config(vocab_size=len(build_tokenizer()), n_embd=16, n_layer=2, n_head=2, n_positions=256)
+    tokenizer = build_tokenizer()
+    config = T.GPT2Config(
+        vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
     return _save(T.GPT2LMHeadModel(config), folder)
 
 

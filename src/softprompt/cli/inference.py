@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -38,25 +39,48 @@ def generate(
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per text.", min=1)] = 32,
     num_beams: Annotated[int, typer.Option(help="Beam width; 1 is greedy decoding.", min=1)] = 1,
+    chat_template: Annotated[
+        bool | None,
+        typer.Option(
+            "--chat-template/--no-chat-template",
+            help="Give each text as a user's message in the tokenizer's chat template (and stop at the end "
+            "of the reply); default: as the run's task does, else plain text.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Text in, text out: continue each input with the adapter's prompt, printing one line per input."""
-    from softprompt.data import Encoded, format_template, template_fields
+    from softprompt.data import Encoded, TextFormat, format_template, template_fields
     from softprompt.train.evaluate import generate_texts
 
     quiet_libraries()
     model, tokenizer, run_config = load_adapter(adapter, base)
-    if template is None and run_config is not None:
+    text_format = TextFormat()
+    if run_config is not None:
         task = run_config.task
-        template = task.template if task.kind == "classification" else task.source_template
+        if template is None:
+            template = task.template if task.kind == "classification" else task.source_template
+        text_format = task.text_format()
+    if chat_template is not None and chat_template != text_format.chat:
+        text_format = TextFormat(chat=chat_template)
     inputs = read_texts(texts)
     if template is not None:
         fields = template_fields(template)
         if len(fields) != 1:
             fail(f"--template must have exactly one field for the text, got {fields}")
         inputs = [format_template(template, {fields[0]: text}) for text in inputs]
-    prompts = [Encoded(tokenizer(text)["input_ids"]) for text in inputs]
+    # No length limit: the texts are the user's own, given as they are.
+    prompts = [
+        Encoded(guard(lambda t=text: text_format.prompt_ids(t, tokenizer, sys.maxsize))[0]) for text in inputs
+    ]
     outputs = generate_texts(
-        model, tokenizer, prompts, batch_size=16, max_new_tokens=max_new_tokens, num_beams=num_beams
+        model,
+        tokenizer,
+        prompts,
+        batch_size=16,
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        eos_token_id=guard(lambda: text_format.end_id(tokenizer)) if text_format.chat else None,
     )
     for text in outputs:
         typer.echo(text.replace("\n", "\\n"))

@@ -17,9 +17,8 @@ from softprompt.data.tasks import (
     GenerationTask,
     Task,
     encode_dataset,
-    format_template,
-    template_fields,
 )
+from softprompt.data.text import TextFormat, format_template, template_fields
 
 __all__ = [
     "IGNORE_INDEX",
@@ -29,6 +28,7 @@ __all__ = [
     "GenerationTask",
     "LengthGroupedSampler",
     "Task",
+    "TextFormat",
     "collate",
     "encode_dataset",
     "format_template",

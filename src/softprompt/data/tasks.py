@@ -8,7 +8,6 @@ verbalizer, or a target mask). Truncation is counted, never silent.
 from __future__ import annotations
 
 import logging
-import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -16,6 +15,7 @@ from typing import Any, ClassVar, Protocol
 import datasets
 
 from softprompt.data.sources import require_columns
+from softprompt.data.text import TextFormat, format_template, template_fields
 from softprompt.injection.positions import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -72,10 +72,12 @@ class ClassificationTask:
         template: `str.format` template over the row's columns, ending where the answer goes,
             e.g. "Review: {sentence}\\nSentiment:" (no trailing space: the label word carries it).
         label_column: the column holding the label value.
-        label_words: label value -> label word, or a list of words for labels 0..n-1. A word is
-            tokenized with a leading space (added if missing), and its first token scores the class.
+        label_words: label value -> label word, or a list of words for labels 0..n-1. A word's
+            first token scores the class: with a leading space (added if missing) after plain text, as
+            written at the start of a chat reply.
         max_length: longest input in tokens; longer inputs keep their last `max_length` tokens
-            (after any BOS), so the answer position survives.
+            (after any BOS, inside any chat frame), so the answer position survives.
+        format: the text as is, or inside the tokenizer's chat template (:class:`TextFormat`).
 
     Examples:
         >>> task = ClassificationTask("Review: {sentence}\\nSentiment:", "label", ["negative", "positive"], 128)
@@ -89,6 +91,7 @@ class ClassificationTask:
     label_column: str
     label_words: Mapping[Any, str] | Sequence[str]
     max_length: int
+    format: TextFormat = TextFormat()
 
     def __post_init__(self) -> None:
         if self.max_length < 1:
@@ -122,15 +125,14 @@ class ClassificationTask:
         )
 
     def label_token_ids(self, tokenizer: Any) -> list[int]:
-        """First token id of each label word (with its leading space), one per class.
+        """First token id of each label word as the answer, one per class.
 
         Raises:
             ValueError: a word tokenizes to nothing, or two words share their first token.
         """
         ids: list[int] = []
         for _, word in self.classes:
-            spaced = word if word[:1].isspace() else " " + word
-            tokens = tokenizer(spaced, add_special_tokens=False)["input_ids"]
+            tokens = self.format.word_ids(word, tokenizer)
             if not tokens:
                 raise ValueError(f"label word {word!r} tokenizes to no tokens")
             ids.append(tokens[0])
@@ -149,17 +151,16 @@ class ClassificationTask:
         text = format_template(self.template, row)
         if self.label_column not in row:
             raise ValueError(f"row has no label column {self.label_column!r}; available columns: {list(row)}")
-        ids = tokenizer(text)["input_ids"]
-        kept = _keep_end(ids, self.max_length, tokenizer)
-        return Encoded(kept, label=self.label_index(row[self.label_column]), truncated=len(kept) < len(ids))
+        ids, truncated = self.format.prompt_ids(text, tokenizer, self.max_length)
+        return Encoded(ids, label=self.label_index(row[self.label_column]), truncated=truncated)
 
 
 @dataclass(frozen=True)
 class GenerationTask:
     """Generate a target text from a source text; the loss covers the target tokens only.
 
-    `input_ids` = source + target + EOS and `labels` = `IGNORE_INDEX` over the source, the target
-    ids + EOS over the rest. The source keeps at most `max_length - max_target_length` tokens (its
+    `input_ids` = source + target + end and `labels` = `IGNORE_INDEX` over the source, the target
+    ids + end over the rest; the end is EOS, or the chat template's end of turn. The source keeps at most `max_length - max_target_length` tokens (its
     last ones, next to the answer), the target its first `max_target_length - 1` tokens + EOS, so
     training rows and evaluation prompts plus generations both fit in `max_length`.
 
@@ -168,6 +169,8 @@ class GenerationTask:
         target_template: e.g. " {ref}" (leading space: it continues the source text).
         max_length: longest `input_ids` in tokens.
         max_target_length: longest target in tokens, EOS included.
+        format: the text as is, or the source as a user's message in the tokenizer's chat template and
+            the target as the assistant's reply (:class:`TextFormat`).
 
     Examples:
         >>> task = GenerationTask("Table: {mr}\\nText:", " {ref}", max_length=256, max_target_length=64)
@@ -181,6 +184,7 @@ class GenerationTask:
     target_template: str
     max_length: int
     max_target_length: int
+    format: TextFormat = TextFormat()
 
     def __post_init__(self) -> None:
         if self.max_target_length < 1:
@@ -199,20 +203,18 @@ class GenerationTask:
 
     def encode(self, row: Mapping[str, Any], tokenizer: Any) -> Encoded:
         """Tokenize source and target; mask the source out of `labels`."""
-        if tokenizer.eos_token_id is None:
-            raise ValueError("GenerationTask needs a tokenizer with an eos_token to end targets")
+        end = self.format.end_id(tokenizer)
         source_text = format_template(self.source_template, row)
         target_text = format_template(self.target_template, row)
-        source = tokenizer(source_text)["input_ids"]
-        target = tokenizer(target_text, add_special_tokens=False)["input_ids"]
-        prompt = _keep_end(source, self.max_length - self.max_target_length, tokenizer)
-        answer = target[: self.max_target_length - 1] + [tokenizer.eos_token_id]
+        prompt, cut = self.format.prompt_ids(source_text, tokenizer, self.max_length - self.max_target_length)
+        target = self.format.answer_ids(target_text, tokenizer)
+        answer = target[: self.max_target_length - 1] + [end]
         return Encoded(
             prompt + answer,
             labels=[IGNORE_INDEX] * len(prompt) + answer,
             prompt_ids=prompt,
             reference=target_text.strip(),
-            truncated=len(prompt) < len(source) or len(target) > self.max_target_length - 1,
+            truncated=cut or len(target) > self.max_target_length - 1,
         )
 
 
@@ -242,64 +244,3 @@ def encode_dataset(
             task.max_length,
         )
     return examples, n_truncated
-
-
-def template_fields(template: str) -> list[str]:
-    """Column names a `str.format` template refers to, in order of first use.
-
-    Examples:
-        >>> template_fields("{premise} Question: {hypothesis}? {premise}")
-        ['premise', 'hypothesis']
-    """
-    names = []
-    for _, field, _, _ in string.Formatter().parse(template):
-        if field is None:
-            continue
-        # "{row.attr}" and "{row[0]}" both read column "row".
-        name = field.split(".", 1)[0].split("[", 1)[0]
-        if not name or name.isdigit():
-            raise ValueError(
-                f"template {template!r} has a positional field; name the column, e.g. {{sentence}}"
-            )
-        names.append(name)
-    return list(dict.fromkeys(names))
-
-
-def format_template(template: str, row: Mapping[str, Any]) -> str:
-    """`template.format(**row)`, with a missing field named along with the available columns.
-
-    Examples:
-        >>> format_template("Review: {sentence}", {"sentence": "fine", "label": 1})
-        'Review: fine'
-    """
-    try:
-        return template.format(**row)
-    except KeyError as exc:
-        raise ValueError(
-            f"template {template!r} uses field {exc.args[0]!r}, which the row lacks; "
-            f"available columns: {list(row)}"
-        ) from None
-    except IndexError:
-        raise ValueError(
-            f"template {template!r} has a positional field; name the column, e.g. {{sentence}}"
-        ) from None
-
-
-def _keep_end(ids: list[int], limit: int, tokenizer: Any) -> list[int]:
-    """The last `limit` tokens of `ids`, keeping the tokenizer's leading special tokens (BOS)."""
-    if len(ids) <= limit:
-        return ids
-    head = ids[: len(_leading_specials(tokenizer))]
-    if len(head) >= limit:
-        raise ValueError(f"length limit {limit} leaves no room after the special tokens {head}")
-    return head + ids[len(ids) - (limit - len(head)) :]
-
-
-def _leading_specials(tokenizer: Any) -> list[int]:
-    """Special tokens the tokenizer puts before the text (e.g. [BOS] for Llama, [] for GPT-2)."""
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a")["input_ids"]
-    for start in range(len(full) - len(plain) + 1):
-        if full[start : start + len(plain)] == plain:
-            return full[:start]
-    return []

@@ -55,8 +55,16 @@ class Data:
 def make_task(task: TaskSection) -> Task:
     """The data layer's task object for the ``task`` section."""
     if task.kind == "classification":
-        return ClassificationTask(task.template, task.label_column, task.label_words, task.max_length)
-    return GenerationTask(task.source_template, task.target_template, task.max_length, task.max_target_length)
+        return ClassificationTask(
+            task.template, task.label_column, task.label_words, task.max_length, task.text_format()
+        )
+    return GenerationTask(
+        task.source_template,
+        task.target_template,
+        task.max_length,
+        task.max_target_length,
+        task.text_format(),
+    )
 
 
 def load_data(

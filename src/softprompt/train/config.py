@@ -37,7 +37,7 @@ from pydantic import (
     model_validator,
 )
 
-from softprompt.data import SUPPORTED_FORMATS
+from softprompt.data import SUPPORTED_FORMATS, TextFormat
 from softprompt.methods import METHODS, SoftPromptConfig
 from softprompt.metrics import ROUGE_TYPES
 from softprompt.train.presets import PRESETS, apply_preset
@@ -131,7 +131,27 @@ PromptSection = Annotated[
 
 
 # ----------------------------------------------------------------------------------------- task
-class ClassificationSection(Section):
+class TextTaskSection(Section):
+    """Options of tasks whose text a language model reads: plain, or in the tokenizer's chat template."""
+
+    chat_template: bool = False
+    """Give the template's text to the model as a user's message in the tokenizer's chat template (as
+    instruct models were tuned), and the answer (label word, target) as the assistant's reply."""
+
+    system_message: str | None = None
+    """With chat_template: a system message before the user's; null: the template's own default."""
+
+    @model_validator(mode="after")
+    def _check_format(self):
+        self.text_format()  # system_message without chat_template is refused here
+        return self
+
+    def text_format(self) -> TextFormat:
+        """The data layer's :class:`~softprompt.data.TextFormat` of these options."""
+        return TextFormat(chat=self.chat_template, system_message=self.system_message)
+
+
+class ClassificationSection(TextTaskSection):
     kind: Literal["classification"]
     """Classify: by label words on causal LMs (the loss and the prediction use only the label words'
     logits), by a new classifier head with one output per class on encoders."""
@@ -154,7 +174,7 @@ class ClassificationSection(Section):
     """Dev/test scores to report (percentages)."""
 
 
-class GenerationSection(Section):
+class GenerationSection(TextTaskSection):
     kind: Literal["generation"]
     """Generate a target text from a source text; the loss covers the target tokens only."""
 

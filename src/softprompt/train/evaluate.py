@@ -68,6 +68,7 @@ def evaluate_generation(
     metrics: Sequence[str],
     max_new_tokens: int,
     num_beams: int = 1,
+    eos_token_id: int | None = None,
     accelerator=None,
 ) -> tuple[dict[str, float], list[str]]:
     """``metrics`` of the generated texts, and the texts (one per distinct source, in order).
@@ -86,6 +87,7 @@ def evaluate_generation(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         num_beams=num_beams,
+        eos_token_id=eos_token_id,
         accelerator=accelerator,
     )
     return compute_metrics(list(metrics), texts, list(sources.values())), texts
@@ -99,9 +101,14 @@ def generate_texts(
     batch_size: int,
     max_new_tokens: int,
     num_beams: int = 1,
+    eos_token_id: int | None = None,
     accelerator=None,
 ) -> list[str]:
-    """Greedy or beam-search continuations of each prompt's ``input_ids``, decoded and stripped."""
+    """Greedy or beam-search continuations of each prompt's ``input_ids``, decoded and stripped.
+
+    ``eos_token_id`` stops a row (default: the model's generation config), e.g. a chat template's end
+    of turn (:meth:`~softprompt.data.TextFormat.end_id`).
+    """
     device = next(model.base_model.parameters()).device
     pad = tokenizer.pad_token_id
 
@@ -114,6 +121,7 @@ def generate_texts(
             num_beams=num_beams,
             do_sample=False,
             pad_token_id=pad,
+            **({} if eos_token_id is None else {"eos_token_id": eos_token_id}),
         )
         # A decoder-only model returns prompt + continuation; an encoder-decoder the decoder's tokens.
         encoder_decoder = getattr(model.base_model.config, "is_encoder_decoder", False)

@@ -274,6 +274,7 @@ def score_split(
         metrics=config.task.metrics,
         max_new_tokens=config.task.max_new_tokens or config.task.max_target_length,
         num_beams=config.task.num_beams,
+        eos_token_id=config.task.text_format().end_id(tokenizer),
         accelerator=accelerator,
     )
     return scores
