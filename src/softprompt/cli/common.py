@@ -45,8 +45,6 @@ def example_config_path() -> Path:
 
 def load_adapter(path: Path, base: str | None):
     """(prompted model, tokenizer, run config or None) for an adapter file, run folder or peft folder."""
-    import json
-
     import softprompt
     from softprompt.files import peft as peft_files
     from softprompt.files.adapter import adapter_file, read_adapter
@@ -61,10 +59,10 @@ def load_adapter(path: Path, base: str | None):
         if run_config is not None:
             base = run_config.model.name_or_path
         elif peft_files.is_peft_folder(path):
-            base = json.loads((path / peft_files.CONFIG_NAME).read_text()).get("base_model_name_or_path")
+            base = guard(lambda: peft_files.read_peft_config(path)).get("base_model_name_or_path")
         else:
             record, _ = guard(lambda: read_adapter(adapter_file(path)))
-            base = record.get("base_model", {}).get("name_or_path")
+            base = record["base_model"].get("name_or_path")
     if not base:
         fail(f"{path} does not say which base model it was made for; pass --base")
     if run_config is not None:  # the run's own model class, head size and dtype
@@ -105,23 +103,35 @@ def read_run_config(target: Path, overrides: list[str]):
 
 
 def guard(action):
-    """Run ``action``; report the errors a user can fix as one message and exit 2, not a traceback."""
-    from softprompt.files.adapter import AdapterFileError
+    """Run ``action``; report the errors a user can fix as one message and exit 2, not a traceback.
+
+    A refused file (:class:`~softprompt.files.errors.AdapterFileError`) prints its message as it
+    is: the file, the field, the value found, what was expected and what to do. Anything else that
+    escapes is a bug in softprompt, reported in one line (exit 1) unless SOFTPROMPT_DEBUG is set.
+    """
+    from softprompt.files.errors import AdapterFileError
     from softprompt.train import ConfigError, RunError
 
     try:
         return action()
     except (ConfigError, RunError, AdapterFileError, FileNotFoundError, ImportError) as err:
         fail(str(err))
-    except ValueError as err:  # bad data or settings found while running (e.g. an unknown label value)
+    except Exception as err:
         if os.environ.get("SOFTPROMPT_DEBUG"):
             raise
-        fail(f"error: {err}\n(set SOFTPROMPT_DEBUG=1 to see where)")
+        if isinstance(err, ValueError):  # bad data or settings found while running (e.g. an unknown label)
+            fail(f"error: {err}\n(set SOFTPROMPT_DEBUG=1 to see where)")
+        fail(
+            f"internal error: {type(err).__name__}: {err}\nThis is a bug in softprompt; please report it "
+            "(SOFTPROMPT_DEBUG=1 shows the traceback)",
+            code=1,
+        )
 
 
-def fail(message: str) -> Any:
+def fail(message: str, code: int = 2) -> Any:
+    """Print ``message`` on stderr and exit with ``code`` (2: the input or the settings need fixing)."""
     typer.echo(message, err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def quiet_libraries() -> None:

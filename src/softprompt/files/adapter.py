@@ -1,12 +1,21 @@
-"""The adapter file: folded prompt tensors in safetensors, with a small JSON header.
+"""The adapter file: folded prompt tensors in safetensors, with a small JSON record.
 
 One ``.safetensors`` file holds the trainable numbers and, in its ``__metadata__``, the JSON record
-of what they are (method, the user's config, the base model's name and shape). Files are written
-atomically (:mod:`softprompt.files.atomic`) so a crash never leaves half a file where a good one was,
-and read with safetensors only — never pickle.
+of what they are (method, the user's config, the base model's name and shape, a checksum of the
+tensors; :mod:`softprompt.files.schema`). Files are written atomically
+(:mod:`softprompt.files.atomic`) and read through :mod:`softprompt.files.container` — safetensors
+only, never pickle — so that :func:`read_adapter` returns a record whose every field has its type
+and tensors that are finite floats of the shape the method saves, or raises
+:class:`~softprompt.files.errors.AdapterFileError` saying why not.
 
 Tensor names: the folded prompt is ``embeddings`` (P, E) or ``prefix`` (P, F) — see
 :mod:`softprompt.methods` — and a trained task head's weights are ``head.<module>.<parameter>``.
+
+Examples:
+    >>> model = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=4))
+    >>> record, tensors = read_adapter(model.save(tmp_dir / "task.safetensors"))
+    >>> record["format_version"], record["checksum"][:7], tensors["embeddings"].shape
+    (2, 'sha256:', torch.Size([4, 32]))
 """
 
 from __future__ import annotations
@@ -17,70 +26,77 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from softprompt.files.atomic import atomic_write
+from softprompt.files.container import (
+    FLOAT_DTYPES,
+    check_checksum,
+    load_json,
+    read_safetensors,
+    tensor_checksum,
+)
+from softprompt.files.errors import AdapterFileError, RecordError
+from softprompt.files.schema import (
+    FORMAT_VERSION,
+    HEAD_PREFIX,
+    check_record,
+    check_tensors,
+    config_from_record,
+    split_head,
+)
 
-FORMAT_VERSION = 1
 METADATA_KEY = "softprompt"
 ADAPTER_FILENAME = "softprompt.safetensors"
-# Tensors of a trained task head are saved as ``head.<module name>.<parameter>``.
-HEAD_PREFIX = "head."
 
-
-class AdapterFileError(ValueError):
-    """An adapter file that cannot be used: corrupt, foreign, of an unknown version, or for another model."""
+__all__ = [
+    "ADAPTER_FILENAME",
+    "HEAD_PREFIX",
+    "AdapterFileError",
+    "adapter_file",
+    "read_adapter",
+    "split_head",
+    "write_adapter",
+]
 
 
 def adapter_file(path: str | os.PathLike) -> Path:
-    """The adapter file for ``path``: the path itself, or ``ADAPTER_FILENAME`` inside a folder."""
+    """The adapter file to read at ``path``: ``ADAPTER_FILENAME`` inside a folder, else the path itself."""
     path = Path(path)
-    return path / ADAPTER_FILENAME if path.is_dir() or not path.suffix else path
-
-
-def split_head(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """``(prompt tensors, task-head tensors)`` of an adapter's tensors (head tensors keep their ``head.`` names)."""
-    head = {name: t for name, t in tensors.items() if name.startswith(HEAD_PREFIX)}
-    return {name: t for name, t in tensors.items() if name not in head}, head
+    return path / ADAPTER_FILENAME if path.is_dir() else path
 
 
 def write_adapter(path: str | os.PathLike, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> Path:
-    """Write ``tensors`` and the JSON ``record`` as one safetensors file; returns the file's path."""
-    target = adapter_file(path)
-    metadata = {METADATA_KEY: json.dumps({"format_version": FORMAT_VERSION, **record}, sort_keys=True)}
+    """Write ``tensors`` and the JSON ``record`` as one safetensors file; returns the file's path.
+
+    ``path`` is a file, or a folder (an existing one, or a new path without a suffix) that gets
+    ``ADAPTER_FILENAME``.
+    """
+    path = Path(path)
+    target = path / ADAPTER_FILENAME if path.is_dir() or (not path.suffix and not path.exists()) else path
     contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    full = {"format_version": FORMAT_VERSION, **record, "checksum": tensor_checksum(contiguous)}
+    metadata = {METADATA_KEY: json.dumps(full, sort_keys=True)}
     atomic_write(target, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
     return target
 
 
 def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read an adapter file: ``(record, tensors)``. Raises :class:`AdapterFileError` with the reason."""
+    """Read an adapter file: ``(record, tensors)``, both checked. Raises :class:`AdapterFileError` with the reason."""
     target = adapter_file(path)
-    if not target.is_file():
-        raise FileNotFoundError(f"no softprompt adapter at {target}")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(target), framework="pt") as f:
-            metadata = f.metadata() or {}
-        tensors = load_file(str(target))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise AdapterFileError(
-            f"{target} is truncated or corrupt and cannot be read ({err}); save it again"
-        ) from err
+    metadata, tensors = read_safetensors(target, dtypes=FLOAT_DTYPES)
     if METADATA_KEY not in metadata:
-        raise AdapterFileError(
-            f"{target} is a safetensors file but not a softprompt adapter (no softprompt header)"
+        raise RecordError(
+            target,
+            "the safetensors metadata",
+            found_text=f"keys {sorted(metadata)}",
+            expected=f"a {METADATA_KEY!r} record: this is a safetensors file but not a softprompt adapter",
+            fix="give a file softprompt saved, or a peft adapter folder",
         )
-    try:
-        record = json.loads(metadata[METADATA_KEY])
-    except json.JSONDecodeError as err:
-        raise AdapterFileError(f"{target} has a corrupt softprompt header: {err}") from err
-    version = record.get("format_version")
-    if version != FORMAT_VERSION:
-        raise AdapterFileError(
-            f"{target} has adapter format version {version!r}; this softprompt reads version {FORMAT_VERSION}. "
-            "Upgrade softprompt or re-export the adapter."
-        )
+    record = check_record(load_json(metadata[METADATA_KEY], target, "the softprompt record"), target)
+    if "checksum" in record:
+        check_checksum(tensors, record["checksum"], target, "checksum")
+    table = check_tensors(tensors, config_from_record(record, target), target)
+    if record["dtype"] != str(table.dtype).removeprefix("torch."):
+        raise RecordError(target, "dtype", record["dtype"], f"{table.dtype}, the dtype of the saved prompt")
     return record, tensors

@@ -7,11 +7,18 @@ steps an uninterrupted run would, and on CPU ends with a bit-identical prompt.
 
 The file is one safetensors file, written atomically: every tensor of the state (prompt, optimiser
 moments, the torch RNG state) is a safetensors entry, and the rest (counters, hyper-parameters,
-the Python and NumPy RNG states) is JSON in its header — nothing is pickled.
+the Python and NumPy RNG states) is JSON in its header — nothing is pickled. It is read like any
+file from outside (:mod:`softprompt.files.container`): a damaged or foreign checkpoint, or one of
+another run, is refused with an :class:`~softprompt.files.errors.AdapterFileError` naming what
+does not fit, before anything is restored from it.
 
 Examples:
-    >>> save_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, scheduler, progress)  # doctest: +SKIP
-    >>> progress = load_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, scheduler)  # doctest: +SKIP
+    >>> model = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=4))
+    >>> optimizer = torch.optim.AdamW(model.prompt.parameters(), lr=0.1)
+    >>> scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    >>> save_checkpoint(tmp_dir / CHECKPOINT_NAME, model, optimizer, scheduler, Progress(step=3))
+    >>> load_checkpoint(tmp_dir / CHECKPOINT_NAME, model, optimizer, scheduler).step
+    3
 """
 
 from __future__ import annotations
@@ -25,11 +32,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from softprompt.files.atomic import atomic_write
+from softprompt.files.container import load_json, read_safetensors
+from softprompt.files.errors import AdapterFileError, CorruptFileError, RecordError, VersionError
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 FORMAT_VERSION = 2
@@ -92,18 +100,20 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint's state as saved (tensors on the CPU); raises ValueError for a foreign or corrupt file."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = (f.metadata() or {}).get(_STATE_KEY)
-            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not iterable)
-    except (SafetensorError, OSError) as err:
-        raise ValueError(
-            f"{path} is truncated or corrupt ({err}); resume from an earlier run folder"
-        ) from err
-    if header is None:
-        raise ValueError(f"{path} is not a softprompt checkpoint (no {_STATE_KEY} header)")
-    return _from_json(json.loads(header), tensors)
+    """The checkpoint's state as saved (tensors on the CPU); refuses a foreign or damaged file."""
+    metadata, tensors = read_safetensors(path)
+    if _STATE_KEY not in metadata:
+        raise RecordError(
+            path,
+            "the safetensors metadata",
+            found_text=f"keys {sorted(metadata)}",
+            expected=f"a {_STATE_KEY!r} header: this is a safetensors file but not a softprompt checkpoint",
+            fix=_FIX,
+        )
+    state = load_json(metadata[_STATE_KEY], path, "the checkpoint header")
+    if not isinstance(state, dict):
+        raise RecordError(path, "the checkpoint header", state, "a JSON object", fix=_FIX)
+    return _from_json(state, tensors, path)
 
 
 def load_checkpoint(
@@ -112,28 +122,75 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
 ) -> Progress:
-    """Restore weights, optimiser, scheduler and RNG states in place; return the saved progress."""
+    """Restore weights, optimiser, scheduler and RNG states in place; return the saved progress.
+
+    Everything is checked before anything is restored: a checkpoint of another format, of another
+    prompt config, or a damaged one changes nothing.
+    """
     state = read_checkpoint(Path(path))
-    if state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} is a checkpoint of another format ({state.get('format_version')!r})")
+    version = state.get("format_version")
+    if version != FORMAT_VERSION:
+        raise VersionError(
+            path, "format_version", version, f"{FORMAT_VERSION} (this softprompt's checkpoints)", fix=_FIX
+        )
+    missing = [key for key in ("trainable", "optimizer", "scheduler", "progress", "rng") if key not in state]
+    if missing:
+        raise RecordError(
+            path, "the checkpoint", found_text=f"without {missing}", expected="a whole checkpoint", fix=_FIX
+        )
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     saved = state["trainable"]
-    if set(saved) != set(params):
-        raise ValueError(
-            f"{path} holds parameters {sorted(saved)}, but this run trains {sorted(params)}; "
-            "was the prompt config changed since the checkpoint?"
+    if not isinstance(saved, dict) or set(saved) != set(params):
+        names = sorted(saved) if isinstance(saved, dict) else saved
+        raise AdapterFileError(
+            path,
+            "the trained parameters",
+            found_text=f"{names}",
+            expected=f"those this run trains, {sorted(params)}",
+            fix="the prompt config changed since the checkpoint: resume with the config the run started with",
         )
+    for name, p in params.items():
+        value = saved[name]
+        if not isinstance(value, torch.Tensor) or value.shape != p.shape or value.dtype != p.dtype:
+            found = (
+                f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else repr(value)[:60]
+            )
+            raise AdapterFileError(
+                path,
+                f"parameter {name!r}",
+                found_text=found,
+                expected=f"{tuple(p.shape)} {p.dtype}, as this run trains it",
+                fix="resume with the config and base model the run started with",
+            )
+    progress = _restore(path, "progress", lambda: Progress(**state["progress"]))
     with torch.no_grad():
         for name, p in params.items():
-            if saved[name].shape != p.shape:
-                raise ValueError(
-                    f"{path}: {name} has shape {tuple(saved[name].shape)}, expected {tuple(p.shape)}"
-                )
             p.copy_(saved[name])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    _set_rng_states(state["rng"])
-    return Progress(**state["progress"])
+    _restore(path, "optimizer", lambda: optimizer.load_state_dict(state["optimizer"]))
+    _restore(path, "scheduler", lambda: scheduler.load_state_dict(state["scheduler"]))
+    _restore(path, "rng", lambda: _set_rng_states(state["rng"]))
+    return progress
+
+
+def _is_pair(item: Any) -> bool:
+    return isinstance(item, list) and len(item) == 2 and isinstance(item[0], str | int)
+
+
+_FIX = "resume from the run folder this checkpoint belongs to, or start afresh without --resume"
+
+
+def _restore(path: Path, part: str, action):
+    """Run ``action`` (restoring one part of the state); a part that does not fit is refused by name."""
+    try:
+        return action()
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+        raise AdapterFileError(
+            path,
+            f"the checkpoint's {part}",
+            found_text=f"unusable ({type(err).__name__}: {err})",
+            expected=f"the {part} state this run saves",
+            fix=_FIX,
+        ) from None
 
 
 def _to_json(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -155,16 +212,23 @@ def _to_json(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return value
 
 
-def _from_json(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """The inverse of :func:`_to_json` (tuples come back as lists)."""
+def _from_json(value: Any, tensors: dict[str, torch.Tensor], path: Path) -> Any:
+    """The inverse of :func:`_to_json` (tuples come back as lists); refuses references that do not resolve."""
     if isinstance(value, dict):
         if "__tensor__" in value:
+            if value["__tensor__"] not in tensors:
+                raise CorruptFileError(
+                    path, "a tensor reference", value["__tensor__"], "a tensor of the file", fix=_FIX
+                )
             return tensors[value["__tensor__"]]
         if "__pairs__" in value:
-            return {k: _from_json(v, tensors) for k, v in value["__pairs__"]}
-        return {k: _from_json(v, tensors) for k, v in value.items()}
+            pairs = value["__pairs__"]
+            if not (isinstance(pairs, list) and all(_is_pair(p) for p in pairs)):
+                raise CorruptFileError(path, "a keyed entry", pairs, "a list of [key, value] pairs", fix=_FIX)
+            return {k: _from_json(v, tensors, path) for k, v in pairs}
+        return {k: _from_json(v, tensors, path) for k, v in value.items()}
     if isinstance(value, list):
-        return [_from_json(v, tensors) for v in value]
+        return [_from_json(v, tensors, path) for v in value]
     return value
 
 
