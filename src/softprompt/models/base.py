@@ -118,8 +118,8 @@ class PromptedModel(nn.Module, ABC):
 
     @property
     def generation_config(self):
-        """The base model's ``GenerationConfig``: the defaults :meth:`generate` starts from."""
-        return self.base_model.generation_config
+        """The base model's ``GenerationConfig``: the defaults :meth:`generate` starts from (None for encoders)."""
+        return getattr(self.base_model, "generation_config", None)
 
     @generation_config.setter
     def generation_config(self, value) -> None:
