@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: threads, machine facts, base models, memory peaks, tables, JSON.
+"""Helpers shared by the benchmark scripts: threads, machine facts, base models, training on the library's
+core, peft as a classifier objective, memory peaks, tables, JSON.
 
 Nothing here is part of the library; the scripts in ``benchmarks/`` import it as a sibling module.
 
@@ -13,17 +14,26 @@ Example:
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import os
 import platform
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from softprompt.data import Encoded, Task, encode_dataset, load_rows, make_dataloader
+from softprompt.train.config import TrainSection
+from softprompt.train.core import step
+from softprompt.train.objectives import ClassificationObjective, Objective, last_token_index
+from softprompt.train.optim import make_optimizer, make_scheduler
 
 # ------------------------------------------------------------------------------------------- machine
 
@@ -125,6 +135,117 @@ def parameter_bytes(model: nn.Module) -> int:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
     return total
+
+
+# -------------------------------------------------------------------------------------------- training
+
+
+def encode_file(
+    task: Task, path: str | os.PathLike, tokenizer, rows: int | None = None, seed: int = 0
+) -> list[Encoded]:
+    """The rows of a data file (a seeded ``rows`` of them, if set) encoded as ``softprompt train`` encodes them."""
+    data = load_rows(path)
+    if rows is not None and rows < len(data):
+        data = data.shuffle(seed=seed).select(range(rows))
+    examples, _ = encode_dataset(task, data, tokenizer, where=str(path))
+    return examples
+
+
+def train_steps(
+    objective: Objective,
+    recipe: TrainSection,
+    examples: Sequence[Encoded],
+    *,
+    steps: int,
+    pad_token_id: int,
+    log: Callable[[int, float], None] | None = None,
+) -> float:
+    """``steps`` optimiser steps of ``objective`` with ``recipe``'s optimiser, schedule and clipping
+    (``softprompt.train.core.step``); returns their seconds. ``log(step, loss)`` runs after each step.
+
+    The batches are the ones ``softprompt train`` draws: ``recipe.batch_size`` rows in the seeded,
+    length-grouped order of ``recipe.seed``, full batches only, epoch after epoch, padded on the
+    objective's side.
+    """
+    loader = make_dataloader(
+        examples,
+        recipe.batch_size,
+        pad_token_id,
+        type(objective).padding_side,
+        seed=recipe.seed,
+        group_by_length=recipe.group_by_length,
+        drop_last=True,
+    )
+    optimizer = make_optimizer(objective.parameters(), recipe)
+    scheduler = make_scheduler(optimizer, recipe, steps)
+    started = time.perf_counter()
+    for number, batch in enumerate(itertools.islice(_epochs(loader), steps), start=1):
+        loss = step(
+            objective,
+            optimizer,
+            batch,
+            scheduler=scheduler,
+            micro_batch_size=recipe.micro_batch_size,
+            max_grad_norm=recipe.max_grad_norm,
+        )
+        if log is not None:
+            log(number, loss)
+    return time.perf_counter() - started
+
+
+def _epochs(loader) -> Iterator[dict[str, torch.Tensor]]:
+    """The loader's batches epoch after epoch, each epoch in its own seeded order."""
+    for epoch in itertools.count():
+        loader.batch_sampler.set_epoch(epoch)
+        yield from loader
+
+
+# ------------------------------------------------------------------------------------ peft objectives
+
+
+def right_aligned(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's tokens moved to the left end, its pads after them: (B, T) -> (B, T).
+
+    For models that read a row by column: peft puts its virtual tokens in front of column 0 (before
+    any left pads), a bare BERT counts absolute positions from column 0. ``softprompt.train.evaluate``
+    scores left-padded batches; training batches come on the objective's ``padding_side`` already.
+    """
+    order = torch.argsort(1 - attention_mask.long(), dim=-1, stable=True)  # tokens first, in order
+    return input_ids.gather(-1, order), attention_mask.gather(-1, order)
+
+
+class PeftLabelWords(ClassificationObjective):
+    """A peft causal LM as a label-word classifier: the label words' logits (B, C) at each row's answer
+    position, trained with their cross-entropy (the verbalizer loss)."""
+
+    padding_side = "right"  # peft's virtual tokens then sit right before each row's text
+
+    def answer_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Whole-vocabulary logits (B, V) at the position after each row's template.
+
+        Only that position is projected onto the vocabulary (the loss there is the same number).
+        """
+        input_ids, attention_mask = right_aligned(input_ids, attention_mask)
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1
+        )
+        hidden = out.hidden_states[-1]  # (B, P + T, H) after the final norm; P virtual tokens lead, or none
+        offset = hidden.shape[1] - input_ids.shape[1]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        answer = hidden[rows, offset + last_token_index(attention_mask)]  # (B, H)
+        return self.model.get_output_embeddings()(answer)
+
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.answer_logits(input_ids, attention_mask)[:, self.label_ids]
+
+
+class PeftAnswerToken(PeftLabelWords):
+    """The same classifier trained the way peft's examples train it: the causal-LM loss of the answer
+    token (cross-entropy over the whole vocabulary at the answer position)."""
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.answer_logits(batch["input_ids"], batch["attention_mask"])  # (B, V)
+        return F.cross_entropy(logits, self.label_ids[batch["label"]], reduction="sum")
 
 
 # ------------------------------------------------------------------------------------------- memory

@@ -1,88 +1,72 @@
 """Probe the built-in example task: SmolLM2 zero-shot accuracy vs a quickly trained soft prompt.
 
-peft is used here only as an independent measuring instrument (the library never imports it):
-a `PromptTuningConfig` soft prompt initialised from the label words' text is trained with the
-verbalizer loss — cross-entropy over the label words' first-token logits at the last real token —
-and scored on dev the same way as zero-shot.
+peft is used here only as an independent measuring instrument (the library never imports it): a
+``PromptTuningConfig`` soft prompt initialised from the label words' text is trained with the
+verbalizer loss — cross-entropy over the label words' first-token logits at the last real token.
+Everything around it is softprompt's: the rows are encoded by the data layer, trained by the
+training core (``softprompt.train.core.step``, on the batches ``softprompt train`` draws: seeded,
+length-grouped, full batches) and scored on dev by ``softprompt.train.evaluate``, as the frozen model
+is for zero-shot. Dev is scored one gold class at a time, which gives each class's recall (the
+diagonal of the confusion matrix) besides the accuracy.
 
 Run (about 5 minutes on 2 CPU cores):
     python benchmarks/example_task_probe.py
     python benchmarks/example_task_probe.py --steps 0        # zero-shot only
+    python benchmarks/example_task_probe.py --quick          # a tiny random Llama, a few rows: seconds (the test)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import random
+import os
+import sys
+import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import torch
-import torch.nn.functional as F
-from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+os.environ.setdefault("TQDM_DISABLE", "1")
 
-from softprompt.examples import DATA_DIR, LABEL_WORDS, TEMPLATE
-from softprompt.hub import BUILTIN_MODELS, builtin_model_path, load_base_model
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, when run from anywhere
+from _common import (
+    PeftLabelWords,
+    encode_file,
+    machine_info,
+    markdown_table,
+    set_threads,
+    train_steps,
+    write_json,
+)  # noqa: E402
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+from softprompt.data import ClassificationTask, Encoded  # noqa: E402
+from softprompt.examples import DATA_DIR, LABEL_WORDS, TEMPLATE  # noqa: E402
+from softprompt.families import model_shape  # noqa: E402
+from softprompt.hub import load_base_model  # noqa: E402
+from softprompt.models import SoftPromptModel  # noqa: E402
+from softprompt.train.config import TrainSection  # noqa: E402
+from softprompt.train.evaluate import evaluate_classification  # noqa: E402
+from softprompt.train.objectives import ClassificationObjective  # noqa: E402
 
-
-def encode(rows: list[dict], tok, template: str, labels: list[str]) -> tuple[list[list[int]], torch.Tensor]:
-    ids = [tok(template.format(**r))["input_ids"] for r in rows]
-    y = torch.tensor([labels.index(r["label"]) for r in rows])
-    return ids, y
-
-
-def pad_right(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, batch))
-    ids = torch.full((len(batch), width), pad_id)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, row in enumerate(batch):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return ids, mask
-
-
-def label_logits(
-    model, batch: list[list[int]], pad_id: int, label_ids: torch.Tensor, offset: int
-) -> torch.Tensor:
-    """Logits of the label words at each row's last real token, (B, C).
-
-    `offset` is the number of virtual tokens the model puts in front of the input (0 zero-shot).
-    Only the distinct last positions go through the LM head (`logits_to_keep` as an index
-    tensor): the full (B, T, 49152) logits would cost a quarter of the step for nothing.
-    """
-    ids, mask = pad_right(batch, pad_id)
-    last = mask.sum(1) - 1 + offset  # (B,) position of the last real token in the model's sequence
-    keep, where = torch.unique(last, return_inverse=True)  # (K,), (B,)
-    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits  # (B, K, V)
-    picked = logits[torch.arange(len(batch)), where]  # (B, V)
-    return picked[:, label_ids]
+ROOT = Path(__file__).resolve().parents[1]
+GPT2_TOKENIZER = ROOT.parent / "shared" / "data" / "tokenizers" / "gpt2"  # --quick only
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "example_task_probe.json"
+MAX_LENGTH = 256  # the example's rows are 20-40 tokens: nothing is cut
 
 
-@torch.no_grad()
-def accuracy(model, ids, y, pad_id, label_ids, offset, batch_size=32) -> tuple[float, torch.Tensor]:
-    model.eval()
-    preds = []
-    for i in range(0, len(ids), batch_size):
-        preds.append(label_logits(model, ids[i : i + batch_size], pad_id, label_ids, offset).argmax(-1))
-    pred = torch.cat(preds)
-    return (pred == y).float().mean().item(), pred
-
-
-def confusion(y: torch.Tensor, pred: torch.Tensor, labels: list[str]) -> str:
-    lines = ["gold \\ pred " + " ".join(f"{w:>10}" for w in labels)]
-    for g, name in enumerate(labels):
-        counts = [int(((y == g) & (pred == p)).sum()) for p in range(len(labels))]
-        lines.append(f"{name:>12} " + " ".join(f"{c:>10}" for c in counts))
-    return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny random Llama with GPT-2's tokenizer, 32 training and 16 dev rows, 3 steps (the test)",
+    )
     parser.add_argument("--model", default="smollm2-135m-instruct", help="alias, folder or hub name")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--template", default=TEMPLATE)
@@ -93,73 +77,164 @@ def main() -> None:
     parser.add_argument(
         "--eval-every", type=int, default=0, help="also score dev every N steps (0: only at the end)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the batch order and the prompt")
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JSON goes")
+    args = parser.parse_args(argv)
+    args.train_rows = args.dev_rows = None
+    if args.quick:
+        args.steps, args.batch_size, args.virtual_tokens, args.threads = 3, 4, 4, 1
+        args.train_rows, args.dev_rows = 32, 16
+    return args
 
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    labels = list(LABEL_WORDS)
-    model, tok = load_base_model(args.model)
-    label_ids = torch.tensor([tok(" " + LABEL_WORDS[name])["input_ids"][0] for name in labels])
-    assert len(set(label_ids.tolist())) == len(labels), "label words must start with distinct tokens"
-    train_ids, train_y = encode(read_jsonl(args.data_dir / "train.jsonl"), tok, args.template, labels)
-    dev_ids, dev_y = encode(read_jsonl(args.data_dir / "dev.jsonl"), tok, args.template, labels)
-    print(f"template {args.template!r}; label words {[LABEL_WORDS[n] for n in labels]}")
+
+def tiny_model() -> tuple[torch.nn.Module, Any]:
+    """A random 2-layer grouped-query Llama over GPT-2's tokenizer."""
+    tokenizer = transformers.GPT2Tokenizer.from_pretrained(GPT2_TOKENIZER)
+    tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    return transformers.LlamaForCausalLM(config).eval(), tokenizer
+
+
+def score(objective, dev: Sequence[Encoded], tokenizer: Any, classes: Sequence[str]) -> dict[str, Any]:
+    """Dev accuracy and loss, and each gold class's recall (dev scored one class at a time)."""
+    per_class, correct, loss = {}, 0.0, 0.0
+    for index, name in enumerate(classes):
+        rows = [ex for ex in dev if ex.label == index]
+        if not rows:
+            continue
+        scores = evaluate_classification(
+            objective, rows, batch_size=32, pad_token_id=tokenizer.pad_token_id, metrics=["accuracy"]
+        )
+        per_class[name] = scores["accuracy"]
+        correct += scores["accuracy"] * len(rows) / 100
+        loss += scores["loss"] * len(rows)
+    return {"accuracy": 100 * correct / len(dev), "loss": loss / len(dev), "recall": per_class}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    transformers.logging.set_verbosity_error()
+    machine = machine_info()
+    base, tokenizer = tiny_model() if args.quick else load_base_model(args.model)
+    base.requires_grad_(False).eval()
+    task = ClassificationTask(args.template, "label", LABEL_WORDS, MAX_LENGTH)
+    classes = [word for _, word in task.classes]
+    label_ids = task.label_token_ids(tokenizer)  # refuses label words that share a first token
+    train = encode_file(task, args.data_dir / "train.jsonl", tokenizer, args.train_rows, args.seed)
+    dev = encode_file(task, args.data_dir / "dev.jsonl", tokenizer, args.dev_rows, args.seed)
+    print(f"template {args.template!r}; label words {classes}")
     print(
-        f"train {len(train_ids)} rows, dev {len(dev_ids)} rows, mean length {sum(map(len, dev_ids)) / len(dev_ids):.1f} tokens"
+        f"train {len(train)} rows, dev {len(dev)} rows, "
+        f"mean length {sum(len(ex.input_ids) for ex in dev) / len(dev):.1f} tokens"
     )
 
     started = time.perf_counter()
-    zero_acc, zero_pred = accuracy(model, dev_ids, dev_y, tok.pad_token_id, label_ids, 0)
-    print(f"zero-shot dev accuracy {zero_acc:.3f} ({time.perf_counter() - started:.1f} s)")
-    print(confusion(dev_y, zero_pred, labels))
-    if args.steps == 0:
-        return
+    bare = SoftPromptModel(base, None, model_shape(base))  # the frozen model without a prompt
+    zero_shot = score(ClassificationObjective(bare, label_ids), dev, tokenizer, classes)
+    print(f"zero-shot dev accuracy {zero_shot['accuracy']:.1f} ({time.perf_counter() - started:.1f} s)")
+    result: dict[str, Any] = {
+        "date": machine["date"],
+        "machine": machine,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "command": "python benchmarks/example_task_probe.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "model": "tiny random Llama" if args.quick else args.model,
+        "train_rows": len(train),
+        "dev_rows": len(dev),
+        "zero_shot": zero_shot,
+    }
+    if args.steps > 0:
+        result |= train_and_score(args, base, tokenizer, task, train, dev)
+    print()
+    print(tables(result, classes))
+    print(f"\nwrote {write_json(args.out, result)}")
+    return result
 
-    folder = str(builtin_model_path(args.model)) if args.model in BUILTIN_MODELS else args.model
-    config = PromptTuningConfig(
-        task_type=TaskType.CAUSAL_LM,
-        num_virtual_tokens=args.virtual_tokens,
-        prompt_tuning_init=PromptTuningInit.TEXT,
-        prompt_tuning_init_text=" ".join(LABEL_WORDS[n] for n in labels),
-        tokenizer_name_or_path=folder,
+
+def train_and_score(
+    args: argparse.Namespace, base: torch.nn.Module, tokenizer: Any, task: ClassificationTask, train, dev
+) -> dict[str, Any]:
+    """Train peft's prompt on ``train`` with softprompt's core; dev scores, losses and times."""
+    classes = [word for _, word in task.classes]
+    with tempfile.TemporaryDirectory() as tokenizer_dir:
+        tokenizer.save_pretrained(tokenizer_dir)  # peft's text init reads the tokenizer from a folder
+        torch.manual_seed(args.seed)
+        config = PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=args.virtual_tokens,
+            prompt_tuning_init=PromptTuningInit.TEXT,
+            prompt_tuning_init_text=" ".join(classes),
+            tokenizer_name_or_path=tokenizer_dir,
+        )
+        objective = PeftLabelWords(get_peft_model(base, config).eval(), task.label_token_ids(tokenizer))
+    # AdamW as torch defines it (weight decay 0.01), a constant lr, no clipping.
+    recipe = TrainSection(
+        lr=args.lr,
+        weight_decay=0.01,
+        max_grad_norm=None,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
     )
-    peft_model = get_peft_model(model, config)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=args.lr)
-    order: list[int] = []
-    rng = random.Random(args.seed)
+    losses, dev_curve = [], []
+
+    def log(step: int, loss: float) -> None:
+        losses.append(loss)
+        if step % 10 == 0 or step == args.steps:
+            print(f"step {step:4d} loss {loss:.3f} {time.perf_counter() - started:6.1f} s", flush=True)
+        if args.eval_every and step % args.eval_every == 0 and step < args.steps:
+            accuracy = score(objective, dev, tokenizer, classes)["accuracy"]
+            dev_curve.append({"step": step, "accuracy": accuracy})
+            print(f"  dev accuracy at step {step}: {accuracy:.1f}", flush=True)
+
     # CPU seconds as well as wall seconds: on a shared machine wall time also counts other jobs.
     started, cpu_started = time.perf_counter(), time.process_time()
-    for step in range(1, args.steps + 1):
-        if len(order) < args.batch_size:  # epoch boundary: reshuffle
-            order = list(range(len(train_ids)))
-            rng.shuffle(order)
-        picked, order = order[: args.batch_size], order[args.batch_size :]
-        peft_model.train()
-        logits = label_logits(
-            peft_model, [train_ids[i] for i in picked], tok.pad_token_id, label_ids, args.virtual_tokens
-        )
-        loss = F.cross_entropy(logits, train_y[picked])
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-        if step % 10 == 0:
-            print(f"step {step:4d} loss {loss.item():.3f} {time.perf_counter() - started:6.1f} s", flush=True)
-        if args.eval_every and step % args.eval_every == 0 and step < args.steps:
-            acc, _ = accuracy(peft_model, dev_ids, dev_y, tok.pad_token_id, label_ids, args.virtual_tokens)
-            print(f"  dev accuracy at step {step}: {acc:.3f}", flush=True)
-    train_seconds, train_cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    train_steps(objective, recipe, train, steps=args.steps, pad_token_id=tokenizer.pad_token_id, log=log)
+    cpu_seconds, seconds = time.process_time() - cpu_started, time.perf_counter() - started
+    return {
+        "trained": score(objective, dev, tokenizer, classes),
+        "steps": args.steps,
+        "train_loss": losses,
+        "dev_curve": dev_curve,
+        "train_seconds": seconds,
+        "train_cpu_seconds": cpu_seconds,
+    }
 
-    started = time.perf_counter()
-    acc, pred = accuracy(peft_model, dev_ids, dev_y, tok.pad_token_id, label_ids, args.virtual_tokens)
-    print(f"trained dev accuracy {acc:.3f} ({time.perf_counter() - started:.1f} s)")
-    print(confusion(dev_y, pred, labels))
-    print(
-        f"SUMMARY zero-shot {zero_acc:.3f} trained {acc:.3f} (+{100 * (acc - zero_acc):.1f} points); "
-        f"{args.steps} steps, batch {args.batch_size}, lr {args.lr}, {args.virtual_tokens} virtual tokens, "
-        f"train {train_seconds:.0f} s wall, {train_cpu:.0f} CPU-s on {args.threads} threads"
+
+def tables(result: dict, classes: Sequence[str]) -> str:
+    """Accuracy and each class's recall, zero-shot and trained."""
+    runs = [("zero-shot", result["zero_shot"])]
+    if "trained" in result:
+        runs.append((f"peft prompt tuning, {result['steps']} steps", result["trained"]))
+    rows = [
+        [
+            name,
+            f"{s['accuracy']:.1f}",
+            f"{s['loss']:.3f}",
+            *[f"{s['recall'][c]:.1f}" if c in s["recall"] else "-" for c in classes],
+        ]
+        for name, s in runs
+    ]
+    table = markdown_table(["", "dev accuracy", "dev loss", *[f"recall {c}" for c in classes]], rows)
+    if "trained" not in result:
+        return table
+    gain = result["trained"]["accuracy"] - result["zero_shot"]["accuracy"]
+    return (
+        f"{table}\n\nSUMMARY {result['model']}: zero-shot {result['zero_shot']['accuracy']:.1f}, trained "
+        f"{result['trained']['accuracy']:.1f} ({gain:+.1f} points); {result['steps']} steps, batch "
+        f"{result['settings']['batch_size']}, lr {result['settings']['lr']}, "
+        f"{result['settings']['virtual_tokens']} virtual tokens, train {result['train_seconds']:.0f} s wall, "
+        f"{result['train_cpu_seconds']:.0f} CPU-s on {result['settings']['threads']} threads"
     )
 
 

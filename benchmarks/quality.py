@@ -1,16 +1,20 @@
 """Learning quality (issue 6): softprompt's defaults against peft's common setups, and an encoder's deep
 prompts against full fine-tuning, at a fixed seed and a step budget that fits a CPU.
 
-Every trained row of one task sees the same training batches in the same order (softprompt's seeded,
-length-grouped batch order, batch 8, seed 0) for the same number of steps, and is scored once, after
-its last step, on the same dev rows (no checkpoint picked on dev).
+Every row is an objective (``softprompt.train.objectives``' protocol) trained by the library's core,
+``softprompt.train.core.step``, and scored by ``softprompt.train.evaluate``: every trained row of one
+task sees the same training batches in the same order (``softprompt train``'s seeded, length-grouped
+batch order, batch 8, seed 0) for the same number of steps, and is scored once, after its last step,
+on the same dev rows (no checkpoint picked on dev). This file holds only the contestants, the budgets
+and the tables.
 
 **SmolLM2-135M-Instruct**, classification by label words: each row is its template, and the class is
 the label word whose first token scores highest at the position after it.
 
 - ``zero-shot``: the frozen model without a prompt.
 - ``softprompt``: each method with softprompt's per-method defaults (``presets.DEFAULTS``: nothing but
-  the method is set), trained by the library (``softprompt.train.train``, one shared base model).
+  the method is set), built as ``softprompt train`` builds it (its config, prompt and objective; one
+  shared base model).
 - ``peft``: the same method, set up the common way: ``PromptTuningConfig`` (20 tokens, text init from
   the label words, lr 1e-3), ``PrefixTuningConfig`` (20 tokens, lr 1e-2), ``PromptEncoderConfig``
   (20 tokens, MLP 256, lr 1e-3); AdamW (torch's defaults, weight decay 0.01) with linear decay to 0,
@@ -37,36 +41,46 @@ Run:
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # one progress bar per run would bury the tables
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would bury the tables
 
 import datasets  # noqa: E402
 import peft  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
-from _common import machine_info, markdown_table, set_threads, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    PeftAnswerToken,
+    encode_file,
+    machine_info,
+    markdown_table,
+    right_aligned,
+    set_threads,
+    train_steps,
+    write_json,
+)
+from accelerate.utils import set_seed  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 from torch import nn  # noqa: E402
 
 import softprompt  # noqa: E402
-from softprompt.data import ClassificationTask, Encoded, collate, encode_dataset, load_rows  # noqa: E402
-from softprompt.data.batching import LengthGroupedSampler  # noqa: E402
-from softprompt.methods import METHODS  # noqa: E402
-from softprompt.metrics import compute_metrics  # noqa: E402
+from softprompt.data import ClassificationTask, Encoded, load_rows  # noqa: E402
+from softprompt.families import model_shape  # noqa: E402
+from softprompt.models import SoftPromptModel  # noqa: E402
 from softprompt.models.encoder import mean_pool  # noqa: E402
-from softprompt.train import load_config, train  # noqa: E402
+from softprompt.train import load_config  # noqa: E402
+from softprompt.train.build import make_objective, make_task, model_options, prompt_config  # noqa: E402
 from softprompt.train.config import RunConfig, TrainSection  # noqa: E402
-from softprompt.train.objectives import last_token_index  # noqa: E402
-from softprompt.train.optim import make_optimizer, make_scheduler  # noqa: E402
+from softprompt.train.evaluate import evaluate_classification  # noqa: E402
+from softprompt.train.objectives import ClassificationObjective, HeadClassificationObjective  # noqa: E402
 from softprompt.train.presets import DEFAULTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +137,6 @@ TASKS = {
 }
 CAUSAL_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning")
 ENCODER_METHODS = ("deep_prompt", "deep_prompt_mean", "prompt_tuning", "full_finetuning", "linear_probe")
-PROMPTED = ("deep_prompt", "deep_prompt_mean", "prompt_tuning")
 LIBRARIES = ("softprompt", "peft")
 
 # peft's common setup per method: (config given the tokenizer folder and the init text, lr, description).
@@ -296,88 +309,172 @@ def task_splits(
     return Splits(dev, train)
 
 
-def encode(task: ClassificationTask, path: Path, tokenizer: Any) -> list[Encoded]:
-    """The rows of ``path`` tokenized exactly as ``softprompt.train`` tokenizes them."""
-    examples, _ = encode_dataset(task, load_rows(path), tokenizer, where=str(path))
-    return examples
+# ------------------------------------------------------------------------------------- contestants
+@dataclass
+class Contestant:
+    """What one row trains: an objective (the protocol of ``softprompt.train.objectives``), the optimiser
+    recipe it trains with, the setup in a few words, and how what a user keeps is saved (-> its path)."""
+
+    objective: nn.Module
+    recipe: TrainSection
+    setup: str
+    save: Callable[[Path], Path]
+
+    @property
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.objective.parameters() if p.requires_grad)
 
 
-def training_batches(
-    examples: Sequence[Encoded], budget: Budget, pad_token_id: int, padding_side: str
-) -> Iterator[dict[str, torch.Tensor]]:
-    """The batches ``softprompt.train`` draws, epoch after epoch: seeded, length-grouped, full batches."""
-    sampler = LengthGroupedSampler(
-        [len(ex.input_ids) for ex in examples], budget.batch_size, seed=budget.seed, drop_last=True
-    )
-    epoch = 0
-    while True:
-        for indices in sampler.epoch_batches(epoch):
-            yield collate([examples[i] for i in indices], pad_token_id, padding_side)
-        epoch += 1
+def recipe(budget: Budget, steps: int, **settings: Any) -> TrainSection:
+    """The optimiser recipe of a row that is not softprompt's: ``settings`` over ``TrainSection``'s
+    defaults, for ``steps`` steps on the budget's batches."""
+    return TrainSection(max_steps=steps, batch_size=budget.batch_size, seed=budget.seed, **settings)
 
 
-# ---------------------------------------------------------------------------------- train and score
-def fit_steps(
-    loss_fn: Callable[[dict], torch.Tensor],
-    params: list[nn.Parameter],
-    recipe: TrainSection,
-    batches: Iterator[dict],
+def softprompt_config(
+    method: str,
+    task: ClassificationTask,
+    train_file: Path,
+    budget: Budget,
     steps: int,
-) -> float:
-    """``steps`` optimiser steps with the recipe's optimiser, schedule and clipping; returns the seconds."""
-    optimizer = make_optimizer(params, recipe)
-    scheduler = make_scheduler(optimizer, recipe, steps)
-    started = time.perf_counter()
-    for batch in islice(batches, steps):
-        loss_fn(batch).backward()
-        if recipe.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - started
-
-
-@torch.no_grad()
-def evaluate(
-    scores_fn: Callable[[dict], torch.Tensor], examples: Sequence[Encoded], batch_size: int, pad_token_id: int
-) -> dict[str, float]:
-    """Accuracy and macro-F1 (percentages) of the argmax of ``scores_fn`` (B, C), right-padded batches."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # little padding
-    predicted: dict[int, int] = {}
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        batch = collate([examples[i] for i in chunk], pad_token_id, "right")
-        predicted.update(zip(chunk, scores_fn(batch).argmax(-1).tolist(), strict=True))
-    return compute_metrics(
-        METRICS, [predicted[i] for i in range(len(examples))], [ex.label for ex in examples]
+    *,
+    prompt: dict[str, Any] | None = None,
+    pooling: str = "model",
+) -> RunConfig:
+    """A ``softprompt train`` config that sets only ``method`` (and ``prompt``): the rest of the prompt
+    and the optimiser are softprompt's per-method defaults (``presets.DEFAULTS``), resolved by the library."""
+    return load_config(
+        None,
+        base={
+            "model": {"pooling": pooling},
+            "prompt": {"method": method, **(prompt or {})},
+            "task": {
+                "kind": "classification",
+                "template": task.template,
+                "label_column": task.label_column,
+                "label_words": task.label_words,
+                "max_length": task.max_length,
+            },
+            "data": {"train": str(train_file)},
+            "train": {"max_steps": steps, "batch_size": budget.batch_size, "seed": budget.seed},
+        },
     )
 
 
-def answer_logits(model: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Whole-vocabulary logits (B, V) at each row's answer position, for a bare or a peft causal LM.
+def softprompt_contestant(
+    config: RunConfig, base: nn.Module, tokenizer: Any, readout: str | None = None
+) -> Contestant:
+    """The prompt and objective ``softprompt train`` builds from ``config``, on ``base``."""
+    task = make_task(config.task)
+    model = softprompt.wrap(
+        base, prompt_config(config, task), tokenizer=tokenizer, **model_options(config, base)
+    )
+    return Contestant(
+        make_objective(model, task, tokenizer),
+        config.train,
+        describe_softprompt(config, readout),
+        lambda path: model.save(path.with_suffix(".safetensors")),
+    )
 
-    Only the answer position is projected onto the vocabulary (peft's loss there is the same
-    number); the rows are right-padded, so peft's virtual tokens sit right before each row's text.
+
+def describe_softprompt(config: RunConfig, readout: str | None = None) -> str:
+    """The resolved defaults in a few words: "20 tokens, text init, adamw 0.01 constant"."""
+    prompt, train = config.prompt, config.train
+    parts = [f"{prompt.num_virtual_tokens} tokens", f"{prompt.init} init"]
+    if getattr(prompt, "encoder", None):
+        parts.append(f"{prompt.encoder.upper()} {prompt.encoder_hidden_size}")
+    if getattr(prompt, "projection_hidden_size", None):
+        parts.append(f"MLP {prompt.projection_hidden_size}")
+    if readout:
+        parts.append(readout)
+    parts.append(f"{train.optimizer} {train.lr:g} {train.schedule}")
+    return ", ".join(parts)
+
+
+def peft_contestant(
+    method: str,
+    base: nn.Module,
+    tokenizer_dir: Path,
+    task: ClassificationTask,
+    label_ids: list[int],
+    budget: Budget,
+    steps: int,
+) -> Contestant:
+    """``method`` with peft's common setup (``PEFT_SETUPS``), trained with the answer token's causal-LM loss."""
+    make_config, lr, setup = PEFT_SETUPS[method]
+    init_text = " ".join(task.label_words.values())  # softprompt's text init starts from these too
+    model = peft.get_peft_model(base, make_config(str(tokenizer_dir), init_text)).eval()
+
+    def save(path: Path) -> Path:
+        model.save_pretrained(path)
+        return path
+
+    return Contestant(
+        PeftAnswerToken(model, label_ids),
+        recipe(budget, steps, lr=lr, **PEFT_RECIPE),
+        f"{setup}, adamw {lr:g} linear",
+        save,
+    )
+
+
+class BareClassifier(HeadClassificationObjective):
+    """A ``transformers`` sequence classifier as it is (full fine-tuning): its own logits (B, C).
+
+    Right padding: a bare BERT counts absolute positions from column 0.
     """
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        output_hidden_states=True,
-        logits_to_keep=1,
+
+    padding_side = "right"
+
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return super().scores(*right_aligned(input_ids, attention_mask))
+
+
+class LinearProbe(HeadClassificationObjective):
+    """A new linear classifier (B, H) -> (B, C) on the frozen encoder's mean-pooled last hidden states."""
+
+    padding_side = "right"
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__(base.requires_grad_(False))
+        self.probe = nn.Linear(base.config.hidden_size, base.config.num_labels)
+
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        input_ids, attention_mask = right_aligned(input_ids, attention_mask)
+        with torch.no_grad():  # nothing below the probe trains
+            hidden = self.model.base_model(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).last_hidden_state
+        return self.probe(mean_pool(hidden, attention_mask))  # (B, T, H) -> (B, H) -> (B, C)
+
+
+def full_finetuning_contestant(base: nn.Module, budget: Budget, steps: int) -> Contestant:
+    """Every weight trains: BERT's recipe (lr 5e-5, 10 % warm-up, linear decay, weight decay 0.01)."""
+
+    def save(path: Path) -> Path:
+        base.save_pretrained(path)
+        return path
+
+    return Contestant(
+        BareClassifier(base.requires_grad_(True)),
+        recipe(budget, steps, lr=5e-5, schedule="linear", warmup_steps=steps // 10, weight_decay=0.01),
+        "all weights + head, adamw 5e-05 linear, 10 % warm-up",
+        save,
     )
-    hidden = out.hidden_states[-1]  # (B, P + T, H) after the final norm; P virtual tokens lead, or none
-    offset = hidden.shape[1] - batch["input_ids"].shape[1]
-    rows = torch.arange(hidden.shape[0])
-    return head(hidden[rows, offset + last_token_index(batch["attention_mask"])])
 
 
-def folder_bytes(path: Path) -> int:
-    """Bytes of a file, or of every file in a folder (an adapter's weights and its config)."""
-    return (
-        path.stat().st_size
-        if path.is_file()
-        else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+def linear_probe_contestant(base: nn.Module, budget: Budget, steps: int) -> Contestant:
+    """A linear classifier on the frozen encoder's mean-pooled features (lr 1e-2, constant)."""
+    objective = LinearProbe(base)
+
+    def save(path: Path) -> Path:
+        save_file(objective.probe.state_dict(), path.with_suffix(".safetensors"))
+        return path.with_suffix(".safetensors")
+
+    return Contestant(
+        objective,
+        recipe(budget, steps, lr=1e-2, schedule="constant"),
+        "mean-pooled, adamw 0.01 constant",
+        save,
     )
 
 
@@ -394,6 +491,7 @@ class Row:
     setup: str
     accuracy: float
     macro_f1: float
+    dev_loss: float
     trainable_parameters: int
     base_parameters: int
     file_bytes: int
@@ -402,200 +500,61 @@ class Row:
     seconds: float
 
 
-@dataclass
-class CausalContext:
-    """What every SmolLM2 row of one task shares."""
+def folder_bytes(path: Path) -> int:
+    """Bytes of a file, or of every file in a folder (an adapter's weights and its config)."""
+    return (
+        path.stat().st_size
+        if path.is_file()
+        else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    )
 
-    task: Task
-    budget: Budget
-    base: nn.Module
-    tokenizer: Any
-    tokenizer_dir: Path
-    dev_file: Path
-    dev: list[Encoded]
-    label_ids: torch.Tensor  # (C,) first token of each label word
-    model_name: str
-    work: Path
 
-    @property
-    def steps(self) -> int:
-        return self.budget.steps[self.task.name]
+def score(
+    objective: nn.Module, dev: Sequence[Encoded], budget: Budget, pad_token_id: int
+) -> dict[str, float]:
+    """Dev accuracy, macro-F1 and loss, as ``softprompt train`` scores a classifier."""
+    return evaluate_classification(
+        objective, dev, batch_size=budget.eval_batch_size, pad_token_id=pad_token_id, metrics=METRICS
+    )
 
-    @property
-    def max_length(self) -> int:
-        return self.budget.max_length[self.task.name]
 
-    @property
-    def base_parameters(self) -> int:
-        return sum(p.numel() for p in self.base.parameters())
+def trained_row(
+    contestant: Contestant,
+    train: Sequence[Encoded],
+    dev: Sequence[Encoded],
+    *,
+    steps: int,
+    pad_token_id: int,
+    budget: Budget,
+    path: Path,
+    started: float,
+    **names: Any,
+) -> Row:
+    """Train ``contestant`` for ``steps`` steps, score it once on ``dev``, save it.
 
-    def row(self, train_rows: int, library: str, method: str, setup: str, scores: dict, **cost) -> Row:
-        return Row(
-            self.model_name,
-            self.task.name,
-            train_rows,
-            library,
-            method,
-            setup,
-            scores["accuracy"],
-            scores["macro_f1"],
-            base_parameters=self.base_parameters,
-            steps=self.steps if library != "zero-shot" else 0,
-            **cost,
+    ``names``: the row's model, task, library, method and base_parameters; ``started``: when the
+    row began (its ``seconds`` count building the contestant, training, scoring and saving).
+    """
+    seconds = train_steps(
+        contestant.objective, contestant.recipe, train, steps=steps, pad_token_id=pad_token_id
+    )
+    scores = score(contestant.objective, dev, budget, pad_token_id)
+    saved = contestant.save(path)
+    return report(
+        Row(
+            **names,
+            train_rows=len(train),
+            setup=contestant.setup,
+            accuracy=scores["accuracy"],
+            macro_f1=scores["macro_f1"],
+            dev_loss=scores["loss"],
+            trainable_parameters=contestant.trainable_parameters,
+            file_bytes=folder_bytes(saved),
+            steps=steps,
+            train_seconds=seconds,
+            seconds=time.perf_counter() - started,
         )
-
-
-def zero_shot_row(ctx: CausalContext) -> Row:
-    """The frozen model's dev scores without any prompt."""
-    started = time.perf_counter()
-    head = ctx.base.get_output_embeddings()
-    scores = evaluate(
-        lambda b: answer_logits(ctx.base, head, b)[:, ctx.label_ids],
-        ctx.dev,
-        ctx.budget.eval_batch_size,
-        ctx.tokenizer.pad_token_id,
     )
-    seconds = time.perf_counter() - started
-    return ctx.row(
-        0,
-        "zero-shot",
-        "-",
-        "label words only",
-        scores,
-        trainable_parameters=0,
-        file_bytes=0,
-        train_seconds=0.0,
-        seconds=seconds,
-    )
-
-
-def softprompt_row(ctx: CausalContext, method: str, train_file: Path, train_rows: int) -> Row:
-    """``method`` with softprompt's defaults, trained and scored by ``softprompt.train.train``."""
-    started = time.perf_counter()
-    budget = ctx.budget
-    raw = {
-        "prompt": {"method": method},  # everything else: presets.DEFAULTS[method]
-        "task": {
-            "kind": "classification",
-            "template": ctx.task.template,
-            "label_words": ctx.task.label_words,
-            "max_length": ctx.max_length,
-        },
-        "data": {"train": str(train_file), "dev": str(ctx.dev_file)},
-        "train": {
-            "max_steps": ctx.steps,
-            "batch_size": budget.batch_size,
-            "seed": budget.seed,
-            "eval_every": None,  # scored once, after the last step, like every other row
-            "log_every": ctx.steps,
-        },
-        "eval": {"batch_size": budget.eval_batch_size, "zero_shot": False},
-        "output": {
-            "dir": str(ctx.work / f"softprompt-{ctx.task.name}-{method}-{train_rows}"),
-            "tensorboard": False,
-            "plot": False,
-            "overwrite": True,
-        },
-    }
-    config = load_config(None, base=raw)
-    summary = train(config, base=(ctx.base, ctx.tokenizer))
-    return ctx.row(
-        train_rows,
-        "softprompt",
-        method,
-        describe_softprompt(config),
-        summary.dev,
-        trainable_parameters=summary.trainable_parameters,
-        file_bytes=summary.adapter_bytes,
-        train_seconds=summary.train_seconds,
-        seconds=time.perf_counter() - started,
-    )
-
-
-def describe_softprompt(config: RunConfig) -> str:
-    """The resolved defaults in a few words: "20 tokens, text init, adamw 0.01 constant"."""
-    prompt, recipe = config.prompt, config.train
-    parts = [f"{prompt.num_virtual_tokens} tokens", f"{prompt.init} init"]
-    if getattr(prompt, "encoder", None):
-        parts.append(f"{prompt.encoder.upper()} {prompt.encoder_hidden_size}")
-    if getattr(prompt, "projection_hidden_size", None):
-        parts.append(f"MLP {prompt.projection_hidden_size}")
-    parts.append(f"{recipe.optimizer} {recipe.lr:g} {recipe.schedule}")
-    return ", ".join(parts)
-
-
-def peft_row(ctx: CausalContext, method: str, train: list[Encoded], train_rows: int) -> Row:
-    """``method`` with peft's common setup (see ``PEFT_SETUPS``), trained on the same batches."""
-    started = time.perf_counter()
-    make_config, lr, setup = PEFT_SETUPS[method]
-    init_text = " ".join(ctx.task.label_words.values())  # softprompt's text init starts from these too
-    torch.manual_seed(ctx.budget.seed)
-    model = peft.get_peft_model(ctx.base, make_config(str(ctx.tokenizer_dir), init_text)).eval()
-    head = ctx.base.get_output_embeddings()
-    targets = ctx.label_ids
-
-    def loss(batch: dict) -> torch.Tensor:  # the causal-LM loss of the answer token
-        return F.cross_entropy(answer_logits(model, head, batch), targets[batch["label"]])
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    recipe = TrainSection(lr=lr, max_steps=ctx.steps, **PEFT_RECIPE)
-    pad = ctx.tokenizer.pad_token_id
-    seconds = fit_steps(loss, params, recipe, training_batches(train, ctx.budget, pad, "right"), ctx.steps)
-    scores = evaluate(
-        lambda b: answer_logits(model, head, b)[:, targets], ctx.dev, ctx.budget.eval_batch_size, pad
-    )
-    folder = ctx.work / f"peft-{ctx.task.name}-{method}-{train_rows}"
-    model.save_pretrained(folder)
-    return ctx.row(
-        train_rows,
-        "peft",
-        method,
-        f"{setup}, adamw {lr:g} linear",
-        scores,
-        trainable_parameters=sum(p.numel() for p in params),
-        file_bytes=folder_bytes(folder),
-        train_seconds=seconds,
-        seconds=time.perf_counter() - started,
-    )
-
-
-def causal_rows(
-    models: Models, budget: Budget, selection: Selection, splits: dict[str, Splits], work: Path
-) -> list[Row]:
-    """Zero-shot, softprompt and peft rows of every selected task on one shared SmolLM2."""
-    base, tokenizer = models.causal()
-    base.requires_grad_(False).eval()
-    tokenizer_dir = work / "causal-tokenizer"  # peft's text init loads the tokenizer from a folder
-    tokenizer.save_pretrained(tokenizer_dir)
-    rows: list[Row] = []
-    for name in selection.tasks:
-        task = TASKS[name]
-        classification = task.classification(max_length=budget.max_length[name])
-        ctx = CausalContext(
-            task,
-            budget,
-            base,
-            tokenizer,
-            tokenizer_dir,
-            splits[name].dev,
-            encode(classification, splits[name].dev, tokenizer),
-            torch.tensor(classification.label_token_ids(tokenizer)),
-            models.causal_name,
-            work,
-        )
-        rows.append(report(zero_shot_row(ctx)))
-        for size, train_file in splits[name].train.items():
-            # the low-data column: prompt tuning only
-            methods = (
-                selection.methods if size is None else [m for m in selection.methods if m == "prompt_tuning"]
-            )
-            train = encode(classification, train_file, tokenizer)
-            for method in methods:
-                if "softprompt" in selection.libraries:
-                    rows.append(report(softprompt_row(ctx, method, train_file, len(train))))
-                if "peft" in selection.libraries:
-                    rows.append(report(peft_row(ctx, method, train, len(train))))
-    return rows
 
 
 def report(row: Row) -> Row:
@@ -608,161 +567,132 @@ def report(row: Row) -> Row:
     return row
 
 
-# ------------------------------------------------------------------------------------------ encoder
-@dataclass
-class Contestant:
-    """An encoder row's model: class scores (B, C) of a batch, what trains, how, and how it is saved."""
-
-    scores: Callable[[dict], torch.Tensor]
-    params: list[nn.Parameter]
-    recipe: dict[str, Any]
-    setup: str
-    save: Callable[[Path], Path]
-
-
-def _inputs(batch: dict) -> dict:
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-
-
-def prompt_config(method: str) -> tuple[Any, dict]:
-    """softprompt's default prompt for an encoder row (deep prompts: prefix tuning, shortened) and its recipe."""
-    library_method = "prompt_tuning" if method == "prompt_tuning" else "prefix_tuning"
-    defaults = DEFAULTS[library_method]
-    options = dict(defaults.prompt)
-    if library_method == "prefix_tuning":
-        options["num_virtual_tokens"] = DEEP_PROMPT_TOKENS  # the goal's < 0.1 % of the parameters
-    if options.get("init") == "text":
-        options["init_text"] = " ".join(TASKS["sst2"].label_words.values())
-    return METHODS[library_method].config(**options), defaults.train
-
-
-def prompted_contestant(base: nn.Module, tokenizer: Any, method: str) -> Contestant:
-    """Deep prompts or prompt tuning with softprompt's defaults, read by the model's own classifier
-    (``[CLS]`` through BERT's pooler, as peft and P-tuning v2 read it)."""
-    config, recipe = prompt_config(method)
-    model = softprompt.wrap(base, config, tokenizer=tokenizer)
-    return Contestant(
-        lambda b: model(**_inputs(b)).logits,
-        [p for p in model.parameters() if p.requires_grad],
-        recipe,
-        f"{config.num_virtual_tokens} tokens, {config.init} init, CLS head, adamw {recipe['lr']:g} constant",
-        lambda path: model.save(path.with_suffix(".safetensors")),
-    )
-
-
-def mean_pooled_contestant(base: nn.Module, tokenizer: Any, method: str) -> Contestant:
-    """Deep prompts read by a new linear head over the mean of the real tokens' hidden states
-    (``pooling="mean"``: the sentence embedding MiniLM was trained to give, as the linear probe)."""
-    config, recipe = prompt_config(method)
-    model = softprompt.wrap(base, config, tokenizer=tokenizer, pooling="mean")
-    return Contestant(
-        lambda b: model(**_inputs(b)).logits,
-        [p for p in model.parameters() if p.requires_grad],
-        recipe,
-        f"{config.num_virtual_tokens} tokens, {config.init} init, mean-pooled head, adamw {recipe['lr']:g} constant",
-        lambda path: model.save(path.with_suffix(".safetensors")),
-    )
-
-
-def full_finetuning_contestant(base: nn.Module, steps: int) -> Contestant:
-    """Every weight trains: BERT's recipe (lr 5e-5, 10 % warm-up, linear decay, weight decay 0.01)."""
-    base.requires_grad_(True)
-
-    def save(path: Path) -> Path:
-        base.save_pretrained(path)
-        return path
-
-    return Contestant(
-        lambda b: base(**_inputs(b)).logits,
-        list(base.parameters()),
-        {"lr": 5e-5, "schedule": "linear", "warmup_steps": steps // 10, "weight_decay": 0.01},
-        "all weights + head, adamw 5e-05 linear, 10 % warm-up",
-        save,
-    )
-
-
-def linear_probe_contestant(base: nn.Module) -> Contestant:
-    """A linear classifier on the frozen encoder's mean-pooled last hidden states."""
-    from safetensors.torch import save_file
-
-    backbone = base.base_model.requires_grad_(False)
-    probe = nn.Linear(backbone.config.hidden_size, 2)
-
-    def scores(batch: dict) -> torch.Tensor:
-        with torch.no_grad():
-            features = mean_pool(backbone(**_inputs(batch)).last_hidden_state, batch["attention_mask"])
-        return probe(features)
-
-    def save(path: Path) -> Path:
-        save_file(probe.state_dict(), path.with_suffix(".safetensors"))
-        return path.with_suffix(".safetensors")
-
-    return Contestant(
-        scores,
-        list(probe.parameters()),
-        {"lr": 1e-2, "schedule": "constant"},
-        "mean-pooled, adamw 0.01 constant",
-        save,
-    )
-
-
-def encoder_row(
-    models: Models, method: str, train: list[Encoded], dev: list[Encoded], budget: Budget, work: Path
-) -> Row:
-    """One MiniLM row: build, train ``encoder_steps`` steps on SST-2, score on dev, save."""
-    started = time.perf_counter()
-    torch.manual_seed(budget.seed)  # the new head starts the same in every row
-    base, tokenizer = models.encoder()
-    base.eval()
-    base_parameters = sum(p.numel() for p in base.parameters())
-    if method == "deep_prompt_mean":
-        contestant = mean_pooled_contestant(base, tokenizer, method)
-    elif method in PROMPTED:
-        contestant = prompted_contestant(base, tokenizer, method)
-    elif method == "full_finetuning":
-        contestant = full_finetuning_contestant(base, budget.encoder_steps)
-    else:
-        contestant = linear_probe_contestant(base)
-    recipe = TrainSection(**{**contestant.recipe, "max_steps": budget.encoder_steps})
+def causal_rows(
+    models: Models, budget: Budget, selection: Selection, splits: dict[str, Splits], work: Path
+) -> list[Row]:
+    """Zero-shot, softprompt and peft rows of every selected task on one shared SmolLM2."""
+    base, tokenizer = models.causal()
+    base.requires_grad_(False).eval()
+    tokenizer_dir = work / "causal-tokenizer"  # peft's text init loads the tokenizer from a folder
+    tokenizer.save_pretrained(tokenizer_dir)
     pad = tokenizer.pad_token_id
+    base_parameters = sum(p.numel() for p in base.parameters())
+    rows: list[Row] = []
+    for name in selection.tasks:
+        task, steps = TASKS[name].classification(max_length=budget.max_length[name]), budget.steps[name]
+        label_ids = task.label_token_ids(tokenizer)
+        dev = encode_file(task, splits[name].dev, tokenizer)
+        names = {"model": models.causal_name, "task": name, "base_parameters": base_parameters}
 
-    def loss(batch: dict) -> torch.Tensor:
-        return F.cross_entropy(contestant.scores(batch), batch["label"])
+        started = time.perf_counter()
+        bare = SoftPromptModel(base, None, model_shape(base))  # the frozen model without a prompt
+        scores = score(ClassificationObjective(bare, label_ids), dev, budget, pad)
+        zero_shot = Row(
+            **names,
+            train_rows=0,
+            library="zero-shot",
+            method="-",
+            setup="label words only",
+            accuracy=scores["accuracy"],
+            macro_f1=scores["macro_f1"],
+            dev_loss=scores["loss"],
+            trainable_parameters=0,
+            file_bytes=0,
+            steps=0,
+            train_seconds=0.0,
+            seconds=time.perf_counter() - started,
+        )
+        rows.append(report(zero_shot))
 
-    batches = training_batches(train, budget, pad, "right")
-    seconds = fit_steps(loss, contestant.params, recipe, batches, budget.encoder_steps)
-    scores = evaluate(contestant.scores, dev, budget.eval_batch_size, pad)
-    saved = contestant.save(work / f"encoder-{method}-{len(train)}")
-    return Row(
-        models.encoder_name,
-        "sst2",
-        len(train),
-        "softprompt" if method in PROMPTED else "transformers",
-        method,
-        contestant.setup,
-        scores["accuracy"],
-        scores["macro_f1"],
-        trainable_parameters=sum(p.numel() for p in contestant.params),
-        base_parameters=base_parameters,
-        file_bytes=folder_bytes(saved),
-        steps=budget.encoder_steps,
-        train_seconds=seconds,
-        seconds=time.perf_counter() - started,
-    )
+        for size, train_file in splits[name].train.items():
+            train = encode_file(task, train_file, tokenizer)
+            # the low-data column: prompt tuning only
+            methods = [m for m in selection.methods if size is None or m == "prompt_tuning"]
+            for method, library in itertools.product(methods, selection.libraries):
+                started = time.perf_counter()
+                set_seed(budget.seed)  # every row's prompt starts the same, whatever ran before it
+                if library == "softprompt":
+                    config = softprompt_config(method, task, train_file, budget, steps)
+                    contestant = softprompt_contestant(config, base, tokenizer)
+                else:
+                    contestant = peft_contestant(method, base, tokenizer_dir, task, label_ids, budget, steps)
+                path = work / f"{library}-{name}-{method}-{len(train)}"
+                rows.append(
+                    trained_row(
+                        contestant,
+                        train,
+                        dev,
+                        steps=steps,
+                        pad_token_id=pad,
+                        budget=budget,
+                        path=path,
+                        started=started,
+                        library=library,
+                        method=method,
+                        **names,
+                    )
+                )
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ encoder
+# A MiniLM row's softprompt prompt: (library method, options beside the defaults, model.pooling, readout).
+ENCODER_PROMPTS: dict[str, tuple[str, dict[str, Any], str, str]] = {
+    "deep_prompt": ("prefix_tuning", {"num_virtual_tokens": DEEP_PROMPT_TOKENS}, "model", "CLS head"),
+    "deep_prompt_mean": (
+        "prefix_tuning",
+        {"num_virtual_tokens": DEEP_PROMPT_TOKENS},
+        "mean",
+        "mean-pooled head",
+    ),
+    "prompt_tuning": ("prompt_tuning", {}, "model", "CLS head"),
+}
 
 
 def encoder_rows(
     models: Models, budget: Budget, selection: Selection, splits: Splits, work: Path
 ) -> list[Row]:
-    """Every selected encoder method on SST-2, at each training-set size."""
+    """Every selected encoder method on SST-2, at each training-set size; a new model (and head) per row."""
     _, tokenizer = models.encoder()
     task = TASKS["sst2"].classification("{sentence}", ENCODER_MAX_LENGTH)  # the sentence alone
-    dev = encode(task, splits.dev, tokenizer)
+    dev = encode_file(task, splits.dev, tokenizer)
+    steps, pad = budget.encoder_steps, tokenizer.pad_token_id
     rows = []
     for train_file in splits.train.values():
-        train = encode(task, train_file, tokenizer)
+        train = encode_file(task, train_file, tokenizer)
         for method in selection.encoder_methods:
-            rows.append(report(encoder_row(models, method, train, dev, budget, work)))
+            started = time.perf_counter()
+            set_seed(budget.seed)  # the new head (and prompt) start the same in every row
+            base, tokenizer = models.encoder()
+            base.eval()
+            base_parameters = sum(p.numel() for p in base.parameters())
+            if method in ENCODER_PROMPTS:
+                library_method, prompt, pooling, readout = ENCODER_PROMPTS[method]
+                config = softprompt_config(
+                    library_method, task, train_file, budget, steps, prompt=prompt, pooling=pooling
+                )
+                contestant = softprompt_contestant(config, base, tokenizer, readout)
+            elif method == "full_finetuning":
+                contestant = full_finetuning_contestant(base, budget, steps)
+            else:
+                contestant = linear_probe_contestant(base, budget, steps)
+            rows.append(
+                trained_row(
+                    contestant,
+                    train,
+                    dev,
+                    steps=steps,
+                    pad_token_id=pad,
+                    budget=budget,
+                    path=work / f"encoder-{method}-{len(train)}",
+                    started=started,
+                    model=models.encoder_name,
+                    task="sst2",
+                    library="softprompt" if method in ENCODER_PROMPTS else "transformers",
+                    method=method,
+                    base_parameters=base_parameters,
+                )
+            )
     return rows
 
 

@@ -18,6 +18,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
+SHARED_DATA = ROOT.parent / "shared" / "data"  # real data sets and GPT-2's tokenizer; a bare clone has none
 sys.path.insert(0, str(BENCHMARKS))
 
 # script -> extra arguments of its smoke run (each must finish in seconds)
@@ -25,7 +26,9 @@ QUICK_RUNS = {
     "speed_memory.py": ["--quick"],
     "mixed_tasks.py": ["--quick"],  # tiny random Llama
     "quality.py": ["--quick"],  # tiny random GPT-2 and BERT, a few rows of the real data sets
+    "example_task_probe.py": ["--quick"],  # tiny random Llama over GPT-2's tokenizer, the example's rows
 }
+needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no {SHARED_DATA}")
 
 
 def run_quick(script: str, out: Path) -> tuple[str, dict]:
@@ -89,6 +92,7 @@ def test_mixed_tasks_quick_run_writes_every_case_and_goal(tmp_path):
     assert "Goals" in stdout
 
 
+@needs_shared_data
 def test_quality_quick_run_writes_every_row_and_goal(tmp_path):
     stdout, result = run_quick("quality.py", tmp_path / "quality.json")
     assert {"date", "machine", "settings", "rows", "goals"} <= set(result)
@@ -113,7 +117,7 @@ def test_quality_quick_run_writes_every_row_and_goal(tmp_path):
     assert encoder == {(m, n) for m in methods for n in (8, 32)}
 
     for r in rows:
-        assert 0 <= r["accuracy"] <= 100
+        assert 0 <= r["accuracy"] <= 100 and r["dev_loss"] > 0
         if r["library"] != "zero-shot":
             assert r["trainable_parameters"] > 0 and r["file_bytes"] > 0
     # peft's files and parameters are counted, not copied from softprompt's
@@ -121,6 +125,20 @@ def test_quality_quick_run_writes_every_row_and_goal(tmp_path):
     assert sizes[("peft", "prefix_tuning")] == 2 * sizes[("softprompt", "prefix_tuning")]  # 20 vs 10 tokens
     assert [g["goal"].split()[0] for g in result["goals"]] == ["softprompt", "MiniLM", "MiniLM"]
     assert "Goals" in stdout
+
+
+@needs_shared_data
+def test_example_task_probe_quick_run_scores_zero_shot_and_trained(tmp_path):
+    stdout, result = run_quick("example_task_probe.py", tmp_path / "probe.json")
+    assert "SUMMARY" in stdout and "recall billing" in stdout
+    assert result["settings"]["quick"] and result["steps"] == 3 and len(result["train_loss"]) == 3
+    assert (result["train_rows"], result["dev_rows"]) == (32, 16)
+    for run in ("zero_shot", "trained"):
+        scores = result[run]
+        assert 0 <= scores["accuracy"] <= 100 and scores["loss"] > 0
+        assert set(scores["recall"]) <= {"billing", "technical", "shipping", "account"}
+        # accuracy is the dev-weighted mean of the per-class recalls: every dev row was scored once
+        assert min(scores["recall"].values()) <= scores["accuracy"] <= max(scores["recall"].values())
 
 
 def test_quality_help_lists_the_selection_flags(capsys):
@@ -143,3 +161,27 @@ def test_peak_memory_sees_a_freed_temporary_and_what_stays():
         del temporary
     assert mem.peak >= 5 * 2**20
     assert 2**20 <= mem.end < 2 * 2**20
+
+
+def test_peft_objective_scores_each_row_as_peft_scores_it_alone():
+    """The benchmarks' peft classifier (quality.py, the example probe) reads the answer position of
+    each row as peft does for that row alone, whatever the batch's padding side."""
+    import peft
+    import torch.nn.functional as F
+    from _common import PeftAnswerToken, tiny_llama
+
+    from softprompt.data import Encoded, collate
+
+    config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    model = peft.get_peft_model(tiny_llama(), config).eval()
+    objective = PeftAnswerToken(model, label_token_ids=[5, 6])
+    rows, labels = [[11, 12, 13, 14], [21, 22]], [0, 1]
+    with torch.no_grad():
+        alone = torch.cat([model(input_ids=torch.tensor([row])).logits[:, -1] for row in rows])  # (B, V)
+        for side in ("left", "right"):
+            batch = collate([Encoded(r, label=y) for r, y in zip(rows, labels, strict=True)], 0, side)
+            scores = objective.scores(batch["input_ids"], batch["attention_mask"])
+            torch.testing.assert_close(scores, alone[:, [5, 6]], atol=1e-5, rtol=1e-5)
+            # the causal-LM loss of the answer token: cross-entropy over the whole vocabulary
+            expected = F.cross_entropy(alone, torch.tensor([5, 6]), reduction="sum")
+            torch.testing.assert_close(objective(batch), expected, atol=1e-5, rtol=1e-5)
