@@ -141,8 +141,8 @@ def remove_stale_temps(target: Path) -> list[Path]:
     for entry in siblings:
         match = ours.fullmatch(entry.name)
         if match:
-            if match["host"] == _host() and _running(int(match["pid"])):
-                continue
+            if match["host"] != _host() or _running(int(match["pid"])):
+                continue  # a writer that runs, or runs on another machine (whose pids this one cannot see)
             if match["kind"] == "old" and not os.path.lexists(target):
                 os.rename(entry, target)  # a swap died between its two renames: the old folder returns
                 logger.warning("restored %s from %s (an interrupted write)", target, entry.name)

@@ -277,7 +277,7 @@ def _check_fields_fit(
     name = fields.get("base_model_name_or_path")
     if name and shape.name_or_path and _base_name(name) != _base_name(shape.name_or_path):
         logger.warning(
-            "%s names the base model %r, and this model is %r; its shape fits, so it is loaded",
+            "%s names the base model %s, and this model is %r; its shape fits, so it is loaded",
             folder,
             short(name),
             shape.name_or_path,
