@@ -43,7 +43,7 @@ from softprompt.injection import CompiledPrompt
 from softprompt.models import PromptedModel
 from softprompt.serve.batch import Decoder, DecodingBatch
 from softprompt.serve.engine import Piece, RequestHandle
-from softprompt.serve.errors import model_failure, too_many_requests
+from softprompt.serve.errors import model_failure, too_many_requests, unavailable
 from softprompt.serve.sampling import next_token
 from softprompt.serve.text import TextStream
 
@@ -102,6 +102,7 @@ class LocalEngine:
         self._running: list[_Sequence] = []
         self._batch: DecodingBatch | None = None
         self._logits: torch.Tensor | None = None  # (B, V): next-token logits of the running rows
+        self.steps = 0  # decoding steps so far: each one forward pass over every running sequence
 
     # ------------------------------------------------------------------------------- engine protocol
     def prepare(self, model: PromptedModel) -> CompiledPrompt:
@@ -113,6 +114,7 @@ class LocalEngine:
         return 0 if prepared is None else max(states.length for states in prepared.sites.values())
 
     async def start(self) -> None:
+        self._stopping = False
         self._thread = threading.Thread(target=self._serve, name="softprompt-scheduler", daemon=True)
         self._thread.start()
 
@@ -123,9 +125,12 @@ class LocalEngine:
             self._wake.notify()
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            self._thread = None
 
     def submit(self, handle: RequestHandle) -> None:
         with self._wake:
+            if self._stopping or self._thread is None:
+                raise unavailable("the server is not running (starting or shutting down); retry shortly")
             if len(self._waiting) >= self.max_queue:
                 raise too_many_requests(
                     f"the server's queue is full ({self.max_queue} requests waiting); retry shortly",
@@ -237,6 +242,7 @@ class LocalEngine:
         if not keep:
             return
         next_ids = torch.tensor(tokens, device=self.decoder.device)
+        self.steps += 1
         try:
             self._logits = self._batch.step(self.decoder, next_ids)
         except Exception:

@@ -1,0 +1,217 @@
+"""The iteration-level scheduler: mixed tasks share steps, requests join and leave between steps, and each
+request's output equals its output alone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+from serve_helpers import TASKS, greedy_tokens
+
+import softprompt
+from softprompt.bank import TaskBank
+from softprompt.serve.engine import GenerationRequest, RequestHandle
+from softprompt.serve.errors import APIError
+from softprompt.serve.sampling import SamplingParams
+from softprompt.serve.scheduler import LocalEngine
+
+
+@pytest.fixture()
+def engine(base, tokenizer):
+    return LocalEngine(TaskBank(base), tokenizer, name="bare", max_batch=64)
+
+
+@pytest.fixture(scope="module")
+def compiled(base, adapters):
+    return {name: softprompt.load(base, path) for name, path in adapters.items()}
+
+
+def request(engine, ids, task=None, prepared=None, **params):
+    return RequestHandle(
+        GenerationRequest(ids, task, SamplingParams(**{"temperature": 0.0, **params}), prepared)
+    )
+
+
+async def tokens_of(handle) -> list[int]:
+    return [t async for piece in handle.pieces() for t in piece.token_ids]
+
+
+def run(engine, scenario):
+    async def main():
+        await engine.start()
+        try:
+            return await scenario()
+        finally:
+            await engine.stop()
+
+    return asyncio.run(main())
+
+
+def prompts(count, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, 12, (count,), generator=generator).tolist()
+    return [torch.randint(4, 96, (n,), generator=generator).tolist() for n in lengths]
+
+
+def test_mixed_requests_arriving_together_share_steps_and_equal_themselves_alone(
+    engine, base, adapters, compiled
+):
+    tasks = [None, *TASKS] * 2
+    rows = prompts(len(tasks))
+    lengths = [3 + (7 * i) % 11 for i in range(len(tasks))]
+
+    async def scenario():
+        handles = []
+        for ids, task, n in zip(rows, tasks, lengths, strict=True):
+            prepared = None if task is None else engine.prepare(compiled[task])
+            handles.append(request(engine, ids, task, prepared, max_tokens=n))
+            engine.submit(handles[-1])
+        return await asyncio.gather(*(tokens_of(h) for h in handles))
+
+    outputs = run(engine, scenario)
+    for ids, task, n, out in zip(rows, tasks, lengths, outputs, strict=True):
+        assert out == greedy_tokens(base, adapters.get(task), ids, n), (task, ids)
+    # Decoding steps shared by all: far fewer steps than tokens.
+    assert engine.steps < sum(len(o) for o in outputs) / 4
+
+
+def test_a_long_request_does_not_hold_short_ones_that_join_later(engine, base, adapters, compiled):
+    long_ids, short_ids = prompts(2, seed=1)
+    finished = []
+
+    async def scenario():
+        long = request(engine, long_ids, "prefix", engine.prepare(compiled["prefix"]), max_tokens=100)
+        engine.submit(long)
+        pieces = long.pieces()
+        await anext(pieces)  # the long request is decoding
+        shorts = [
+            request(engine, short_ids, task, engine.prepare(compiled[task]), max_tokens=3)
+            for task in ("prompt", "ptuning")
+        ]
+        for handle in shorts:
+            engine.submit(handle)
+
+        async def collect(name, handle_pieces):
+            out = [t async for piece in handle_pieces for t in piece.token_ids]
+            finished.append(name)
+            return out
+
+        rest, *short_outs = await asyncio.gather(
+            collect("long", pieces), *(collect(f"short{i}", h.pieces()) for i, h in enumerate(shorts))
+        )
+        return rest, short_outs
+
+    (long_rest, short_outs) = run(engine, scenario)
+    assert finished[-1] == "long"
+    assert short_outs == [greedy_tokens(base, adapters[t], short_ids, 3) for t in ("prompt", "ptuning")]
+    expected_long = greedy_tokens(base, adapters["prefix"], long_ids, 100)
+    assert len(expected_long) > 10  # long enough to have been running while the short ones came and went
+    assert expected_long[1:] == long_rest
+
+
+def test_seeded_samples_do_not_depend_on_the_batch(engine, compiled):
+    ids = prompts(1, seed=3)[0]
+    params = dict(max_tokens=8, temperature=0.9, top_p=0.8, seed=11, n=2)
+
+    async def alone():
+        handle = request(engine, ids, "prompt", engine.prepare(compiled["prompt"]), **params)
+        engine.submit(handle)
+        return await tokens_of(handle)
+
+    async def in_a_crowd():
+        others = [request(engine, p, None, None, max_tokens=6, temperature=1.0) for p in prompts(5, seed=4)]
+        mine = request(engine, ids, "prompt", engine.prepare(compiled["prompt"]), **params)
+        for handle in [*others[:3], mine, *others[3:]]:
+            engine.submit(handle)
+        outs = await asyncio.gather(*(tokens_of(h) for h in [mine, *others]))
+        return outs[0]
+
+    first = run(engine, alone)
+    assert len(first) == 16  # both choices, to the end
+    assert run(engine, in_a_crowd) == first  # an engine starts again after a stop
+
+
+class PoisonOnToken:
+    """A forward pre-hook on the backbone that raises when ``token`` is among its input ids."""
+
+    def __init__(self, model, token: int, only_single_steps: bool = False) -> None:
+        self.token, self.only_single_steps = token, only_single_steps
+        self.handle = model.model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is None:  # compiling a prompt (virtual tokens)
+            return
+        if (ids.shape[1] == 1 or not self.only_single_steps) and bool((ids == self.token).any()):
+            raise RuntimeError(f"poisoned token {self.token}")
+
+
+def test_a_request_that_fails_in_prefill_fails_alone(engine, base, adapters, compiled):
+    good = prompts(3, seed=5)
+    poisoned = [*good[0][:2], 95, *good[0][2:]]
+    good = [[t for t in ids if t != 95] for ids in good]
+    hook = PoisonOnToken(base, 95)
+
+    async def scenario():
+        handles = [
+            request(engine, ids, "prompt", engine.prepare(compiled["prompt"]), max_tokens=4) for ids in good
+        ]
+        bad = request(engine, poisoned, None, None, max_tokens=4)
+        for handle in [handles[0], bad, *handles[1:]]:
+            engine.submit(handle)
+        outs = await asyncio.gather(*(tokens_of(h) for h in [*handles, bad]), return_exceptions=True)
+        return outs
+
+    try:
+        *outs, failure = run(engine, scenario)
+    finally:
+        hook.handle.remove()
+    assert isinstance(failure, APIError) and failure.status == 500
+    assert "poisoned token 95" in failure.message
+    assert outs == [greedy_tokens(base, adapters["prompt"], ids, 4) for ids in good]
+
+
+def test_a_request_that_fails_in_a_decoding_step_fails_alone(engine, base, adapters):
+    # Find a request whose first generated token no other request generates: feeding it back fails.
+    candidates = prompts(12, seed=6)
+    firsts = [greedy_tokens(base, None, ids, 6) for ids in candidates]
+    victim = next(
+        i
+        for i, out in enumerate(firsts)
+        if all(out[0] not in other for j, other in enumerate(firsts) if j != i)
+    )
+    others = [i for i in range(len(candidates)) if i != victim][:4]
+    hook = PoisonOnToken(base, firsts[victim][0], only_single_steps=True)
+
+    async def scenario():
+        handles = {i: request(engine, candidates[i], max_tokens=6) for i in [victim, *others]}
+        for handle in handles.values():
+            engine.submit(handle)
+        outs = await asyncio.gather(*(tokens_of(h) for h in handles.values()), return_exceptions=True)
+        return dict(zip(handles, outs, strict=True))
+
+    try:
+        outs = run(engine, scenario)
+    finally:
+        hook.handle.remove()
+    assert isinstance(outs[victim], APIError) and outs[victim].status == 500
+    assert all(outs[i] == firsts[i] for i in others)
+
+
+def test_a_cancelled_request_frees_its_rows(engine):
+    async def scenario():
+        handle = request(engine, prompts(1)[0], max_tokens=120, temperature=1.0, n=3)
+        engine.submit(handle)
+        pieces = handle.pieces()
+        await anext(pieces)
+        assert engine.load()["running"] == 3
+        handle.cancel()
+        assert [p async for p in pieces] == []  # the handle ends at once
+        for _ in range(200):
+            if engine.load()["running"] == 0:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    assert run(engine, scenario)
