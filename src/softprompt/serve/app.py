@@ -186,26 +186,26 @@ class _Service:
                 handle.cancel()
             raise
         self.metrics.prompt_tokens.inc(sum(len(ids) for ids in prompts))
-        deadline = time.monotonic() + self.settings.request_timeout_s
+        timeout = self.settings.request_timeout_s
         answer = _Answer(new_id("chatcmpl" if chat else "cmpl"), body.model, chat, params.n, handles)
         if body.stream:
             return StreamingResponse(
-                self._events(answer, deadline, body.include_usage), media_type="text/event-stream"
+                self._events(answer, timeout, body.include_usage), media_type="text/event-stream"
             )
         watcher = asyncio.create_task(_cancel_on_disconnect(request, handles))
         try:
-            async for _ in answer.pieces(deadline):
+            async for _ in answer.pieces(timeout):
                 pass
         finally:
             watcher.cancel()
         self._count(answer)
         return completion(answer.id, answer.model, answer.choices(), answer.usage(), chat)
 
-    async def _events(self, answer: _Answer, deadline: float, include_usage: bool) -> AsyncIterator[str]:
+    async def _events(self, answer: _Answer, timeout: float, include_usage: bool) -> AsyncIterator[str]:
         """Server-sent events: one per new piece of text, then usage (if asked), then ``[DONE]``."""
         started = set()
         try:
-            async for index, piece in answer.pieces(deadline):
+            async for index, piece in answer.pieces(timeout):
                 if not piece.text and piece.finish_reason is None:
                     continue
                 event = chunk(
@@ -284,8 +284,9 @@ class _Answer:
         self.reasons: list[str | None] = [None] * (n * len(handles))
         self.generated = 0
 
-    async def pieces(self, deadline: float) -> AsyncIterator[tuple[int, Piece]]:
-        """``(choice index, piece)`` of every prompt as they come; 408 once ``deadline`` passes."""
+    async def pieces(self, timeout: float) -> AsyncIterator[tuple[int, Piece]]:
+        """``(choice index, piece)`` of every prompt as they come; 408 ``timeout`` seconds after arrival."""
+        deadline = self.handles[0].request.arrived + timeout
         queue: asyncio.Queue = asyncio.Queue()
 
         async def forward(prompt: int, handle: RequestHandle) -> None:
@@ -314,7 +315,7 @@ class _Answer:
                 yield index, piece
         except asyncio.TimeoutError as err:
             raise timed_out(
-                f"the request did not finish within the server's limit of {_seconds(deadline, self.handles)} s; "
+                f"the request did not finish within the server's limit of {timeout:g} s; "
                 "ask for fewer tokens or retry later"
             ) from err
         finally:
@@ -328,10 +329,6 @@ class _Answer:
 
     def usage(self) -> dict[str, int]:
         return usage(sum(len(h.request.prompt_ids) for h in self.handles), self.generated)
-
-
-def _seconds(deadline: float, handles: list[RequestHandle]) -> int:
-    return round(deadline - handles[0].request.arrived)
 
 
 async def _cancel_on_disconnect(request: Request, handles: list[RequestHandle]) -> None:
