@@ -35,6 +35,8 @@ from softprompt.train.core import step
 from softprompt.train.objectives import ClassificationObjective, Objective, last_token_index
 from softprompt.train.optim import make_optimizer, make_scheduler
 
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # real data sets; a bare clone has none
+
 # ------------------------------------------------------------------------------------------- machine
 
 
@@ -80,13 +82,13 @@ def _cpu_model() -> str | None:
 # -------------------------------------------------------------------------------------- base models
 
 
-def tiny_llama(seed: int = 0) -> nn.Module:
-    """A 2-layer Llama with grouped-query attention and a 128-token vocabulary (``--quick`` runs)."""
+def tiny_llama(seed: int = 0, vocab_size: int = 128) -> nn.Module:
+    """A 2-layer Llama with grouped-query attention and a small vocabulary (``--quick`` runs)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=128,
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -95,6 +97,15 @@ def tiny_llama(seed: int = 0) -> nn.Module:
         max_position_embeddings=256,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def gpt2_tokenizer():
+    """GPT-2's tokenizer from the shared data folder (``--quick`` runs of real text), padding with EOS."""
+    from transformers import GPT2Tokenizer
+
+    tokenizer = GPT2Tokenizer.from_pretrained(SHARED_DATA / "tokenizers" / "gpt2")
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def gpt2_small_random(seed: int = 0) -> nn.Module:

@@ -36,9 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, when run fr
 from _common import (
     PeftLabelWords,
     encode_file,
+    gpt2_tokenizer,
     machine_info,
     markdown_table,
     set_threads,
+    tiny_llama,
     train_steps,
     write_json,
 )  # noqa: E402
@@ -53,7 +55,6 @@ from softprompt.train.evaluate import evaluate_classification  # noqa: E402
 from softprompt.train.objectives import ClassificationObjective  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-GPT2_TOKENIZER = ROOT.parent / "shared" / "data" / "tokenizers" / "gpt2"  # --quick only
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "example_task_probe.json"
 MAX_LENGTH = 256  # the example's rows are 20-40 tokens: nothing is cut
 
@@ -88,22 +89,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def tiny_model() -> tuple[torch.nn.Module, Any]:
-    """A random 2-layer grouped-query Llama over GPT-2's tokenizer."""
-    tokenizer = transformers.GPT2Tokenizer.from_pretrained(GPT2_TOKENIZER)
-    tokenizer.pad_token = tokenizer.eos_token
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return transformers.LlamaForCausalLM(config).eval(), tokenizer
-
-
 def score(objective, dev: Sequence[Encoded], tokenizer: Any, classes: Sequence[str]) -> dict[str, Any]:
     """Dev accuracy and loss, and each gold class's recall (dev scored one class at a time)."""
     per_class, correct, loss = {}, 0.0, 0.0
@@ -125,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     set_threads(args.threads)
     transformers.logging.set_verbosity_error()
     machine = machine_info()
-    base, tokenizer = tiny_model() if args.quick else load_base_model(args.model)
+    if args.quick:
+        tokenizer = gpt2_tokenizer()
+        base = tiny_llama(vocab_size=len(tokenizer))
+    else:
+        base, tokenizer = load_base_model(args.model)
     base.requires_grad_(False).eval()
     task = ClassificationTask(args.template, "label", LABEL_WORDS, MAX_LENGTH)
     classes = [word for _, word in task.classes]

@@ -58,8 +58,10 @@ import peft  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from _common import (  # noqa: E402
+    SHARED_DATA,
     PeftAnswerToken,
     encode_file,
+    gpt2_tokenizer,
     machine_info,
     markdown_table,
     right_aligned,
@@ -84,7 +86,6 @@ from softprompt.train.objectives import ClassificationObjective, HeadClassificat
 from softprompt.train.presets import DEFAULTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "quality.json"
 METRICS = ["accuracy", "macro_f1"]
 
@@ -251,8 +252,7 @@ def real_models() -> Models:
 
 def tiny_models() -> Models:
     """Random 2-layer GPT-2 and BERT sharing GPT-2's tokenizer (``--quick``: seconds, no weights needed)."""
-    tokenizer = transformers.GPT2Tokenizer.from_pretrained(DATA / "tokenizers" / "gpt2")
-    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = gpt2_tokenizer()
 
     def gpt2() -> tuple[nn.Module, Any]:
         torch.manual_seed(0)
@@ -509,62 +509,97 @@ def folder_bytes(path: Path) -> int:
     )
 
 
-def score(
-    objective: nn.Module, dev: Sequence[Encoded], budget: Budget, pad_token_id: int
-) -> dict[str, float]:
-    """Dev accuracy, macro-F1 and loss, as ``softprompt train`` scores a classifier."""
-    return evaluate_classification(
-        objective, dev, batch_size=budget.eval_batch_size, pad_token_id=pad_token_id, metrics=METRICS
-    )
+@dataclass
+class Bench:
+    """What the rows of one model and task share: the model's size, the dev rows, the step budget."""
 
+    model: str
+    task: str
+    base_parameters: int
+    dev: list[Encoded]
+    steps: int
+    pad_token_id: int
+    budget: Budget
 
-def trained_row(
-    contestant: Contestant,
-    train: Sequence[Encoded],
-    dev: Sequence[Encoded],
-    *,
-    steps: int,
-    pad_token_id: int,
-    budget: Budget,
-    path: Path,
-    started: float,
-    **names: Any,
-) -> Row:
-    """Train ``contestant`` for ``steps`` steps, score it once on ``dev``, save it.
+    def zero_shot(self, objective: nn.Module) -> Row:
+        """The frozen model's row: ``objective`` scored on dev without training."""
+        started = time.perf_counter()
+        scores = self.score(objective)
+        return self.row("zero-shot", "-", "label words only", scores, 0, 0, 0, 0.0, started)
 
-    ``names``: the row's model, task, library, method and base_parameters; ``started``: when the
-    row began (its ``seconds`` count building the contestant, training, scoring and saving).
-    """
-    seconds = train_steps(
-        contestant.objective, contestant.recipe, train, steps=steps, pad_token_id=pad_token_id
-    )
-    scores = score(contestant.objective, dev, budget, pad_token_id)
-    saved = contestant.save(path)
-    return report(
-        Row(
-            **names,
-            train_rows=len(train),
-            setup=contestant.setup,
+    def trained(
+        self,
+        contestant: Contestant,
+        train: Sequence[Encoded],
+        library: str,
+        method: str,
+        path: Path,
+        started: float,
+    ) -> Row:
+        """Train ``contestant`` ``steps`` steps on ``train``, score it once on dev, save it at ``path``;
+        the row's ``seconds`` count from ``started`` (building, training, scoring, saving)."""
+        seconds = train_steps(
+            contestant.objective, contestant.recipe, train, steps=self.steps, pad_token_id=self.pad_token_id
+        )
+        scores = self.score(contestant.objective)
+        saved = contestant.save(path)
+        return self.row(
+            library,
+            method,
+            contestant.setup,
+            scores,
+            len(train),
+            contestant.trainable_parameters,
+            folder_bytes(saved),
+            seconds,
+            started,
+        )
+
+    def score(self, objective: nn.Module) -> dict[str, float]:
+        """Dev accuracy, macro-F1 and loss, as ``softprompt train`` scores a classifier."""
+        return evaluate_classification(
+            objective,
+            self.dev,
+            batch_size=self.budget.eval_batch_size,
+            pad_token_id=self.pad_token_id,
+            metrics=METRICS,
+        )
+
+    def row(
+        self,
+        library: str,
+        method: str,
+        setup: str,
+        scores: dict[str, float],
+        train_rows: int,
+        trainable: int,
+        file_bytes: int,
+        train_seconds: float,
+        started: float,
+    ) -> Row:
+        row = Row(
+            model=self.model,
+            task=self.task,
+            train_rows=train_rows,
+            library=library,
+            method=method,
+            setup=setup,
             accuracy=scores["accuracy"],
             macro_f1=scores["macro_f1"],
             dev_loss=scores["loss"],
-            trainable_parameters=contestant.trainable_parameters,
-            file_bytes=folder_bytes(saved),
-            steps=steps,
-            train_seconds=seconds,
+            trainable_parameters=trainable,
+            base_parameters=self.base_parameters,
+            file_bytes=file_bytes,
+            steps=0 if library == "zero-shot" else self.steps,
+            train_seconds=train_seconds,
             seconds=time.perf_counter() - started,
         )
-    )
-
-
-def report(row: Row) -> Row:
-    """Print a finished row at once: a long run shows its progress."""
-    print(
-        f"  {row.model} {row.task} ({row.train_rows} rows) {row.library} {row.method}: "
-        f"accuracy {row.accuracy:.1f}, {row.seconds:.0f} s",
-        flush=True,
-    )
-    return row
+        print(  # at once: a long run shows its progress
+            f"  {row.model} {row.task} ({row.train_rows} rows) {row.library} {row.method}: "
+            f"accuracy {row.accuracy:.1f}, {row.seconds:.0f} s",
+            flush=True,
+        )
+        return row
 
 
 def causal_rows(
@@ -575,35 +610,15 @@ def causal_rows(
     base.requires_grad_(False).eval()
     tokenizer_dir = work / "causal-tokenizer"  # peft's text init loads the tokenizer from a folder
     tokenizer.save_pretrained(tokenizer_dir)
-    pad = tokenizer.pad_token_id
     base_parameters = sum(p.numel() for p in base.parameters())
     rows: list[Row] = []
     for name in selection.tasks:
         task, steps = TASKS[name].classification(max_length=budget.max_length[name]), budget.steps[name]
         label_ids = task.label_token_ids(tokenizer)
         dev = encode_file(task, splits[name].dev, tokenizer)
-        names = {"model": models.causal_name, "task": name, "base_parameters": base_parameters}
-
-        started = time.perf_counter()
+        bench = Bench(models.causal_name, name, base_parameters, dev, steps, tokenizer.pad_token_id, budget)
         bare = SoftPromptModel(base, None, model_shape(base))  # the frozen model without a prompt
-        scores = score(ClassificationObjective(bare, label_ids), dev, budget, pad)
-        zero_shot = Row(
-            **names,
-            train_rows=0,
-            library="zero-shot",
-            method="-",
-            setup="label words only",
-            accuracy=scores["accuracy"],
-            macro_f1=scores["macro_f1"],
-            dev_loss=scores["loss"],
-            trainable_parameters=0,
-            file_bytes=0,
-            steps=0,
-            train_seconds=0.0,
-            seconds=time.perf_counter() - started,
-        )
-        rows.append(report(zero_shot))
-
+        rows.append(bench.zero_shot(ClassificationObjective(bare, label_ids)))
         for size, train_file in splits[name].train.items():
             train = encode_file(task, train_file, tokenizer)
             # the low-data column: prompt tuning only
@@ -617,21 +632,7 @@ def causal_rows(
                 else:
                     contestant = peft_contestant(method, base, tokenizer_dir, task, label_ids, budget, steps)
                 path = work / f"{library}-{name}-{method}-{len(train)}"
-                rows.append(
-                    trained_row(
-                        contestant,
-                        train,
-                        dev,
-                        steps=steps,
-                        pad_token_id=pad,
-                        budget=budget,
-                        path=path,
-                        started=started,
-                        library=library,
-                        method=method,
-                        **names,
-                    )
-                )
+                rows.append(bench.trained(contestant, train, library, method, path, started))
     return rows
 
 
@@ -653,10 +654,11 @@ def encoder_rows(
     models: Models, budget: Budget, selection: Selection, splits: Splits, work: Path
 ) -> list[Row]:
     """Every selected encoder method on SST-2, at each training-set size; a new model (and head) per row."""
-    _, tokenizer = models.encoder()
+    base, tokenizer = models.encoder()
     task = TASKS["sst2"].classification("{sentence}", ENCODER_MAX_LENGTH)  # the sentence alone
     dev = encode_file(task, splits.dev, tokenizer)
-    steps, pad = budget.encoder_steps, tokenizer.pad_token_id
+    base_parameters, steps = sum(p.numel() for p in base.parameters()), budget.encoder_steps
+    bench = Bench(models.encoder_name, "sst2", base_parameters, dev, steps, tokenizer.pad_token_id, budget)
     rows = []
     for train_file in splits.train.values():
         train = encode_file(task, train_file, tokenizer)
@@ -665,7 +667,6 @@ def encoder_rows(
             set_seed(budget.seed)  # the new head (and prompt) start the same in every row
             base, tokenizer = models.encoder()
             base.eval()
-            base_parameters = sum(p.numel() for p in base.parameters())
             if method in ENCODER_PROMPTS:
                 library_method, prompt, pooling, readout = ENCODER_PROMPTS[method]
                 config = softprompt_config(
@@ -676,23 +677,9 @@ def encoder_rows(
                 contestant = full_finetuning_contestant(base, budget, steps)
             else:
                 contestant = linear_probe_contestant(base, budget, steps)
-            rows.append(
-                trained_row(
-                    contestant,
-                    train,
-                    dev,
-                    steps=steps,
-                    pad_token_id=pad,
-                    budget=budget,
-                    path=work / f"encoder-{method}-{len(train)}",
-                    started=started,
-                    model=models.encoder_name,
-                    task="sst2",
-                    library="softprompt" if method in ENCODER_PROMPTS else "transformers",
-                    method=method,
-                    base_parameters=base_parameters,
-                )
-            )
+            library = "softprompt" if method in ENCODER_PROMPTS else "transformers"
+            path = work / f"encoder-{method}-{len(train)}"
+            rows.append(bench.trained(contestant, train, library, method, path, started))
     return rows
 
 
@@ -885,7 +872,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JSON goes")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA, help="the shared data folder")
     parser.add_argument("--tasks", default=",".join(TASKS), help="SmolLM2 tasks, comma-separated")
     parser.add_argument("--methods", default=",".join(CAUSAL_METHODS), help="SmolLM2 methods")
     parser.add_argument("--libraries", default=",".join(LIBRARIES), help="softprompt and/or peft")

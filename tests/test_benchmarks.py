@@ -18,8 +18,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-SHARED_DATA = ROOT.parent / "shared" / "data"  # real data sets and GPT-2's tokenizer; a bare clone has none
 sys.path.insert(0, str(BENCHMARKS))
+from _common import SHARED_DATA  # noqa: E402  (real data sets and GPT-2's tokenizer; a bare clone has none)
 
 # script -> extra arguments of its smoke run (each must finish in seconds)
 QUICK_RUNS = {
