@@ -244,3 +244,29 @@ def test_all_minilm_loads_as_encoder_and_classifier() -> None:
     assert encoder(**batch).last_hidden_state.shape[-1] == 384
     clf, _ = hub.load_base_model("all-minilm-l6-v2", head="sequence-classification", num_labels=3)
     assert clf(**batch).logits.shape == (2, 3)
+
+
+# ---- Hub ids (model cards, peft folders) -------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+        ("all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
+        ("openai-community/gpt2", "openai-community/gpt2"),
+        ("gpt2", "gpt2"),  # a Hub name without an owner
+        ("", None),
+        ("/models/llama", None),  # an absolute path the Hub cannot name
+        ("org/name/extra", None),
+    ],
+)
+def test_hub_id_names_a_base_model_on_the_hub(name: str, expected: str | None) -> None:
+    assert hub.hub_id(name) == expected
+
+
+def test_a_local_folder_that_looks_like_a_repo_id_has_no_hub_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "alice" / "model").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert hub.hub_id("alice/model") is None
+    assert hub.hub_id("alice/other") == "alice/other"
