@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from softprompt.models import PromptedModel
+from softprompt.bank import TaskBank
+from softprompt.families import UnsupportedModelError
+from softprompt.models import PromptedModel, SoftPromptModel
 from softprompt.serve.errors import APIError
 from softprompt.serve.sampling import SamplingParams
 
@@ -71,6 +73,7 @@ class RequestHandle:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._open = request.params.n
         self.cancelled = threading.Event()
+        self._on_cancel: list[Callable[[], None]] = []
         self.first_token_at: float | None = None
 
     def put(self, piece: Piece) -> None:
@@ -79,11 +82,17 @@ class RequestHandle:
     def fail(self, error: APIError) -> None:
         self._loop.call_soon_threadsafe(self._queue.put_nowait, error)
 
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the cancelling thread) when the request is cancelled."""
+        self._on_cancel.append(callback)
+
     def cancel(self) -> None:
         """Drop the request: the engine lets its rows go, and :meth:`pieces` ends."""
         if not self.cancelled.is_set():
             self.cancelled.set()
             self._loop.call_soon_threadsafe(self._queue.put_nowait, _CANCELLED)
+            for callback in self._on_cancel:
+                callback()
 
     async def pieces(self) -> AsyncIterator[Piece]:
         """The pieces until every choice has finished; raises the request's :class:`APIError`."""
@@ -98,6 +107,17 @@ class RequestHandle:
             if item.finish_reason is not None:
                 self._open -= 1
             yield item
+
+
+def require_causal(bank: TaskBank) -> SoftPromptModel:
+    """The bank's model, which both engines decode token by token: it must be a causal LM."""
+    if not isinstance(bank.runner, SoftPromptModel):
+        shape = bank.runner.shape
+        raise UnsupportedModelError(
+            f"softprompt serve decodes causal LMs (one key/value cache per sequence); {shape.family} is "
+            f"a {shape.kind} model"
+        )
+    return bank.runner
 
 
 class Engine(Protocol):

@@ -42,7 +42,7 @@ from softprompt.bank import TaskBank
 from softprompt.injection import CompiledPrompt
 from softprompt.models import PromptedModel
 from softprompt.serve.batch import Decoder, DecodingBatch
-from softprompt.serve.engine import Piece, RequestHandle
+from softprompt.serve.engine import Piece, RequestHandle, require_causal
 from softprompt.serve.errors import model_failure, too_many_requests, unavailable
 from softprompt.serve.sampling import next_token
 from softprompt.serve.text import TextStream
@@ -87,7 +87,7 @@ class LocalEngine:
         max_prefill_tokens: int = 2048,
     ) -> None:
         self.name = name
-        self.decoder = Decoder(bank.runner)
+        self.decoder = Decoder(require_causal(bank))
         self.tokenizer = tokenizer
         config = bank.base_model.config
         self.max_context = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
