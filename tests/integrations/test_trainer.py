@@ -185,3 +185,18 @@ def test_resuming_a_prefix_with_dropout_reaches_the_same_prefix(kind, tmp_path):
         )
         runs.append(model.prompt.prefix.detach())
     assert torch.equal(runs[1], runs[0])
+
+
+def test_load_best_model_at_end_loads_the_best_checkpoints_prompt(tmp_path):
+    model = softprompt.wrap(tiny_causal_lm("llama"), PROMPT)
+    args = arguments(
+        tmp_path,
+        eval_strategy="steps",
+        eval_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=rows("causal"), eval_dataset=rows("causal")[:4])
+    trainer.train()
+    best = load_file(f"{trainer.state.best_model_checkpoint}/model.safetensors")
+    assert torch.equal(model.prompt.embeddings, best["prompt.embeddings"])
