@@ -285,7 +285,7 @@ def _check_entry(name: str, entry: Any, body: int, path) -> tuple[str, tuple[int
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise CorruptFileError(path, field, entry, "an object with dtype, shape and data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPE_SIZES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
         raise TensorError(path, f"{field} dtype", dtype, f"one of {', '.join(DTYPE_SIZES)}")
     if not (isinstance(shape, list) and len(shape) <= 8 and all(_is_count(d) for d in shape)):
         raise CorruptFileError(path, f"{field} shape", shape, "a list of at most 8 non-negative integers")
