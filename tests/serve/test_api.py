@@ -136,3 +136,11 @@ def test_seeded_sampling_repeats_and_choices_differ(client):
     assert len(set(texts)) > 1  # each choice draws from its own generator
     other_seed = complete(client, "prefix", **{**fields, "seed": 8})
     assert [c["text"] for c in other_seed["choices"]] != texts
+
+
+def test_ignore_eos_decodes_past_the_end_of_sequence(client, base, adapters, tokenizer):
+    ids = tokenizer(PROMPT)["input_ids"]
+    stops_early = [m for m in [BARE, *TASKS] if len(greedy_tokens(base, adapters.get(m), ids, 12)) < 12]
+    assert stops_early  # some task of the tiny model ends its text within 12 tokens
+    (choice,) = (body := complete(client, stops_early[0], max_tokens=12, ignore_eos=True))["choices"]
+    assert choice["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 12

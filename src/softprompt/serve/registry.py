@@ -32,6 +32,7 @@ from typing import Any
 
 import softprompt
 from softprompt.bank import TaskBank, TaskInfo
+from softprompt.models import PromptedModel
 from softprompt.serve.engine import Engine
 
 # Task names go into URLs and the ``model`` field: letters, digits and . _ - only.
@@ -75,21 +76,29 @@ class TaskRegistry:
                 raise UnknownTask(f"no model {name!r}; this server has: {known}")
             return self._prepared[name]
 
+    def add(self, name: str, model: PromptedModel) -> TaskInfo:
+        """Add (or replace) task ``name``: a prompted model on this registry's base model."""
+        self._check_name(name)
+        try:
+            prepared = self.engine.prepare(model)
+        except ValueError as err:
+            raise TaskRefused(str(err)) from err
+        with self._lock:
+            self.bank.add(name, model, replace=True)  # refuses a model of another shape
+            self._prepared[name] = prepared
+            return next(info for info in self.bank.info() if info.name == name)
+
     def add_file(self, name: str, path: str | os.PathLike, source: str | None = None) -> TaskInfo:
         """Add (or replace) task ``name`` from an adapter file or folder on this machine."""
         self._check_name(name)
         try:
             model = softprompt.load(self.bank.base_model, path)
-            prepared = self.engine.prepare(model)
         except (ValueError, FileNotFoundError, KeyError) as err:  # AdapterFileError is a ValueError
             message = str(err)
             if source is not None:  # never show a client where the server keeps its files
                 message = message.replace(str(path), source)
             raise TaskRefused(message) from err
-        with self._lock:
-            self.bank.add(name, model, replace=True)
-            self._prepared[name] = prepared
-            return next(info for info in self.bank.info() if info.name == name)
+        return self.add(name, model)
 
     def add_bytes(self, name: str, data: bytes) -> TaskInfo:
         """Add (or replace) task ``name`` from an uploaded adapter file's bytes."""

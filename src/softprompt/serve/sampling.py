@@ -22,7 +22,8 @@ class SamplingParams:
 
     ``temperature`` 0 is greedy; ``top_p`` keeps the smallest set of tokens whose probabilities
     reach it; ``n`` sequences per prompt; ``stop`` strings end a sequence (not included in its text);
-    ``seed`` makes sampling repeatable.
+    ``seed`` makes sampling repeatable; ``ignore_eos`` (vLLM's extension) decodes past the
+    end-of-sequence token, so every sequence gets ``max_tokens`` (benchmarks).
     """
 
     max_tokens: int = 16
@@ -31,6 +32,7 @@ class SamplingParams:
     n: int = 1
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int | None = None
+    ignore_eos: bool = False
 
     @property
     def greedy(self) -> bool:

@@ -226,7 +226,7 @@ class LocalEngine:
             params = seq.handle.request.params
             token = next_token(logits, params, seq.generator)
             seq.generated += 1
-            if token in self.eos_ids:
+            if token in self.eos_ids and not params.ignore_eos:
                 seq.handle.put(Piece(seq.index, seq.stream.finish(), [token], "stop"))
                 continue
             text = seq.stream.push(token)

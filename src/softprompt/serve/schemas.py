@@ -45,6 +45,7 @@ class _Sampling(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    ignore_eos: bool = False  # vLLM's extension: decode past the end-of-sequence token
     # OpenAI fields this server does not implement: accepted only at their defaults.
     presence_penalty: Literal[0, 0.0] = 0.0
     frequency_penalty: Literal[0, 0.0] = 0.0
@@ -60,7 +61,9 @@ class _Sampling(_Strict):
 
     def _params(self, max_tokens: int) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        return SamplingParams(max_tokens, self.temperature, self.top_p, self.n, stop, self.seed)
+        return SamplingParams(
+            max_tokens, self.temperature, self.top_p, self.n, stop, self.seed, self.ignore_eos
+        )
 
     @property
     def include_usage(self) -> bool:

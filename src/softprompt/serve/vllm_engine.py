@@ -200,6 +200,7 @@ class _InProcess:
             max_tokens=params.max_tokens,
             stop=list(params.stop) or None,
             seed=params.seed,
+            ignore_eos=params.ignore_eos,
             output_kind=RequestOutputKind.DELTA,
         )
         async for output in self.engine.generate(inputs, sampling, request_id):
@@ -239,6 +240,7 @@ class _Remote:
             "n": params.n,
             "stop": list(params.stop) or None,
             "seed": params.seed,
+            "ignore_eos": params.ignore_eos,
             "stream": True,
             "return_token_ids": True,
         }

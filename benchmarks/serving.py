@@ -1,0 +1,574 @@
+"""Serving many tasks over HTTP: ``softprompt serve`` under load, against the ways users serve them today.
+
+Eight tasks share one frozen base model (``mixed_tasks.TASKS``: three prompt-tuning prompts of 20
+tokens, three prefix-tuning prefixes of 10, two P-tuning prompts of 20). Clients (1, 4, 16, 64 at
+once, each sending its next request when the last one is answered) send completions of random
+token ids (``--min-len``-``--max-len`` tokens, ``--new-tokens`` greedy tokens each, ``ignore_eos``
+so every case does the same work) to:
+
+- **mixed**: ``softprompt serve``, each request to one of the 8 tasks in turn;
+- **single task**: the same server, every request to one prompt-tuning task;
+- **bare model**: the same server, the base model's own name (no prompt);
+- **peft**: a FastAPI server that does what peft users do — the 8 adapters loaded on ``PeftModel`` s
+  (one per method: peft cannot hold adapters of two methods in one), ``set_adapter`` and
+  ``generate`` per request, one request at a time (peft cannot mix adapters in one batch);
+- **vLLM** (with ``--vllm-python``, an interpreter with vLLM): ``softprompt serve --engine vllm``
+  against a vLLM server, and that vLLM server directly with the same prompt embeddings (computed
+  before timing) — prompt-tuning and P-tuning tasks only: vLLM takes no prefix.
+
+Also measured: time to the first streamed token of a prompt-tuning task against the bare model (one
+client, requests interleaved), the HTTP layer's cost (a request through HTTP against the same request
+submitted to the engine in-process), and how fast 429s come back under 2x overload (a server with
+``max_batch + max_queue`` = 8 hit by bursts of 16).
+
+Each (case, clients) runs for ``--seconds`` after a warm-up, or ``--requests`` requests, whichever
+comes first. The servers run in this process's threads (uvicorn, loopback), the clients on its event
+loop: on a 2-core machine the client's own work is counted in every latency.
+
+Run (real SmolLM2-135M-Instruct, ~15 minutes on 2 CPU cores with vLLM):
+    python benchmarks/serving.py --out benchmarks/results/serving.json --vllm-python /work/vllm-venv/bin/python
+    python benchmarks/serving.py --quick        # tiny random Llama, seconds (the test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import peft
+import torch
+import uvicorn
+from _common import machine_info, markdown_table, set_threads, write_json
+from fastapi import FastAPI
+from mixed_tasks import PROMPT_TASK, TASKS, build_tasks, load_base
+
+from softprompt.serve.app import create_app
+from softprompt.serve.engine import GenerationRequest, RequestHandle
+from softprompt.serve.registry import TaskRegistry
+from softprompt.serve.sampling import SamplingParams
+from softprompt.serve.scheduler import LocalEngine
+from softprompt.serve.vllm_engine import VLLMEngine, _base64_tensor
+
+BARE = "bare"
+MIXED, SINGLE, BARE_CASE, PEFT = (
+    "mixed 8 tasks",
+    "single task",
+    "bare model",
+    "peft (set_adapter per request)",
+)
+VLLM_ENGINE, VLLM_PLAIN = "softprompt serve --engine vllm", "vLLM, prompt embeds"
+# Tasks vLLM can take (input embeddings): prompt tuning and P-tuning.
+EMBEDDING_TASKS = [name for name, config in TASKS if config.method != "prefix_tuning"]
+
+
+# ------------------------------------------------------------------------------------------ servers
+@contextlib.contextmanager
+def serving(app):
+    """``app`` on a free loopback port in a uvicorn thread: yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+def softprompt_app(bank, engine, models: dict, tokenizer, names: list[str]):
+    """``softprompt serve``'s app over ``engine`` with the tasks ``names`` of ``models``."""
+    registry = TaskRegistry(bank, engine)
+    for name in names:
+        registry.add(name, models[name])
+    return create_app(engine, registry, tokenizer), registry
+
+
+def word_tokenizer(vocab: int):
+    """A word-level tokenizer over ``vocab`` ids (``w0`` ...) for the random models: requests are token ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0"))
+    raw.pre_tokenizer, raw.decoder = pre_tokenizers.Whitespace(), decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="w1", pad_token="w0")
+
+
+def base_tokenizer(name: str, vocab: int):
+    if name != "smollm2":
+        return word_tokenizer(vocab)
+    from transformers import AutoTokenizer
+
+    from softprompt.hub import builtin_model_path
+
+    return AutoTokenizer.from_pretrained(builtin_model_path("smollm2-135m-instruct"))
+
+
+def peft_app(peft_models: dict) -> FastAPI:
+    """What a peft user writes: pick the adapter, generate, one request at a time."""
+    app = FastAPI()
+    lock = threading.Lock()
+
+    def generate(body: dict) -> dict:
+        ids = torch.tensor([body["prompt"]])
+        with lock, torch.no_grad():
+            model = peft_models[body["model"]]
+            model.set_adapter(body["model"], inference_mode=True)  # peft's way: one active adapter
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=body["max_tokens"],
+                min_new_tokens=body["max_tokens"],
+                do_sample=False,
+            )
+        return {"usage": {"completion_tokens": out.shape[1] - ids.shape[1]}}
+
+    @app.post("/v1/completions")
+    def completions(body: dict) -> dict:  # FastAPI runs a plain def in its thread pool
+        return generate(body)
+
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def vllm_server(python: str, model_dir: str, max_model_len: int):
+    """An external vLLM OpenAI server (prompt embeddings on); stops its whole process group after."""
+    port = free_port()
+    command = [
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_dir,
+        "--host",
+        "127.0.0.1",
+    ]
+    command += ["--port", str(port), "--enable-prompt-embeds", "--max-model-len", str(max_model_len)]
+    command += ["--dtype", "float32", "--gpu-memory-utilization", "0.25", "--enforce-eager"]
+    command += ["--served-model-name", "base", "--disable-log-stats"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {process.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(1)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+# ------------------------------------------------------------------------------------------ clients
+class Workload:
+    """The requests of one run: random token ids per (client, turn), a task per request."""
+
+    def __init__(self, vocab: int, min_len: int, max_len: int, new_tokens: int) -> None:
+        self.vocab, self.min_len, self.max_len, self.new_tokens = vocab, min_len, max_len, new_tokens
+
+    def ids(self, client: int, turn: int) -> list[int]:
+        generator = torch.Generator().manual_seed(client * 100_003 + turn)
+        length = int(torch.randint(self.min_len, self.max_len + 1, (1,), generator=generator))
+        return torch.randint(3, self.vocab, (length,), generator=generator).tolist()
+
+    def body(self, model: str, client: int, turn: int, **extra) -> dict:
+        return {
+            "model": model,
+            "prompt": self.ids(client, turn),
+            "max_tokens": self.new_tokens,
+            "temperature": 0,
+            "ignore_eos": True,
+            **extra,
+        }
+
+
+async def drive(url: str, clients: int, make_body, seconds: float, max_requests: int, path="/v1/completions"):
+    """``clients`` closed-loop clients for ``seconds`` (or ``max_requests``): throughput and latency."""
+    latencies, tokens, statuses = [], 0, {}
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
+        started = time.perf_counter()
+        stop_at = started + seconds
+
+        async def client(index: int) -> None:
+            nonlocal tokens
+            for turn in itertools.count():  # every client sends at least one request
+                body = make_body(index, turn)
+                sent = time.perf_counter()
+                reply = await http.post(path, json=body)
+                latencies.append(time.perf_counter() - sent)
+                statuses[reply.status_code] = statuses.get(reply.status_code, 0) + 1
+                if reply.status_code == 200:
+                    tokens += reply.json()["usage"]["completion_tokens"]
+                if time.perf_counter() >= stop_at or len(latencies) + clients > max_requests:
+                    return
+
+        await asyncio.gather(*(client(i) for i in range(clients)))
+    elapsed = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "statuses": statuses,
+        "seconds": elapsed,
+        "requests_per_s": len(latencies) / elapsed,
+        "tokens_per_s": tokens / elapsed,
+        "p50_s": percentile(latencies, 50),
+        "p99_s": percentile(latencies, 99),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if q < 100 else max(values)
+
+
+async def first_token_times(
+    url: str, workload: Workload, models: list[str], rounds: int
+) -> dict[str, list[float]]:
+    """Seconds to the first streamed text of each model, one client, models interleaved."""
+    times: dict[str, list[float]] = {m: [] for m in models}
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        for turn in range(rounds):
+            for model in models if turn % 2 == 0 else models[::-1]:
+                body = workload.body(model, 10_000, turn, stream=True)
+                sent = time.perf_counter()
+                first = None
+                async with http.stream("POST", "/v1/completions", json=body) as reply:
+                    async for line in reply.aiter_lines():  # read to the end: the next request starts idle
+                        if first is None and line.startswith("data: {"):
+                            first = time.perf_counter() - sent
+                times[model].append(first)
+    return times
+
+
+async def http_overhead(
+    url: str, engine: LocalEngine, workload: Workload, rounds: int
+) -> dict[str, list[float]]:
+    """The same one-client request through HTTP and submitted to the engine directly, interleaved."""
+    times: dict[str, list[float]] = {"http": [], "engine": []}
+    params = SamplingParams(max_tokens=workload.new_tokens, temperature=0.0, ignore_eos=True)
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        for turn in range(rounds):
+            body = workload.body(BARE, 20_000, turn)
+            sent = time.perf_counter()
+            (await http.post("/v1/completions", json=body)).raise_for_status()
+            times["http"].append(time.perf_counter() - sent)
+            sent = time.perf_counter()
+            handle = RequestHandle(GenerationRequest(body["prompt"], None, params))
+            engine.submit(handle)
+            async for _ in handle.pieces():
+                pass
+            times["engine"].append(time.perf_counter() - sent)
+    return times
+
+
+async def overload(url: str, workload: Workload, burst: int, rounds: int) -> dict:
+    """Bursts of ``burst`` requests at once: how fast the ones over capacity are answered 429."""
+    refusals, served = [], 0
+    async with httpx.AsyncClient(
+        base_url=url, timeout=600, limits=httpx.Limits(max_connections=burst + 4)
+    ) as http:
+
+        async def one(turn: int, index: int) -> None:
+            nonlocal served
+            sent = time.perf_counter()
+            reply = await http.post("/v1/completions", json=workload.body(BARE, 30_000 + index, turn))
+            if reply.status_code == 429:
+                refusals.append(time.perf_counter() - sent)
+            else:
+                served += reply.status_code == 200
+
+        for turn in range(rounds):
+            await asyncio.gather(*(one(turn, i) for i in range(burst)))
+    return {
+        "burst": burst,
+        "rounds": rounds,
+        "served": served,
+        "refused": len(refusals),
+        "refusal_p50_s": percentile(refusals, 50) if refusals else None,
+        "refusal_p99_s": percentile(refusals, 99) if refusals else None,
+    }
+
+
+# ------------------------------------------------------------------------------------------- report
+def goal(name: str, value: float | None, bound: float, at_least: bool, unit: str = "x") -> dict:
+    met = value is not None and (value >= bound if at_least else value <= bound)
+    return {"goal": name, "value": value, "bound": f"{'>=' if at_least else '<='} {bound}{unit}", "met": met}
+
+
+def load_table(results: dict[str, list[dict]]) -> str:
+    rows = []
+    for case, runs in results.items():
+        for run in runs:
+            rows.append(
+                [
+                    case,
+                    run["clients"],
+                    run["requests"],
+                    f"{run['requests_per_s']:.2f}",
+                    f"{run['tokens_per_s']:.1f}",
+                    f"{run['p50_s'] * 1e3:.0f}",
+                    f"{run['p99_s'] * 1e3:.0f}",
+                    " ".join(f"{k}:{v}" for k, v in sorted(run["statuses"].items())),
+                ]
+            )
+    headers = ["case", "clients", "requests", "req/s", "tokens/s", "p50 ms", "p99 ms", "statuses"]
+    return markdown_table(headers, rows)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--model", choices=("smollm2", "random-llama-135m", "tiny-llama"), default="smollm2")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64], help="concurrency levels")
+    parser.add_argument("--seconds", type=float, default=15.0, help="timed window per (case, clients)")
+    parser.add_argument("--requests", type=int, default=256, help="most requests per (case, clients)")
+    parser.add_argument("--min-len", type=int, default=24, help="shortest prompt (tokens)")
+    parser.add_argument("--max-len", type=int, default=48, help="longest prompt (tokens)")
+    parser.add_argument("--new-tokens", type=int, default=16, help="tokens generated per request")
+    parser.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch")
+    parser.add_argument("--first-token-rounds", type=int, default=20, help="streamed requests per model")
+    parser.add_argument("--overhead-rounds", type=int, default=20, help="requests each way (HTTP, engine)")
+    parser.add_argument("--overload-rounds", type=int, default=5, help="bursts of 2x capacity")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--vllm-python", help="an interpreter with vLLM: adds the vLLM cases")
+    parser.add_argument("--skip-peft", action="store_true", help="leave out the peft server")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: tiny random Llama, short windows (numbers mean nothing)",
+    )
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.model, args.clients, args.seconds, args.requests = "tiny-llama", [1, 4, 16], 0.5, 24
+        args.min_len, args.max_len, args.new_tokens = 4, 8, 4
+        args.first_token_rounds = args.overhead_rounds = 4
+        args.overload_rounds, args.threads = 2, 1
+    return args
+
+
+async def measure(args, bank, models, peft_models, tokenizer, workload: Workload, report) -> dict:
+    names = [name for name, _ in TASKS]
+    results: dict[str, list[dict]] = {}
+    cases = {
+        MIXED: lambda c, t: workload.body(names[(c + t) % len(names)], c, t),
+        SINGLE: lambda c, t: workload.body(PROMPT_TASK, c, t),
+        BARE_CASE: lambda c, t: workload.body(BARE, c, t),
+    }
+    engine = LocalEngine(bank, tokenizer, name=BARE, max_batch=args.max_batch, max_queue=4096)
+    out: dict = {}
+    with serving(softprompt_app(bank, engine, models, tokenizer, names)[0]) as url:
+        await drive(url, 4, cases[MIXED], args.seconds / 4, 8)  # warm-up
+        for clients in args.clients:
+            for case, make in cases.items():
+                results.setdefault(case, []).append(
+                    await drive(url, clients, make, args.seconds, args.requests)
+                )
+            report(f"  softprompt, {clients} clients")
+        first = await first_token_times(url, workload, [BARE, PROMPT_TASK], args.first_token_rounds)
+        out["first_token_s"] = first
+        out["http_overhead_s"] = await http_overhead(url, engine, workload, args.overhead_rounds)
+        report("  first token, HTTP overhead")
+    if not args.skip_peft:
+        with serving(peft_app(peft_models)) as url:
+            await drive(url, 1, cases[MIXED], args.seconds / 4, 4)
+            for clients in args.clients:
+                results.setdefault(PEFT, []).append(
+                    await drive(url, clients, cases[MIXED], args.seconds, args.requests)
+                )
+                report(f"  peft, {clients} clients")
+    small = LocalEngine(bank, tokenizer, name=BARE, max_batch=4, max_queue=4)
+    with serving(softprompt_app(bank, small, models, tokenizer, [])[0]) as url:
+        out["overload"] = await overload(url, workload, burst=16, rounds=args.overload_rounds)
+    report("  overload")
+    if args.vllm_python:
+        results |= await measure_vllm(args, bank, models, tokenizer, workload, report)
+    out["load"] = results
+    return out
+
+
+async def measure_vllm(args, bank, models, tokenizer, workload: Workload, report) -> dict[str, list[dict]]:
+    """softprompt's vLLM engine and plain vLLM, the same embedding-task requests."""
+    from softprompt.hub import builtin_model_path
+
+    results: dict[str, list[dict]] = {}
+    with vllm_server(args.vllm_python, str(builtin_model_path("smollm2-135m-instruct")), 512) as vllm_url:
+        report("  vLLM started")
+        engine = VLLMEngine(bank, tokenizer, name=BARE, url=vllm_url, max_in_flight=4096)
+        app, registry = softprompt_app(bank, engine, models, tokenizer, EMBEDDING_TASKS)
+
+        def mine(c: int, t: int) -> dict:
+            return workload.body(EMBEDDING_TASKS[(c + t) % len(EMBEDDING_TASKS)], c, t)
+
+        def plain(c: int, t: int) -> dict:
+            """The same request as vLLM's own client sends it: [prompt ; token embeddings], base64."""
+            body = mine(c, t)
+            inputs = engine.inputs(body.pop("prompt"), registry.prepared(body["model"]))
+            return {**body, "model": "base", "prompt_embeds": _base64_tensor(inputs["prompt_embeds"])}
+
+        with serving(app) as url:
+            await drive(url, 4, mine, args.seconds / 4, 8)
+            await drive(vllm_url, 4, plain, args.seconds / 4, 8)
+            for clients in args.clients:
+                results.setdefault(VLLM_ENGINE, []).append(
+                    await drive(url, clients, mine, args.seconds, args.requests)
+                )
+                # embeddings made before timing: plain vLLM's client does no work in the window
+                turns = args.requests // clients + 2
+                bodies = {(c, t): plain(c, t) for c in range(clients) for t in range(turns)}
+                results.setdefault(VLLM_PLAIN, []).append(
+                    await drive(
+                        vllm_url,
+                        clients,
+                        lambda c, t, bodies=bodies: bodies[(c, t)],
+                        args.seconds,
+                        args.requests,
+                    )
+                )
+                report(f"  vLLM, {clients} clients")
+    return results
+
+
+def goals(out: dict, args) -> list[dict]:
+    load = out["load"]
+    at = 16 if 16 in args.clients else args.clients[-1]
+
+    def rate(case: str, clients: int) -> float | None:
+        runs = [r for r in load.get(case, []) if r["clients"] == clients]
+        return runs[0]["tokens_per_s"] if runs else None
+
+    def ratio(a, b):
+        return None if a is None or b is None else a / b
+
+    first = out["first_token_s"]
+    overhead = out["http_overhead_s"]
+    found = [
+        goal(
+            f"mixed 8-task throughput / single-task, {at} clients",
+            ratio(rate(MIXED, at), rate(SINGLE, at)),
+            0.9,
+            True,
+        ),
+        goal(
+            f"mixed 8-task throughput / peft, {at} clients", ratio(rate(MIXED, at), rate(PEFT, at)), 3.0, True
+        ),
+        goal(
+            "HTTP overhead at p50 (HTTP - engine, 1 client)",
+            (statistics.median(overhead["http"]) - statistics.median(overhead["engine"])) * 1e3,
+            10.0,
+            False,
+            " ms",
+        ),
+        goal(
+            "time to first token, prompt-tuning task / bare model",
+            ratio(statistics.median(first[PROMPT_TASK]), statistics.median(first[BARE])),
+            1.05,
+            False,
+        ),
+        goal(
+            "429 answered under 2x overload, p99",
+            None if out["overload"]["refusal_p99_s"] is None else out["overload"]["refusal_p99_s"] * 1e3,
+            50.0,
+            False,
+            " ms",
+        ),
+    ]
+    if VLLM_ENGINE in load:
+        found.append(
+            goal(
+                f"vLLM engine throughput / plain vLLM, {at} clients",
+                ratio(rate(VLLM_ENGINE, at), rate(VLLM_PLAIN, at)),
+                0.9,
+                True,
+            )
+        )
+    return found
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    started = time.perf_counter()
+    info = machine_info()
+    base = load_base(args.model)
+    tokenizer = base_tokenizer(args.model, base.config.vocab_size)
+    print(
+        f"{args.model}: clients {args.clients}, {args.seconds:g} s per case, load {info['load_average_at_start']}"
+    )
+
+    def report(what: str) -> None:
+        print(f"{what}: {time.perf_counter() - started:.0f} s", flush=True)
+
+    with tempfile.TemporaryDirectory() as folder, torch.no_grad():
+        bank, models, peft_models = build_tasks(base, Path(folder))
+        workload = Workload(base.config.vocab_size, args.min_len, args.max_len, args.new_tokens)
+        out = asyncio.run(measure(args, bank, models, peft_models, tokenizer, workload, report))
+    found = goals(out, args)
+    print("\n## Load (tokens/s counts generated tokens; every request asks for", args.new_tokens, "tokens)\n")
+    print(load_table(out["load"]))
+    print("\n## Goals\n")
+    print(
+        markdown_table(
+            ["goal", "value", "bound", "met"],
+            [[g["goal"], _fmt(g["value"]), g["bound"], "yes" if g["met"] else "NO"] for g in found],
+        )
+    )
+    payload = {
+        "date": info["date"],
+        "machine": info,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "tasks": [
+            {"name": name, "method": config.method, "num_virtual_tokens": config.num_virtual_tokens}
+            for name, config in TASKS
+        ],
+        **out,
+        "goals": found,
+        "seconds_total": time.perf_counter() - started,
+        "peft": peft.__version__,
+    }
+    if args.out:
+        write_json(args.out, payload)
+    return payload
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
