@@ -1,4 +1,5 @@
-"""load_rows reads local JSONL/JSON/CSV/TSV files and explains every failure."""
+"""load_rows reads local files, save_to_disk folders, builder names and hub data sets (the hub faked:
+tests run offline), streams them, and explains every failure with a DataError."""
 
 import json
 from pathlib import Path
@@ -7,9 +8,10 @@ import datasets
 import pytest
 
 from softprompt.data import sources
-from softprompt.data.sources import load_rows, require_columns
+from softprompt.data.sources import DataError, load_rows, require_columns
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"needs the shared data sets at {SHARED}")
 
 
 @pytest.fixture(autouse=True)
@@ -82,19 +84,97 @@ def test_unparsable_file_is_named(tmp_path):
         load_rows(write(tmp_path / "bad.jsonl", "{not json\n"))
 
 
-def test_hub_failure_is_explained(monkeypatch):
-    calls = []
+class FakeHub:
+    """Stands in for datasets.load_dataset with hub names: records each call, answers from ``splits``."""
 
-    def offline(name, split):
-        calls.append((name, split))
-        raise ConnectionError("couldn't reach the hub")
+    def __init__(self, splits: dict[str, datasets.Dataset] | None = None, error: Exception | None = None):
+        self.splits, self.error, self.calls = splits or {}, error, []
 
-    monkeypatch.setattr(sources.datasets, "load_dataset", offline)
-    with pytest.raises(RuntimeError, match=r"'glue/sst2' \(split 'validation'\).*couldn't reach.*network"):
-        load_rows("glue/sst2", split="validation")
-    with pytest.raises(RuntimeError):
-        load_rows("glue")  # a hub name without split loads "train"
-    assert calls == [("glue/sst2", "validation"), ("glue", "train")]
+    def __call__(self, path, name=None, *, split=None, revision=None, data_files=None, streaming=False):
+        self.calls.append({"path": path, "name": name, "split": split, "revision": revision,
+                           "data_files": data_files, "streaming": streaming})  # fmt: skip
+        if self.error is not None:
+            raise self.error
+        if split not in self.splits:
+            raise ValueError(f'Unknown split "{split}". Should be one of {list(self.splits)}.')
+        rows = self.splits[split]
+        return rows.to_iterable_dataset() if streaming else rows
+
+
+ROWS = datasets.Dataset.from_dict({"sentence": ["a gem", "dull", "fine"], "label": [1, 0, 1]})
+
+
+def test_a_hub_name_with_subset_split_and_revision_reaches_load_dataset(monkeypatch):
+    hub = FakeHub({"validation": ROWS})
+    monkeypatch.setattr(sources.datasets, "load_dataset", hub)
+    rows = load_rows("nyu-mll/glue", subset="sst2", split="validation", revision="v1.0", limit=2)
+    assert rows.to_dict() == {"sentence": ["a gem", "dull"], "label": [1, 0]}
+    assert hub.calls == [{"path": "nyu-mll/glue", "name": "sst2", "split": "validation", "revision": "v1.0",
+                          "data_files": None, "streaming": False}]  # fmt: skip
+    streamed = load_rows("nyu-mll/glue", subset="sst2", split="validation", streaming=True, limit=2)
+    assert isinstance(streamed, datasets.IterableDataset) and list(streamed) == ROWS.select([0, 1]).to_list()
+    assert hub.calls[-1]["streaming"] is True
+    with pytest.raises(DataError, match=r"\(subset 'sst2', split 'train'\)"):  # no split given: train
+        load_rows("nyu-mll/glue", subset="sst2")
+
+
+def test_hub_failures_are_named_data_errors(monkeypatch):
+    monkeypatch.setattr(
+        sources.datasets, "load_dataset", FakeHub(error=ConnectionError("couldn't reach the hub"))
+    )
+    with pytest.raises(
+        DataError, match=r"could not reach 'glue' \(subset 'sst2', split 'validation'\).*network"
+    ):
+        load_rows("glue", subset="sst2", split="validation")
+    monkeypatch.setattr(sources.datasets, "load_dataset", FakeHub({"train": ROWS}))
+    with pytest.raises(DataError, match=r"could not load 'glue' \(split 'dev'\): Unknown split \"dev\""):
+        load_rows("glue", split="dev")
+    missing = FileNotFoundError("Dataset 'nobody/nothing' doesn't exist on the Hub")
+    monkeypatch.setattr(sources.datasets, "load_dataset", FakeHub(error=missing))
+    with pytest.raises(
+        DataError, match="'nobody/nothing' .* is neither a local file or folder nor a data set on the hub"
+    ):
+        load_rows("nobody/nothing")
+
+
+def test_a_builder_name_reads_data_files_by_split(tmp_path):
+    train = write(tmp_path / "a.jsonl", '{"text": "x", "label": 1}\n')
+    dev = write(tmp_path / "b.jsonl", '{"text": "y", "label": 0}\n{"text": "z", "label": 1}\n')
+    files = {"train": str(train), "validation": str(dev)}
+    assert load_rows("json", data_files=files, split="validation")["text"] == ["y", "z"]
+    assert load_rows("json", data_files=str(train))["text"] == ["x"]  # one file: the train split
+    with pytest.raises(
+        DataError, match=r"could not load 'json' \(data files .*, split 'test'\): Unknown split"
+    ):
+        load_rows("json", data_files=files, split="test")
+
+
+def test_save_to_disk_folders_of_a_dataset_and_of_a_dataset_dict(tmp_path):
+    ROWS.save_to_disk(tmp_path / "one")
+    datasets.DatasetDict({"train": ROWS, "validation": ROWS.select([2])}).save_to_disk(tmp_path / "dict")
+    assert load_rows(tmp_path / "one").to_list() == ROWS.to_list()
+    assert load_rows(tmp_path / "dict", split="validation")["sentence"] == ["fine"]
+    assert load_rows(tmp_path / "dict").num_rows == 3  # split defaults to train
+    streamed = load_rows(tmp_path / "dict", split="validation", streaming=True)
+    assert isinstance(streamed, datasets.IterableDataset) and list(streamed) == [
+        {"sentence": "fine", "label": 1}
+    ]
+    with pytest.raises(DataError, match=r"has no split 'test'; its splits: \['train', 'validation'\]"):
+        load_rows(tmp_path / "dict", split="test")
+    with pytest.raises(DataError, match="subset, revision apply to hub data sets and builder names, not to"):
+        load_rows(tmp_path / "one", subset="sst2", revision="main")
+
+
+def test_a_local_file_streams_with_a_limit(tmp_path):
+    path = write(tmp_path / "train.tsv", "sentence\tlabel\na\t0\nb\t1\nc\t0\n")
+    streamed = load_rows(path, streaming=True, limit=2)
+    assert isinstance(streamed, datasets.IterableDataset)
+    assert list(streamed) == [{"sentence": "a", "label": 0}, {"sentence": "b", "label": 1}]
+
+
+def test_a_missing_folder_or_name_is_explained(tmp_path):
+    with pytest.raises(DataError, match="neither a local file or folder nor a data set on the hub"):
+        load_rows(tmp_path / "no-such-folder")
 
 
 def test_require_columns_names_missing_and_available():
@@ -109,6 +189,7 @@ def test_require_columns_names_missing_and_available():
 
 
 @pytest.mark.slow
+@needs_shared
 def test_real_glue_tsvs_keep_every_row():
     # RTE sentences hold bare quote characters; CSV quoting would merge rows.
     rte = load_rows(SHARED / "rte" / "dev.tsv")
@@ -119,6 +200,7 @@ def test_real_glue_tsvs_keep_every_row():
 
 
 @pytest.mark.slow
+@needs_shared
 def test_real_superglue_jsonl_and_e2e_csv():
     rte = load_rows(SHARED / "superglue" / "RTE" / "val.jsonl")
     assert len(rte) == 277 and set(rte["label"]) == {"entailment", "not_entailment"}

@@ -182,6 +182,40 @@ def make_dataloader(
     return DataLoader(examples, batch_sampler=sampler, collate_fn=collate_fn)
 
 
+class ExampleBatches:
+    """The training loop's global batches from a list of examples, an epoch at a time: the seeded
+    (optionally length-grouped) order of :class:`LengthGroupedSampler`, full batches only.
+
+    Examples:
+        >>> examples = [Encoded([1, 2], label=0), Encoded([3], label=1), Encoded([4, 5, 6], label=1)]
+        >>> batches = ExampleBatches(examples, 2, 0, "left", seed=0)
+        >>> batches.num_batches, [batch["input_ids"].shape[0] for batch in batches.epoch(0)]
+        (1, [2])
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[Encoded],
+        batch_size: int,
+        pad_token_id: int,
+        padding_side: PaddingSide,
+        *,
+        seed: int = 0,
+        group_by_length: bool = False,
+    ) -> None:
+        # drop_last: every step sees a full global batch, whatever the number of processes.
+        self.loader = make_dataloader(
+            examples, batch_size, pad_token_id, padding_side, seed=seed, group_by_length=group_by_length,
+            drop_last=True,
+        )  # fmt: skip
+        self.num_batches: int | None = self.loader.batch_sampler.num_batches
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of ``epoch`` after its first ``skip`` batches."""
+        self.loader.batch_sampler.set_epoch(epoch, skip)
+        return iter(self.loader)
+
+
 def _all_or_none(examples: Sequence[Encoded], field: str) -> bool:
     """Whether every example sets `field`; mixing set and unset in one batch is an error."""
     present = [getattr(ex, field) is not None for ex in examples]

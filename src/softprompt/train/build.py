@@ -15,17 +15,23 @@ Examples:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import datasets
 import torch
 
 from softprompt.data import (
     ClassificationTask,
+    DataError,
     Encoded,
     GenerationTask,
+    Rows,
+    StreamedExamples,
     Task,
     encode_dataset,
+    first_rows,
     load_rows,
     require_columns,
 )
@@ -45,11 +51,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Data:
-    """Encoded examples of each split (``dev``/``test`` are None when not configured)."""
+    """Encoded examples of each split (``dev``/``test`` are None when not configured); streamed
+    training rows are a :class:`~softprompt.data.StreamedExamples`, encoded as the loop reads them."""
 
-    train: list[Encoded]
+    train: list[Encoded] | StreamedExamples
     dev: list[Encoded] | None = None
     test: list[Encoded] | None = None
+
+
+# Rows the Python API takes instead of data.train/dev/test: one data set (the training rows), or
+# splits by name (a DatasetDict, or a dict), picked with data.train_split / dev_split / test_split.
+InMemoryRows = Rows | Mapping[str, Rows]
+
+SPLITS = ("train", "dev", "test")
 
 
 def make_task(task: TaskSection) -> Task:
@@ -68,25 +82,76 @@ def make_task(task: TaskSection) -> Task:
 
 
 def load_data(
-    data: DataSection, task: Task, tokenizer: Any, *, splits: tuple[str, ...] = ("train", "dev", "test")
+    data: DataSection,
+    task: Task,
+    tokenizer: Any,
+    *,
+    splits: tuple[str, ...] = SPLITS,
+    rows: InMemoryRows | None = None,
+    seed: int = 0,
 ) -> Data:
-    """Load, rename and encode the configured splits (truncations are counted and warned about)."""
-    encoded: dict[str, list[Encoded] | None] = {"train": [], "dev": None, "test": None}
+    """Load, rename and encode the configured splits (truncations are counted and warned about).
+
+    ``rows`` replaces the configured sources: a data set (the training rows) or splits by name.
+    Training rows that stream (``data.streaming``, or an ``IterableDataset``) are encoded as they are
+    read, in an order seeded by ``seed``; dev and test rows are encoded whole.
+    """
+    given = _splits_given(rows, data) if rows is not None else None
+    encoded: dict[str, Any] = {"train": [], "dev": None, "test": None}
     for split in splits:
-        source = getattr(data, split)
+        if given is not None:
+            source, where = given.get(split), f"the {split} rows given to train()"
+            if source is not None:
+                source = first_rows(source, getattr(data, f"{split}_limit"))
+        else:
+            where = f"data.{split} ({getattr(data, split)})"
+            source = None if getattr(data, split) is None else _load_split(data, split, where)
         if source is None:
             continue
-        rows = load_rows(
-            source,
+        if data.rename:
+            require_columns(source, list(data.rename), where=f"{where}, for data.rename")
+            source = source.rename_columns(data.rename)
+        if isinstance(source, datasets.IterableDataset):
+            if split == "train":
+                encoded[split] = StreamedExamples(source, task, tokenizer, where=where, seed=seed)
+                continue
+            source = list(source)  # dev and test are scored whole
+        encoded[split], _ = encode_dataset(task, source, tokenizer, where=where)
+    return Data(**encoded)
+
+
+def _load_split(data: DataSection, split: str, where: str) -> Rows:
+    """One configured split's rows; failures name the config key."""
+    try:
+        return load_rows(
+            getattr(data, split),
             split=getattr(data, f"{split}_split"),
             file_format=data.format,
             limit=getattr(data, f"{split}_limit"),
+            subset=data.subset,
+            revision=data.revision,
+            data_files=data.data_files,
+            streaming=data.streaming and split == "train",
         )
-        if data.rename:
-            require_columns(rows, list(data.rename), where=f"data.{split} ({source}), for data.rename")
-            rows = rows.rename_columns(data.rename)
-        encoded[split], _ = encode_dataset(task, rows, tokenizer, where=f"data.{split} ({source})")
-    return Data(**encoded)
+    except DataError as err:
+        raise DataError(f"data.{split}: {err}") from None
+
+
+def _splits_given(rows: InMemoryRows, data: DataSection) -> dict[str, Rows]:
+    """{"train" | "dev" | "test": rows} from what the Python API was given."""
+    if isinstance(rows, datasets.Dataset | datasets.IterableDataset):
+        return {"train": rows}
+    if not isinstance(rows, Mapping):
+        raise DataError(
+            f"train(data=...) takes a datasets.Dataset, IterableDataset or DatasetDict, not {type(rows).__name__}"
+        )
+    names = {split: getattr(data, f"{split}_split") for split in SPLITS}
+    if names["train"] not in rows:
+        raise DataError(
+            f"the data sets given to train() have no {names['train']!r} split (data.train_split); "
+            f"they have {list(rows)}"
+        )
+    return {split: rows[name] for split, name in names.items() if name in rows}
 
 
 def prompt_config(config: RunConfig, task: Task) -> SoftPromptConfig:

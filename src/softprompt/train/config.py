@@ -43,7 +43,13 @@ from softprompt.metrics import ROUGE_TYPES
 from softprompt.train.presets import PRESETS, apply_preset
 
 # Keys whose relative paths are resolved against the config file's folder.
-FILE_KEYS = (("data", "train"), ("data", "dev"), ("data", "test"), ("prompt", "init_file"))
+FILE_KEYS = (
+    ("data", "train"),
+    ("data", "dev"),
+    ("data", "test"),
+    ("data", "data_files"),
+    ("prompt", "init_file"),
+)
 
 
 class ConfigError(ValueError):
@@ -208,23 +214,40 @@ class DataSection(Section):
     format: Literal["jsonl", "json", "csv", "tsv"] | None = None
     """Read local files as this format whatever their extension."""
 
-    train: str
-    """Training rows: a .jsonl/.json/.csv/.tsv file, or a `datasets` hub name (needs network)."""
+    train: str | None = None
+    """Training rows: a .jsonl/.json/.csv/.tsv file, a folder written by save_to_disk, a hub data set
+    name (with subset, revision: needs network or its cache), or a datasets builder name (json, csv,
+    parquet, text...) with data_files. Required, unless the Python API is given the rows (train(data=))."""
 
     dev: str | None = None
-    """Rows to evaluate on during training (best adapter, early stopping) and at the end."""
+    """Rows to evaluate on during training (best adapter, early stopping) and at the end; as train."""
 
     test: str | None = None
-    """Rows to evaluate on once, at the end, with the best adapter."""
+    """Rows to evaluate on once, at the end, with the best adapter; as train."""
+
+    subset: str | None = None
+    """The configuration (subset) of a hub data set, e.g. sst2 of glue."""
+
+    revision: str | None = None
+    """The branch, tag or commit of a hub data set."""
+
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    """Files for a builder name or a hub data set, as datasets.load_dataset takes them: a path or glob,
+    a list, or {split name: paths} (relative paths are relative to the config file)."""
 
     train_split: str = "train"
-    """Split of a hub data set used for training."""
+    """Split of a hub data set, builder, DatasetDict or saved DatasetDict used for training."""
 
     dev_split: str = "validation"
-    """Split of a hub data set used as dev."""
+    """Split used as dev."""
 
     test_split: str = "test"
-    """Split of a hub data set used as test."""
+    """Split used as test."""
+
+    streaming: bool = False
+    """Stream the training rows (encoded as they are read, in a seeded shuffle buffer of 1,000 rows)
+    instead of loading them all: for data sets larger than memory. Needs train.max_steps (a stream
+    has no length for train.epochs); dev and test rows are still loaded whole."""
 
     train_limit: int | None = Field(None, gt=0)
     """Use only the first N training rows."""
@@ -355,7 +378,7 @@ class RunConfig(Section):
     task: TaskSection
     """What the prompt learns: classification by label words, or generation."""
 
-    data: DataSection
+    data: DataSection = DataSection()
     """Where the rows come from."""
 
     train: TrainSection = TrainSection()
@@ -374,6 +397,8 @@ class RunConfig(Section):
             raise ValueError(f"train.best_metric {self.train.best_metric!r} is not one of the task's {names}")
         if self.prompt.init == "text" and not self.prompt.init_text and self.task.kind != "classification":
             raise ValueError("prompt.init_text is needed for init 'text' (only classification defaults it)")
+        if self.data.streaming and self.train.epochs is not None:
+            raise ValueError("data.streaming: a stream has no length for train.epochs; set train.max_steps")
         return self
 
     def metric_names(self) -> list[str]:
@@ -447,9 +472,20 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _resolve_files(raw: dict[str, Any], folder: Path) -> None:
     """Make relative file paths in the file absolute, against the config file's folder."""
     for section, key in FILE_KEYS:
-        value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
-        if isinstance(value, str) and _is_local_path(value, folder):
-            raw[section][key] = str((folder / value).expanduser().resolve())
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            raw[section][key] = _resolved(raw[section][key], folder)
+
+
+def _resolved(value: Any, folder: Path) -> Any:
+    """``value`` with its local paths made absolute against ``folder``: a path, or the paths inside the
+    lists and mappings ``data_files`` takes; hub and builder names stay as they are."""
+    if isinstance(value, str):
+        return str((folder / value).expanduser().resolve()) if _is_local_path(value, folder) else value
+    if isinstance(value, list):
+        return [_resolved(item, folder) for item in value]
+    if isinstance(value, dict):
+        return {name: _resolved(item, folder) for name, item in value.items()}
+    return value
 
 
 def _is_local_path(value: str, folder: Path) -> bool:
@@ -475,8 +511,8 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
-    if tuple(parts) in FILE_KEYS and isinstance(value, str) and _is_local_path(value, Path.cwd()):
-        value = str(Path(value).expanduser().resolve())
+    if tuple(parts) in FILE_KEYS:
+        value = _resolved(value, Path.cwd())
     node[parts[-1]] = value
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from softprompt.data import Encoded, make_dataloader
+from softprompt.data import Encoded, ExampleBatches, StreamBatches, StreamedExamples
 from softprompt.train.checkpoint import Progress
 from softprompt.train.config import TrainSection
 from softprompt.train.core import step
@@ -68,11 +68,27 @@ def total_steps(train: TrainSection, batches_per_epoch: int) -> int:
     return train.max_steps
 
 
+def training_batches(
+    examples: Sequence[Encoded] | StreamedExamples, train: TrainSection, pad_token_id: int, padding_side: str
+) -> ExampleBatches | StreamBatches:
+    """The loop's global batches: a list's seeded (length-grouped) order, or a stream's."""
+    if isinstance(examples, StreamedExamples):
+        return StreamBatches(examples, train.batch_size, pad_token_id, padding_side)
+    return ExampleBatches(
+        examples,
+        train.batch_size,
+        pad_token_id,
+        padding_side,
+        seed=train.seed,
+        group_by_length=train.group_by_length,
+    )
+
+
 def fit(
     objective: Objective,
     optimizer: torch.optim.Optimizer,
     scheduler,
-    examples: Sequence[Encoded],
+    examples: Sequence[Encoded] | StreamedExamples,
     hooks: Hooks,
     *,
     train: TrainSection,
@@ -88,16 +104,9 @@ def fit(
     ``objective`` and ``optimizer`` must already be ``accelerator.prepare``-d; ``progress`` is a
     fresh :class:`Progress` or one restored from a checkpoint.
     """
-    loader = make_dataloader(
-        examples,
-        train.batch_size,
-        pad_token_id,
-        type(accelerator.unwrap_model(objective)).padding_side,
-        seed=train.seed,
-        group_by_length=train.group_by_length,
-        drop_last=True,  # every step sees a full global batch, whatever the number of processes
+    batches = training_batches(
+        examples, train, pad_token_id, type(accelerator.unwrap_model(objective)).padding_side
     )
-    batches_per_epoch = loader.batch_sampler.num_batches
     save_every = train.save_every or train.eval_every
     bar = tqdm(
         total=total_steps,
@@ -121,8 +130,8 @@ def fit(
     try:
         with interrupt:
             while progress.step < total_steps:
-                loader.batch_sampler.set_epoch(progress.epoch, progress.batches_done)
-                for batch in loader:
+                started_at = progress.batches_done
+                for batch in batches.epoch(progress.epoch, progress.batches_done):
                     loss = step(
                         objective,
                         optimizer,
@@ -134,7 +143,7 @@ def fit(
                     )
                     progress.step += 1
                     progress.batches_done += 1
-                    if progress.batches_done == batches_per_epoch:
+                    if progress.batches_done == batches.num_batches:
                         progress.epoch, progress.batches_done = progress.epoch + 1, 0
                     session_steps += 1
                     window.append(loss)
@@ -164,6 +173,12 @@ def fit(
                         return FitResult(progress, finished=False)
                     if progress.batches_done == 0:
                         break  # an epoch ended: restart the loader on the next epoch's order
+                else:  # a stream ran out: its next pass is the next epoch
+                    if progress.batches_done == started_at == 0:
+                        raise ValueError(
+                            f"the training rows do not fill one batch of train.batch_size={train.batch_size}"
+                        )
+                    progress.epoch, progress.batches_done = progress.epoch + 1, 0
         return FitResult(progress, finished=True)
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once; the last checkpoint stands
         return FitResult(progress, finished=False)

@@ -27,10 +27,12 @@ from typing import Any
 import torch
 
 import softprompt
+from softprompt.data import StreamedExamples
 from softprompt.files import ADAPTER_FILENAME, atomic_write
 from softprompt.kinds import KINDS
 from softprompt.train.build import (
     DTYPES,
+    InMemoryRows,
     bare_objective,
     load_base,
     load_data,
@@ -88,6 +90,7 @@ def train(
     resume: bool = False,
     stop_after: int | None = None,
     base: tuple[Any, Any] | None = None,
+    data: InMemoryRows | None = None,
 ) -> RunSummary:
     """Train the prompt ``config`` describes and write the run folder; see the module docstring.
 
@@ -97,6 +100,9 @@ def train(
         stop_after: stop (resumably, as Ctrl-C does) after this many steps in this session.
         base: an already loaded ``(model, tokenizer)`` to use instead of loading ``model.name_or_path``
             (it is frozen, not otherwise changed, so several runs can share it).
+        data: rows to train and evaluate on instead of ``data.train/dev/test``: a ``datasets.Dataset``
+            or ``IterableDataset`` (the training rows, streamed if iterable), or splits by name (a
+            ``DatasetDict``, or a dict) picked with ``data.train_split``/``dev_split``/``test_split``.
 
     Examples:
         >>> summary = train(load_config("run.yaml"), resume=True)  # doctest: +SKIP
@@ -122,15 +128,20 @@ def train(
         base = load_base(config, task)
     base, tokenizer = base
     base.to(accelerator.device).eval()  # eval: the frozen model runs without dropout
-    data = load_data(config.data, task, tokenizer)
+    encoded = load_data(config.data, task, tokenizer, rows=data, seed=config.train.seed)
     if accelerator.num_processes > config.train.batch_size:
         raise RunError(
             f"train.batch_size {config.train.batch_size} is smaller than the {accelerator.num_processes} processes"
         )
-    batches_per_epoch = len(data.train) // config.train.batch_size
-    if batches_per_epoch == 0:
+    streamed = isinstance(encoded.train, StreamedExamples)
+    if streamed and config.train.epochs is not None:
+        raise RunError("streamed training rows have no length for train.epochs; set train.max_steps")
+    if not streamed and not encoded.train:
+        raise RunError("no training rows: set data.train (or give the rows: train(config, data=...))")
+    batches_per_epoch = 0 if streamed else len(encoded.train) // config.train.batch_size
+    if not streamed and batches_per_epoch == 0:
         raise RunError(
-            f"{len(data.train)} training rows do not fill one batch of train.batch_size={config.train.batch_size}"
+            f"{len(encoded.train)} training rows do not fill one batch of train.batch_size={config.train.batch_size}"
         )
     model = softprompt.wrap(
         base, prompt_config(config, task), tokenizer=tokenizer, **model_options(config, base)
@@ -155,9 +166,10 @@ def train(
         if accelerator.is_main_process
         else None
     )
+    rows_told = "streamed training rows" if streamed else f"{len(encoded.train)} training rows"
     say(
         f"{model.prompt_config.method}: {model.num_trainable_parameters():,} trainable parameters, "
-        f"{len(data.train)} training rows, {steps} steps of {config.train.batch_size}"
+        f"{rows_told}, {steps} steps of {config.train.batch_size}"
     )
 
     def evaluate(split_examples, scoring: Objective) -> dict[str, float]:
@@ -168,9 +180,9 @@ def train(
             log.write(split, step, values)
 
     # -------------------------------------------------------------------------------- zero-shot
-    if zero_shot and data.dev is not None and progress.zero_shot is None:
+    if zero_shot and encoded.dev is not None and progress.zero_shot is None:
         say("scoring the frozen model without a prompt (zero-shot) on dev ...")
-        progress.zero_shot = evaluate(data.dev, bare_objective(objective))
+        progress.zero_shot = evaluate(encoded.dev, bare_objective(objective))
         write_log("zero_shot", 0, progress.zero_shot)
         say(f"zero-shot dev {config.selection_metric}: {progress.zero_shot[config.selection_metric]:.2f}")
 
@@ -188,7 +200,7 @@ def train(
         accelerator.wait_for_everyone()
 
     hooks = Hooks(
-        evaluate=(lambda: evaluate(data.dev, objective)) if data.dev is not None else None,
+        evaluate=(lambda: evaluate(encoded.dev, objective)) if encoded.dev is not None else None,
         save_best=save_best,
         checkpoint=checkpoint,
         log=write_log,
@@ -197,7 +209,7 @@ def train(
         wrapped,
         optimizer,
         scheduler,
-        data.train,
+        encoded.train,
         hooks,
         train=config.train,
         accelerator=accelerator,
@@ -207,19 +219,19 @@ def train(
         metric=config.selection_metric,
         stop_after=stop_after,
     )
-    if result.finished and data.dev is None:
+    if result.finished and encoded.dev is None:
         save_best()  # no dev set: the adapter is the last prompt
     accelerator.wait_for_everyone()  # the adapter file is complete before any process reads it
 
     # --------------------------------------------------------------------------------- evaluate
     test_scores = zero_shot_test = None
-    if result.finished and data.test is not None:
+    if result.finished and encoded.test is not None:
         best = softprompt.load(base, adapter_path).to(accelerator.device)
         say("scoring the best adapter on test ...")
-        test_scores = evaluate(data.test, make_objective(best, task, tokenizer).to(accelerator.device))
+        test_scores = evaluate(encoded.test, make_objective(best, task, tokenizer).to(accelerator.device))
         write_log("test", progress.best_step or progress.step, test_scores)
         if zero_shot:
-            zero_shot_test = evaluate(data.test, bare_objective(objective))
+            zero_shot_test = evaluate(encoded.test, bare_objective(objective))
 
     # ------------------------------------------------------------------------------------- save
     summary = RunSummary(
@@ -233,7 +245,7 @@ def train(
         metric=config.selection_metric,
         steps=progress.step,
         total_steps=steps,
-        best_step=progress.best_step if data.dev is not None else progress.step,
+        best_step=progress.best_step if encoded.dev is not None else progress.step,
         stopped_early=progress.stopped_early,
         zero_shot=progress.zero_shot,
         dev=progress.best_scores,
