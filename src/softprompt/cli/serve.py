@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from softprompt.cli.common import app, fail, guard, quiet_libraries
+from softprompt.cli.common import app, fail, quiet_libraries
 
 
 class EngineChoice(str, Enum):
@@ -102,13 +102,13 @@ def serve(
 
     quiet_libraries()
     tasks = {name: Path(path) for name, path in (_key_value(option, "--task") for option in task or [])}
-    head = KINDS[guard(lambda: family_kind(model))].run_head
-    base, tokenizer = guard(lambda: load_base_model(model, head=head))
-    bank = guard(lambda: TaskBank(base))
+    head = KINDS[_or_fail(lambda: family_kind(model))].run_head
+    base, tokenizer = _or_fail(lambda: load_base_model(model, head=head))
+    bank = _or_fail(lambda: TaskBank(base))
     engine_args = {
         key: yaml.safe_load(value) for key, value in (_key_value(o, "--vllm-arg") for o in vllm_arg or [])
     }
-    chosen = guard(
+    chosen = _or_fail(
         lambda: _engine(
             engine,
             bank,
@@ -131,6 +131,18 @@ def serve(
     settings = ServerSettings(api_key, admin_key, request_timeout_s=request_timeout)
     logging.getLogger("softprompt.serve").setLevel(logging.INFO)
     uvicorn.run(create_app(chosen, registry, tokenizer, settings), host=host, port=port, log_level="info")
+
+
+def _or_fail(action):
+    """Run ``action``; a model that cannot be loaded or served is one message (exit 2), not a traceback.
+
+    Not :func:`~softprompt.cli.common.guard`: that one knows training's errors, and a server's
+    environment (e.g. vLLM's) need not have what training needs (``datasets``).
+    """
+    try:
+        return action()
+    except (ValueError, OSError, KeyError) as err:
+        fail(f"error: {err}")
 
 
 def _key_value(option: str, flag: str) -> tuple[str, str]:
