@@ -97,6 +97,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
     if "checksum" in record:
         check_checksum(tensors, record["checksum"], target, "checksum")
     table = check_tensors(tensors, config_from_record(record, target), target)
-    if record["dtype"] != str(table.dtype).removeprefix("torch."):
-        raise RecordError(target, "dtype", record["dtype"], f"{table.dtype}, the dtype of the saved prompt")
+    dtype = str(table.dtype).removeprefix("torch.")
+    if record["dtype"] != dtype:
+        raise RecordError(target, "dtype", record["dtype"], f"{dtype!r}, the dtype of the saved prompt")
     return record, tensors

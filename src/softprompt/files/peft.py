@@ -40,6 +40,7 @@ from softprompt.files.errors import (
 from softprompt.files.schema import (
     HEAD_PREFIX,
     check_base_model,
+    check_finite,
     check_same_model,
     describe_type,
     matches,
@@ -212,11 +213,7 @@ def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
             found_text=f"{others}",
             expected=f"'prompt_embeddings' and task-head tensors {PEFT_HEAD_PREFIX}* (a prompt-learning adapter)",
         )
-    for name, tensor in weights.items():
-        if not bool(torch.isfinite(tensor.float()).all()):
-            raise TensorError(
-                file, f"tensor {name!r}", found_text="NaN or infinite numbers", expected="finite numbers"
-            )
+    check_finite(weights, file)
     return weights, metadata
 
 

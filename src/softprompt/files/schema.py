@@ -235,6 +235,12 @@ def check_tensors(tensors: dict[str, torch.Tensor], config: SoftPromptConfig, pa
             found_text=f"of shape {tuple(table.shape)}",
             expected=f"({length}, width): a row per virtual token (num_virtual_tokens={length})",
         )
+    check_finite(tensors, path)
+    return table
+
+
+def check_finite(tensors: dict[str, torch.Tensor], path) -> None:
+    """Refuse a tensor holding a NaN or an infinity (as float32, the dtype prompts and heads run in)."""
     for name, tensor in tensors.items():
         bad = int((~torch.isfinite(tensor.float())).sum())
         if bad:
@@ -244,7 +250,6 @@ def check_tensors(tensors: dict[str, torch.Tensor], config: SoftPromptConfig, pa
                 found_text=f"{bad} of {tensor.numel()} numbers NaN or infinite (as float32)",
                 expected="finite numbers (a NaN or infinity turns every logit into NaN)",
             )
-    return table
 
 
 # ------------------------------------------------------------------------------------- base model
