@@ -144,3 +144,10 @@ def test_ignore_eos_decodes_past_the_end_of_sequence(client, base, adapters, tok
     assert stops_early  # some task of the tiny model ends its text within 12 tokens
     (choice,) = (body := complete(client, stops_early[0], max_tokens=12, ignore_eos=True))["choices"]
     assert choice["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 12
+
+
+def test_a_chat_without_max_tokens_fills_what_the_context_has_left(client, base):
+    body = {"model": "prompt", "messages": [{"role": "user", "content": "hello"}], "ignore_eos": True}
+    reply = client.post("/v1/chat/completions", json=body).json()
+    used = reply["usage"]["total_tokens"] + 5  # the task's 5 virtual tokens take context too
+    assert used == base.config.max_position_embeddings and reply["choices"][0]["finish_reason"] == "length"

@@ -71,7 +71,8 @@ class ServerSettings:
         admin_key: the key that adds and removes tasks; None: tasks change only by restarting.
         request_timeout_s: longest a request may take, queueing included; then it is dropped (408).
         max_upload_bytes: largest adapter file ``PUT /v1/soft_prompts/{name}`` takes (413 above).
-        default_max_tokens: completion tokens of a chat request that gives no ``max_tokens``.
+        default_max_tokens: most completion tokens of a chat request that gives no ``max_tokens``
+            (fewer where the context has less room left).
     """
 
     api_key: str | None = None
@@ -168,14 +169,17 @@ class _Service:
     async def complete(self, body: CompletionRequest | ChatCompletionRequest, request: Request, chat: bool):
         self.keys.check(request.headers.get("authorization"))
         prompt = _task_prompt(self.registry, body.model)
+        virtual = self.engine.prompt_length(prompt)
         if chat:
-            params = body.sampling(self.settings.default_max_tokens)
             prompts = [self._chat_ids(body)]
+            # Without max_tokens a reply may fill what the context has left (at most default_max_tokens).
+            room = self.engine.max_context - virtual - len(prompts[0])
+            params = body.sampling(max(1, min(self.settings.default_max_tokens, room)))
         else:
-            params = body.sampling()
             prompts = [self._prompt_ids(p) for p in body.prompts()]
+            params = body.sampling()
         for ids in prompts:
-            self._check_context(len(ids), self.engine.prompt_length(prompt), params.max_tokens)
+            self._check_context(len(ids), virtual, params.max_tokens)
         task = None if body.model == self.engine.name else body.model
         handles = [RequestHandle(GenerationRequest(ids, task, params, prompt)) for ids in prompts]
         try:
