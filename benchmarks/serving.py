@@ -152,10 +152,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def vllm_server(python: str, model_dir: str, max_model_len: int):
-    """An external vLLM OpenAI server (prompt embeddings on); stops its whole process group after."""
-    port = free_port()
+def vllm_command(python: str, model_dir: str, port: int, max_model_len: int) -> list[str]:
+    """An external vLLM OpenAI server on loopback with prompt embeddings on (CPU settings: eager, fp32)."""
     command = [
         python,
         "-m",
@@ -166,29 +164,44 @@ def vllm_server(python: str, model_dir: str, max_model_len: int):
         "127.0.0.1",
     ]
     command += ["--port", str(port), "--enable-prompt-embeds", "--max-model-len", str(max_model_len)]
-    command += ["--dtype", "float32", "--gpu-memory-utilization", "0.25", "--enforce-eager"]
-    command += ["--served-model-name", "base", "--disable-log-stats"]
+    return command + ["--dtype", "float32", "--gpu-memory-utilization", "0.25", "--enforce-eager"]
+
+
+@contextlib.contextmanager
+def running(command: list[str], url: str, env: dict | None = None, seconds: float = 600):
+    """Run ``command`` in its own process group until ``url``/health answers; stop the whole group after."""
     process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {process.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
+        deadline = time.monotonic() + seconds
+        while not _healthy(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop(process)
+                raise RuntimeError(f"{' '.join(command[:4])} did not start: {process.stderr.read()[-3000:]}")
             time.sleep(1)
-        yield url
+        yield process
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop(process)
+
+
+def _healthy(url: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    return False
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group (vLLM's engine and workers are children), SIGKILL if it lingers."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
 
 # ------------------------------------------------------------------------------------------ clients
@@ -427,7 +440,10 @@ async def measure_vllm(args, bank, models, tokenizer, workload: Workload, report
     from softprompt.hub import builtin_model_path
 
     results: dict[str, list[dict]] = {}
-    with vllm_server(args.vllm_python, str(builtin_model_path("smollm2-135m-instruct")), 512) as vllm_url:
+    port = free_port()
+    vllm_url = f"http://127.0.0.1:{port}"
+    command = vllm_command(args.vllm_python, str(builtin_model_path("smollm2-135m-instruct")), port, 512)
+    with running(command + ["--served-model-name", "base", "--disable-log-stats"], vllm_url):
         report("  vLLM started")
         engine = VLLMEngine(bank, tokenizer, name=BARE, url=vllm_url, max_in_flight=4096)
         app, registry = softprompt_app(bank, engine, models, tokenizer, EMBEDDING_TASKS)

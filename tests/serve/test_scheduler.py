@@ -15,6 +15,7 @@ from softprompt.serve.engine import GenerationRequest, RequestHandle
 from softprompt.serve.errors import APIError
 from softprompt.serve.sampling import SamplingParams
 from softprompt.serve.scheduler import LocalEngine
+from softprompt.serve.text import TextStream
 
 
 @pytest.fixture()
@@ -215,3 +216,28 @@ def test_a_cancelled_request_frees_its_rows(engine):
         return False
 
     assert run(engine, scenario)
+
+
+def test_a_fault_outside_the_model_fails_the_running_requests_and_the_engine_goes_on(engine, monkeypatch):
+    real = TextStream.push
+    calls = []
+
+    def fail_once(self, token):
+        calls.append(token)
+        if len(calls) == 2:
+            raise RuntimeError("detokenizer broke")
+        return real(self, token)
+
+    monkeypatch.setattr(TextStream, "push", fail_once)
+
+    async def scenario():
+        first = request(engine, [5, 6, 7], max_tokens=4)
+        engine.submit(first)
+        failed = await asyncio.gather(tokens_of(first), return_exceptions=True)
+        second = request(engine, [5, 6, 7], max_tokens=4)
+        engine.submit(second)
+        return failed[0], await tokens_of(second)
+
+    failed, served = run(engine, scenario)
+    assert isinstance(failed, APIError) and "detokenizer broke" in failed.message and failed.status == 500
+    assert len(served) == 4

@@ -8,20 +8,19 @@ with it on loopback. Each start takes about a minute on CPU.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
-import signal
-import socket
-import subprocess
-import time
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from serve_helpers import greedy_alone
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from serving import free_port, running, vllm_command  # noqa: E402  (the benchmark starts vLLM the same way)
 
 import softprompt
 from softprompt.bank import TaskBank
@@ -69,40 +68,6 @@ def tasks(smollm2, tmp_path_factory):
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def started(command: list[str], url: str, env=None):
-    """Run ``command`` in its own process group until ``url``/health answers; stop the whole group after."""
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env
-    )
-    try:
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline and process.poll() is None:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(1)
-        else:
-            pytest.fail(
-                f"{command[:4]} did not start: {process.stderr.read()[-3000:] if process.poll() is not None else 'timeout'}"
-            )
-        yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
-
-
 def check_outputs(post, smollm2, tasks, model_name):
     """Every served model's greedy text equals softprompt's own generate on the same model."""
     _, base, tokenizer = smollm2
@@ -120,19 +85,9 @@ def check_outputs(post, smollm2, tasks, model_name):
 @needs_python
 def test_an_external_vllm_server_serves_the_tasks_as_prompt_embeddings(smollm2, tasks):
     folder, base, tokenizer = smollm2
-    url = f"http://127.0.0.1:{free_port()}"
-    command = [VLLM_PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder)]
-    command += ["--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--enable-prompt-embeds"]
-    command += [
-        "--max-model-len",
-        "512",
-        "--dtype",
-        "float32",
-        "--gpu-memory-utilization",
-        "0.25",
-        "--enforce-eager",
-    ]
-    with started(command, url):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running(vllm_command(VLLM_PYTHON, str(folder), port, 512), url, seconds=START_SECONDS):
         bank = TaskBank(base)
         engine = VLLMEngine(bank, tokenizer, name="smollm2", url=url)
         registry = TaskRegistry(bank, engine)
@@ -173,7 +128,7 @@ def test_softprompt_serve_runs_vllm_in_process(smollm2, tasks):
     command += ["--task", f"prompt={tasks['prompt']}", "--task", f"ptuning={tasks['ptuning']}"]
     env = {**os.environ, "PYTHONPATH": str(src)}
     url = f"http://127.0.0.1:{port}"
-    with started(command, url, env):
+    with running(command, url, env, seconds=START_SECONDS):
         check_outputs(
             lambda path, body: httpx.post(f"{url}{path}", json=body, timeout=120), smollm2, tasks, str(folder)
         )

@@ -152,11 +152,21 @@ class LocalEngine:
                 if self._stopping and not self._waiting and not self._running:
                     return
                 arrived = self._admit()
-            self._drop_gone()
-            if arrived:
-                self._prefill(arrived)
-            if self._running:
-                self._decode()
+            try:
+                self._drop_gone()
+                if arrived:
+                    self._prefill(arrived)
+                if self._running:
+                    self._decode()
+            except Exception as err:  # a fault outside the model's calls: fail what was running, go on
+                logger.exception("the scheduler failed a step")
+                self._fail_all([*(seq.handle for seq in self._running), *arrived], err)
+
+    def _fail_all(self, handles: list[RequestHandle], err: Exception) -> None:
+        for handle in dict.fromkeys(handles):
+            handle.fail(model_failure(f"the server failed while running this request: {err}"))
+            handle.cancel()
+        self._running, self._batch, self._logits = [], None, None
 
     def _admit(self) -> list[RequestHandle]:
         """Waiting requests that fit now: free rows and the prefill budget (cancelled ones leave)."""
