@@ -15,7 +15,7 @@ Examples:
     >>> record = {"format_version": 2, "method": "prompt_tuning", "config": {"num_virtual_tokens": "4"},
     ...           "base_model": {"name_or_path": "m"}, "dtype": "float32", "checksum": "sha256:0"}
     >>> try:
-    ...     check_record(record, "a.safetensors")
+    ...     config_from_record(check_record(record, "a.safetensors"), "a.safetensors")
     ... except RecordError as err:
     ...     print(str(err).splitlines()[0])
     a.safetensors: config.num_virtual_tokens is '4' (str); expected an integer.
