@@ -30,7 +30,8 @@ def final_state(run_dir) -> dict[str, torch.Tensor]:
 
 def test_a_run_writes_its_folder(tiny_gpt2, cls_data, tmp_path):
     raw = classification_config(tiny_gpt2, cls_data, tmp_path / "run")
-    raw["output"].update(tensorboard=True, plot=True)
+    raw["output"]["plot"] = True
+    raw["train"]["report_to"] = ["tensorboard"]
     summary = run(raw)
     out = tmp_path / "run"
     for name in ["softprompt.safetensors", "config.yaml", "metrics.jsonl", "metrics.csv", "curves.png",
@@ -125,9 +126,9 @@ def test_generation_run_scores_generated_text(tiny_gpt2, gpt2_base, gen_data, tm
             "max_new_tokens": 4,
         },
         "data": {"train": str(gen_data["train"]), "dev": str(gen_data["dev"]), "test": str(gen_data["dev"])},
-        "train": {"max_steps": 2, "batch_size": 4, "eval_every": 2},
+        "train": {"max_steps": 2, "batch_size": 4, "eval_every": 2, "report_to": []},
         "eval": {"batch_size": 4, "zero_shot": False},
-        "output": {"dir": str(tmp_path / "gen"), "tensorboard": False},
+        "output": {"dir": str(tmp_path / "gen")},
     }
     summary = run(raw, base=gpt2_base)
     assert summary.method == "prefix_tuning" and summary.metric == "bleu"
@@ -153,9 +154,9 @@ def test_an_encoder_decoder_classifies_and_generates(cls_data, gen_data, tmp_pat
         "task": {"kind": "generation", "source_template": "Data: {mr}", "target_template": " {ref}",
                  "max_length": 48, "max_target_length": 12, "max_new_tokens": 4, "metrics": ["bleu"]},
         "data": {"train": str(gen_data["train"]), "dev": str(gen_data["dev"])},
-        "train": {"max_steps": 3, "batch_size": 4, "eval_every": 3, "lr": 0.1},
+        "train": {"max_steps": 3, "batch_size": 4, "eval_every": 3, "lr": 0.1, "report_to": []},
         "eval": {"batch_size": 4},
-        "output": {"dir": str(tmp_path / "gen"), "tensorboard": False, "plot": False},
+        "output": {"dir": str(tmp_path / "gen"), "plot": False},
     }  # fmt: skip
     summary = run(raw)
     assert summary.finished and set(summary.dev) == set(summary.zero_shot) == {"bleu"}
@@ -262,9 +263,9 @@ def test_a_chat_template_run_trains_scores_and_generates_in_the_chat_frame(
         "task": {"kind": "generation", "source_template": "Data: {mr}", "target_template": " {ref}",
                  "max_length": 64, "max_target_length": 12, "metrics": ["bleu"], "chat_template": True},
         "data": {"train": str(gen_data["train"]), "dev": str(gen_data["dev"])},
-        "train": {"max_steps": 2, "batch_size": 4, "eval_every": 2},
+        "train": {"max_steps": 2, "batch_size": 4, "eval_every": 2, "report_to": []},
         "eval": {"batch_size": 4, "zero_shot": False},
-        "output": {"dir": str(tmp_path / "gen"), "tensorboard": False, "plot": False},
+        "output": {"dir": str(tmp_path / "gen"), "plot": False},
     }  # fmt: skip
     assert train(load_config(None, base=raw), base=gpt2_base).finished
     # generate gives the text in the run's chat frame; --no-chat-template as it is.

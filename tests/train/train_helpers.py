@@ -155,7 +155,7 @@ def classification_config(model_dir: Path, data: dict[str, Path], out: Path, **t
             "max_length": 32,
         },
         "data": {"train": str(data["train"]), "dev": str(data["dev"])},
-        "train": {"max_steps": 6, "batch_size": 4, "eval_every": 3, "lr": 0.1, **train},
+        "train": {"max_steps": 6, "batch_size": 4, "eval_every": 3, "lr": 0.1, "report_to": [], **train},
         "eval": {"batch_size": 8},
-        "output": {"dir": str(out), "tensorboard": False, "plot": False},
+        "output": {"dir": str(out), "plot": False},
     }

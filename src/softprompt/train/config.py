@@ -335,6 +335,28 @@ class TrainSection(Section):
     cpu: bool = False
     """Train on the CPU even when a GPU is available."""
 
+    report_to: list[str] = ["tensorboard"]
+    """Experiment trackers that get the config, losses and scores, through accelerate's tracker
+    interface: tensorboard (into <dir>/tensorboard/<project>), wandb, mlflow, comet_ml, aim, clearml, dvclive,
+    trackio, swanlab, or a tracker registered with accelerate.tracking.register_tracker_class; [] for
+    none. Each needs its package and reads its own settings (e.g. WANDB_MODE=offline, MLFLOW_TRACKING_URI)."""
+
+    project: str = "softprompt"
+    """The trackers' project (W&B project, MLflow experiment, TensorBoard run name); W&B and MLflow
+    runs are named after the run folder."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, names: list[str]) -> list[str]:
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+        unknown = [name for name in names if name not in LOGGER_TYPE_TO_CLASS]
+        if unknown:
+            raise ValueError(
+                f"unknown tracker {', '.join(unknown)}; choose from {sorted(LOGGER_TYPE_TO_CLASS)}"
+            )
+        return list(dict.fromkeys(names))
+
 
 class EvalSection(Section):
     batch_size: int = Field(32, gt=0)
@@ -352,10 +374,8 @@ class OutputSection(Section):
     """Dtype of the saved adapter's tensors."""
 
     overwrite: bool = False
-    """Allow a new run in a folder that holds an earlier run's checkpoint (without --resume)."""
-
-    tensorboard: bool = True
-    """Write TensorBoard event files to <dir>/tensorboard."""
+    """Allow a new run in a folder that holds an earlier run's checkpoint (without --resume); the
+    earlier run's files are removed only once the new run's config and data have loaded."""
 
     plot: bool = True
     """Draw the loss and dev-score curves into <dir>/curves.png."""

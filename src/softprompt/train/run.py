@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +45,15 @@ from softprompt.train.build import (
 from softprompt.train.checkpoint import CHECKPOINT_NAME, Progress, load_checkpoint, save_checkpoint
 from softprompt.train.config import RunConfig
 from softprompt.train.evaluate import evaluate_classification, evaluate_generation
-from softprompt.train.logs import JSONL_NAME, PLOT_NAME, MetricsLog, plot_curves
+from softprompt.train.logs import (
+    JSONL_NAME,
+    PLOT_NAME,
+    TENSORBOARD_DIR,
+    MetricsLog,
+    check_trackers,
+    plot_curves,
+    start_trackers,
+)
 from softprompt.train.loop import Hooks, fit, total_steps
 from softprompt.train.objectives import Objective
 from softprompt.train.optim import make_optimizer, make_scheduler
@@ -109,16 +118,27 @@ def train(
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import set_seed
+    from accelerate.utils import ProjectConfiguration, set_seed
 
     started = time.perf_counter()
+    run_dir = Path(config.output.dir)
+    try:
+        check_trackers(config.train.report_to)
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    _check_run_dir(run_dir, config, resume)
     # accelerate keeps its settings in a process-wide singleton; a second run in the same process
     # (a notebook, the tests) may ask for others. The process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(cpu=config.train.cpu, mixed_precision=config.train.mixed_precision)
+    accelerator = Accelerator(
+        cpu=config.train.cpu,
+        mixed_precision=config.train.mixed_precision,
+        log_with=config.train.report_to or None,
+        project_config=ProjectConfiguration(
+            project_dir=str(run_dir), logging_dir=str(run_dir / TENSORBOARD_DIR)
+        ),
+    )
     say = accelerator.print
-    run_dir = Path(config.output.dir)
-    _prepare_run_dir(run_dir, config, resume, accelerator.is_main_process)
     set_seed(config.train.seed)
 
     # ------------------------------------------------------------------------------------- setup
@@ -143,6 +163,8 @@ def train(
         raise RunError(
             f"{len(encoded.train)} training rows do not fill one batch of train.batch_size={config.train.batch_size}"
         )
+    if streamed and next(encoded.train.examples(0), None) is None:  # its first row encodes (or says why not)
+        raise RunError("the streamed training rows are empty")
     model = softprompt.wrap(
         base, prompt_config(config, task), tokenizer=tokenizer, **model_options(config, base)
     )
@@ -151,6 +173,9 @@ def train(
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     objective = make_objective(model, task, tokenizer).to(accelerator.device)
+    # The config, the data and the task's words are good: only now is an earlier run's output replaced.
+    _start_run_dir(run_dir, config, resume, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
     optimizer = make_optimizer(model.parameters(), config.train)
     steps = total_steps(config.train, batches_per_epoch)
     scheduler = make_scheduler(optimizer, config.train, steps)
@@ -159,10 +184,10 @@ def train(
         progress = load_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, scheduler)
         say(f"resuming at step {progress.step} of {steps}")
     wrapped, optimizer = accelerator.prepare(objective, optimizer)
+    resume_step = progress.step if resume else None
+    start_trackers(accelerator, config, run_dir.name, resume_step=resume_step)
     log = (
-        MetricsLog(
-            run_dir, tensorboard=config.output.tensorboard, resume_step=progress.step if resume else None
-        )
+        MetricsLog(run_dir, resume_step=resume_step, accelerator=accelerator)
         if accelerator.is_main_process
         else None
     )
@@ -257,7 +282,12 @@ def train(
     if log is not None:
         log.close()
         if config.output.plot:
-            plot_curves(run_dir / JSONL_NAME, run_dir / PLOT_NAME, metric=config.selection_metric)
+            plot_curves(
+                run_dir / JSONL_NAME,
+                run_dir / PLOT_NAME,
+                metric=config.selection_metric,
+                best_step=summary.best_step,
+            )
         text = json.dumps(asdict(summary), indent=2) + "\n"
         atomic_write(run_dir / SUMMARY_NAME, lambda tmp: tmp.write_text(text))
     return summary
@@ -292,8 +322,8 @@ def score_split(
     return scores
 
 
-def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, is_main: bool) -> None:
-    """Refuse to clobber an earlier run; write the resolved config."""
+def _check_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> None:
+    """Refuse to clobber an earlier run, or to resume one that is not there (nothing is written)."""
     checkpoint = run_dir / CHECKPOINT_NAME
     if resume and not checkpoint.exists():
         raise RunError(f"nothing to resume: {checkpoint} does not exist (start without --resume)")
@@ -302,6 +332,14 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, is_main: bo
             f"{run_dir} already holds a run; continue it with --resume, or start afresh with "
             "--set output.overwrite=true, or choose another output.dir"
         )
+
+
+def _start_run_dir(run_dir: Path, config: RunConfig, resume: bool, is_main: bool) -> None:
+    """Clear an earlier run's output (a fresh start) and write the resolved config.
+
+    Called once the run's config, data and task have loaded, so a run that fails before has left an
+    earlier run as it was. A fresh start removes the earlier checkpoint too (a later --resume must
+    not continue another run) and its TensorBoard events (one TensorBoard run per run)."""
     if not is_main:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -310,8 +348,9 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, is_main: bo
     if resume and config_path.exists() and config_path.read_text() != resolved:
         logger.warning("the config differs from the one the run started with; the result may differ")
     if not resume:
-        for name in (ADAPTER_NAME, SUMMARY_NAME, PLOT_NAME):
+        for name in (ADAPTER_NAME, SUMMARY_NAME, PLOT_NAME, CHECKPOINT_NAME):
             (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
     atomic_write(config_path, lambda tmp: tmp.write_text(resolved))  # --resume and eval read it
 
 
