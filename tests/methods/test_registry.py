@@ -64,7 +64,7 @@ def test_a_registered_method_wraps_saves_loads_and_serves(registered, tmp_path):
 
     path = model.save(tmp_path / "mean.safetensors")
     again = softprompt.load(base, path)
-    assert again.config == MeanTokenConfig(init="file")
+    assert again.prompt_config == MeanTokenConfig(init="file")
     torch.testing.assert_close(again(input_ids=ids).logits, model(input_ids=ids).logits)
 
     bank = TaskBank(base)

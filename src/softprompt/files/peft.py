@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import save_file
 
+from softprompt import hub
 from softprompt.families import ModelShape
 from softprompt.files.atomic import replace_folder
 from softprompt.files.container import (
@@ -341,7 +342,9 @@ def export_peft(model: PromptedModel, directory: str | os.PathLike) -> Path:
         "num_transformer_submodules": submodules,
         "num_layers": len(shape.decoder_layers) if shape.kind == "seq2seq" else shape.num_layers,
         "inference_mode": True,
-        "base_model_name_or_path": shape.name_or_path or None,
+        # The Hub's name for the base (a built-in alias names its Hub repo), so peft's
+        # AutoPeftModelFor... finds the base model.
+        "base_model_name_or_path": hub.hub_id(shape.name_or_path) or shape.name_or_path or None,
     }
     if head:
         config["modules_to_save"] = sorted({name.removeprefix(HEAD_PREFIX).split(".")[0] for name in head})

@@ -55,8 +55,12 @@ class SavedPrompt:
 
 
 def read_prompt(path: str | os.PathLike, shape: ModelShape) -> SavedPrompt:
-    """Read the adapter file or ``peft`` folder at ``path`` for a model of ``shape``, every check made."""
-    if peft.is_peft_folder(path):
+    """Read the adapter file or ``peft`` folder at ``path`` for a model of ``shape``, every check made.
+
+    A folder holding both (``save_pretrained`` writes softprompt's file and a peft copy) is read
+    from softprompt's file, which also carries the task and the model options.
+    """
+    if peft.is_peft_folder(path) and not adapter_file(path).is_file():
         source, options, task = Path(path), {}, None
         config, tensors, _ = peft.read_peft_folder(source, shape)
     else:
