@@ -39,12 +39,14 @@ def test_serving_benchmark_quick_run(tmp_path):
             assert run["tokens_per_s"] > 0 and run["p99_s"] >= run["p50_s"] > 0
     overload = result["overload"]
     assert overload["refused"] > 0 and overload["served"] + overload["refused"] == 16 * overload["rounds"]
-    assert [g["goal"].split(",")[0] for g in result["goals"]] == [
-        "mixed 8-task throughput / single-task",
-        "mixed 8-task throughput / peft",
-        "HTTP overhead at p50 (HTTP - engine",
-        "time to first token",
-        "429 answered under 2x overload",
+    assert [g["goal"] for g in result["goals"]] == [
+        "mixed 8-task throughput / single-task, 16 clients (wall)",
+        "mixed 8-task throughput / single-task, 16 clients (CPU)",
+        "mixed 8-task throughput / peft, 16 clients (wall)",
+        "mixed 8-task throughput / peft, 16 clients (CPU)",
+        "HTTP overhead at p50 (HTTP - engine, 1 client, paired)",
+        "time to first token, prompt-tuning task / bare model (paired median)",
+        "429 answered under 2x overload, p99",
     ]
     assert all(g["value"] is not None for g in result["goals"])
     assert "## Goals" in done.stdout and "| mixed 8 tasks | 16 |" in done.stdout

@@ -98,6 +98,7 @@ def create_app(
 
     app = FastAPI(title="softprompt", lifespan=lifespan)
     app.state.service = service
+    app.add_middleware(_RefuseWhenFull, engine=engine)
     app.add_middleware(_CountRequests, metrics=service.metrics)
     _install_error_handlers(app)
 
@@ -408,6 +409,25 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, err: Exception):
         logger.exception("unexpected error answering %s", request.url.path)
         return await api_error(request, APIError(500, f"internal error: {err}", type="server_error"))
+
+
+class _RefuseWhenFull:
+    """ASGI middleware answering 429 at once while the engine is full, before reading the request.
+
+    Under overload every refused request would otherwise be parsed, validated and tokenized first;
+    this keeps the answer to a client that must back off as fast as the server can send it.
+    """
+
+    PATHS = ("/v1/completions", "/v1/chat/completions")
+
+    def __init__(self, app, engine: Engine) -> None:
+        self.app, self.engine = app, engine
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] in self.PATHS and self.engine.is_full():
+            err = self.engine.queue_full()
+            return await JSONResponse(err.body(), err.status, headers=err.headers)(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class _CountRequests:

@@ -138,7 +138,13 @@ class Engine(Protocol):
         """Finish every accepted request, then release the model."""
 
     def submit(self, handle: RequestHandle) -> None:
-        """Queue a request; pieces arrive on ``handle``."""
+        """Queue a request; pieces arrive on ``handle``. Raises :meth:`queue_full` when :meth:`is_full`."""
+
+    def is_full(self) -> bool:
+        """Whether one more request would be refused (the server then answers 429 before reading it)."""
+
+    def queue_full(self) -> APIError:
+        """The 429 a request gets while the engine is full."""
 
     def load(self) -> dict[str, int]:
         """``{"running": sequences being decoded, "waiting": requests not started}``."""

@@ -43,7 +43,7 @@ from softprompt.injection import CompiledPrompt
 from softprompt.models import PromptedModel
 from softprompt.serve.batch import Decoder, DecodingBatch
 from softprompt.serve.engine import Piece, RequestHandle, require_causal
-from softprompt.serve.errors import model_failure, too_many_requests, unavailable
+from softprompt.serve.errors import APIError, model_failure, too_many_requests, unavailable
 from softprompt.serve.sampling import next_token
 from softprompt.serve.text import TextStream
 
@@ -131,13 +131,18 @@ class LocalEngine:
         with self._wake:
             if self._stopping or self._thread is None:
                 raise unavailable("the server is not running (starting or shutting down); retry shortly")
-            if len(self._waiting) >= self.max_queue:
-                raise too_many_requests(
-                    f"the server's queue is full ({self.max_queue} requests waiting); retry shortly",
-                    retry_after_s=1,
-                )
+            if self.is_full():
+                raise self.queue_full()
             self._waiting.append(handle)
             self._wake.notify()
+
+    def is_full(self) -> bool:
+        return len(self._waiting) >= self.max_queue
+
+    def queue_full(self) -> APIError:
+        return too_many_requests(
+            f"the server's queue is full ({self.max_queue} requests waiting); retry shortly", retry_after_s=1
+        )
 
     def load(self) -> dict[str, int]:
         return {"running": len(self._running), "waiting": len(self._waiting)}

@@ -77,23 +77,23 @@ class VLLMEngine:
     ) -> None:
         self.name, self.tokenizer = name, tokenizer
         self.embed = require_causal(bank).base_model.get_input_embeddings()
-        config = bank.base_model.config
-        self.max_context = max_model_len or min(getattr(config, "max_position_embeddings", 2048), 4096)
+        engine_args = dict(engine_args or {})
+        positions = getattr(bank.base_model.config, "max_position_embeddings", 2048)
+        self.max_context = engine_args.pop("max_model_len", None) or max_model_len or min(positions, 4096)
         self.max_in_flight = max_in_flight
         self._in_flight: set[asyncio.Task] = set()
         if url is not None:
             self.backend: _Remote | _InProcess = _Remote(url.rstrip("/"))
         else:
-            args = dict(
-                model=source or name,
-                tokenizer=source or name,
-                enable_prompt_embeds=True,
-                max_model_len=self.max_context,
-                dtype=str(bank.base_model.dtype).removeprefix("torch."),
-                gpu_memory_utilization=gpu_memory_utilization,
-                **(engine_args or {}),
-            )
-            self.backend = _InProcess(args)
+            defaults = {
+                "model": source or name,
+                "tokenizer": source or name,
+                "enable_prompt_embeds": True,
+                "max_model_len": self.max_context,
+                "dtype": str(bank.base_model.dtype).removeprefix("torch."),
+                "gpu_memory_utilization": gpu_memory_utilization,
+            }
+            self.backend = _InProcess({**defaults, **engine_args})
 
     # ------------------------------------------------------------------------------- engine protocol
     def prepare(self, model: PromptedModel) -> torch.Tensor:
@@ -121,14 +121,20 @@ class VLLMEngine:
         await self.backend.stop()
 
     def submit(self, handle: RequestHandle) -> None:
-        if len(self._in_flight) >= self.max_in_flight:
-            raise too_many_requests(
-                f"the server has {self.max_in_flight} requests at vLLM; retry shortly", retry_after_s=1
-            )
+        if self.is_full():
+            raise self.queue_full()
         task = asyncio.get_running_loop().create_task(self._run(handle))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
         handle.on_cancel(lambda: task.get_loop().call_soon_threadsafe(task.cancel))
+
+    def is_full(self) -> bool:
+        return len(self._in_flight) >= self.max_in_flight
+
+    def queue_full(self) -> APIError:
+        return too_many_requests(
+            f"the server has {self.max_in_flight} requests at vLLM; retry shortly", retry_after_s=1
+        )
 
     def load(self) -> dict[str, int]:
         return {"running": len(self._in_flight), "waiting": 0}
