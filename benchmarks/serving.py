@@ -396,7 +396,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overload-rounds", type=int, default=5, help="bursts of 2x capacity")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--vllm-python", help="an interpreter with vLLM: adds the vLLM cases")
-    parser.add_argument("--skip-peft", action="store_true", help="leave out the peft server")
+    parser.add_argument(
+        "--peft-clients",
+        type=int,
+        nargs="*",
+        default=[1, 4, 16],
+        help="concurrency levels for the peft server (it answers one request at a time: 64 clients only queue)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -434,10 +440,10 @@ async def measure(args, bank, models, peft_models, tokenizer, workload: Workload
         out["first_token_s"] = first
         out["http_overhead_s"] = await http_overhead(url, engine, workload, args.overhead_rounds)
         report("  first token, HTTP overhead")
-    if not args.skip_peft:
+    if args.peft_clients:
         with serving(peft_app(peft_models)) as url:
             await drive(url, 1, cases[MIXED], args.seconds / 4, 4)
-            for clients in args.clients:
+            for clients in args.peft_clients:
                 results.setdefault(PEFT, []).append(
                     await drive(url, clients, cases[MIXED], args.seconds, args.requests)
                 )

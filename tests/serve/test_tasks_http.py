@@ -142,3 +142,19 @@ def test_uploads_past_the_size_limit_are_refused(base, tokenizer, adapters):
         empty = upload(client, "y", b"")
     assert reply.status_code == 413 and "limit of 100 bytes" in reply.json()["error"]["message"]
     assert empty.status_code == 400
+
+
+def test_a_prompted_model_of_another_base_model_is_refused(base, tokenizer):
+    from softprompt.bank import TaskBank
+    from softprompt.serve.registry import TaskRefused, TaskRegistry
+    from softprompt.serve.scheduler import LocalEngine
+
+    bank = TaskBank(base)
+    registry = TaskRegistry(bank, LocalEngine(bank, tokenizer, name=BARE))
+    other = softprompt.wrap(
+        tiny_causal_lm("llama", seed=1).eval(), softprompt.PromptTuningConfig(num_virtual_tokens=2)
+    )
+    other.shape = softprompt.model_shape(tiny_causal_lm("qwen3"))  # a model of another shape
+    with pytest.raises(TaskRefused, match="made for another base model"):
+        registry.add("x", other)
+    assert registry.names() == []

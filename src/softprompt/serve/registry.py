@@ -81,12 +81,12 @@ class TaskRegistry:
         self._check_name(name)
         try:
             prepared = self.engine.prepare(model)
+            with self._lock:
+                self.bank.add(name, model, replace=True)  # refuses a model made for another base model
+                self._prepared[name] = prepared
+                return next(info for info in self.bank.info() if info.name == name)
         except ValueError as err:
             raise TaskRefused(str(err)) from err
-        with self._lock:
-            self.bank.add(name, model, replace=True)  # refuses a model of another shape
-            self._prepared[name] = prepared
-            return next(info for info in self.bank.info() if info.name == name)
 
     def add_file(self, name: str, path: str | os.PathLike, source: str | None = None) -> TaskInfo:
         """Add (or replace) task ``name`` from an adapter file or folder on this machine."""
