@@ -151,10 +151,7 @@ def test_a_prompted_model_of_another_base_model_is_refused(base, tokenizer):
 
     bank = TaskBank(base)
     registry = TaskRegistry(bank, LocalEngine(bank, tokenizer, name=BARE))
-    other = softprompt.wrap(
-        tiny_causal_lm("llama", seed=1).eval(), softprompt.PromptTuningConfig(num_virtual_tokens=2)
-    )
-    other.shape = softprompt.model_shape(tiny_causal_lm("qwen3"))  # a model of another shape
+    other = softprompt.wrap(tiny_causal_lm("qwen3"), softprompt.PromptTuningConfig(num_virtual_tokens=2))
     with pytest.raises(TaskRefused, match="made for another base model"):
         registry.add("x", other)
     assert registry.names() == []
