@@ -1,0 +1,199 @@
+"""One process of a sharded-base training run on CPU, started by ``accelerate launch`` (tests/train/test_fsdp.py,
+test_deepspeed.py): the tiny GPT-2 sharded by FSDP2 or DeepSpeed ZeRO-3, a prompt trained with the library's
+core, a checkpoint, and what each process saw, written as JSON and safetensors for the test to read.
+
+accelerate 1.15 turns FSDP on only for accelerator devices (``AcceleratorState`` lists CUDA, NPU, XPU...,
+not ``MULTI_CPU``), so on a CPU machine this script sets the distributed type itself; everything after that
+is the code GPUs run: accelerate's ``fsdp2_prepare_model`` and torch's ``fully_shard`` over gloo.
+
+The batches and the reference run (one process, no accelerator) live here too, so the test computes the
+same steps in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+import softprompt  # noqa: E402
+from softprompt import initializers  # noqa: E402
+from softprompt.injection.capture import site_states  # noqa: E402
+from softprompt.train.checkpoint import Progress, load_checkpoint, save_checkpoint  # noqa: E402
+from softprompt.train.core import step  # noqa: E402
+from softprompt.train.objectives import ClassificationObjective  # noqa: E402
+
+STEPS, CHECKPOINT_AT = 4, 2
+INIT_TEXT = " good bad"
+LABEL_WORDS = (" good", " bad")
+
+
+def global_batches(vocab: int, steps: int = STEPS) -> list[dict[str, torch.Tensor]]:
+    """``steps`` global batches of 6 rows, left-padded to different lengths (every process builds all)."""
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(steps):
+        ids = torch.randint(3, vocab, (6, 7), generator=generator)
+        mask = torch.ones_like(ids)
+        for row, pads in enumerate((0, 2, 1, 3, 0, 1)):
+            mask[row, :pads] = 0
+            ids[row, :pads] = 0
+        batches.append({"input_ids": ids, "attention_mask": mask, "label": torch.tensor([0, 1, 1, 0, 1, 0])})
+    return batches
+
+
+def build(folder: str):
+    """The frozen tiny GPT-2, its tokenizer, a prompt-tuning model (vocab init) and its objective."""
+    from softprompt.hub import load_base_model
+
+    base, tokenizer = load_base_model(folder)
+    model = softprompt.wrap(
+        base, softprompt.PromptTuningConfig(num_virtual_tokens=4, init="vocab", vocab_top_k=50)
+    )
+    label_ids = [tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in LABEL_WORDS]
+    return base, tokenizer, model, ClassificationObjective(model, label_token_ids=label_ids)
+
+
+def optimizer_for(model) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.prompt.parameters(), lr=0.05)
+
+
+def train(objective, optimizer, batches, accelerator=None) -> list[float]:
+    """The steps every run takes: micro-batches of 2 (3 rows per process of 2: uneven), clipping."""
+    return [
+        step(objective, optimizer, batch, micro_batch_size=2, max_grad_norm=1.0, accelerator=accelerator)
+        for batch in batches
+    ]
+
+
+def reference(folder: str, out: Path) -> dict[str, torch.Tensor]:
+    """One process, no accelerator: the prompt after STEPS steps, its checkpoint after CHECKPOINT_AT,
+    and the inits of an unsharded base."""
+    base, tokenizer, model, objective = build(folder)
+    inits = init_reference(base, tokenizer)
+    optimizer = optimizer_for(model)
+    batches = global_batches(base.config.vocab_size)
+    train(objective, optimizer, batches[:CHECKPOINT_AT])
+    train(objective, optimizer, batches[CHECKPOINT_AT:])
+    with torch.no_grad():
+        scores = objective.scores(batches[0]["input_ids"], batches[0]["attention_mask"])
+    return {"prompt": model.prompt.embeddings.detach().clone(), "scores": scores, **inits}
+
+
+def init_ids(tokenizer) -> torch.Tensor:
+    return initializers.text_token_ids(tokenizer, INIT_TEXT, 4)
+
+
+def init_reference(base, tokenizer) -> dict[str, torch.Tensor]:
+    """What text init reads of the base: the embeddings of the init text, and its keys/values."""
+    shape = softprompt.families.model_shape(base)
+    ids = init_ids(tokenizer)
+    return {
+        "text_embeddings": initializers.embeddings_of(base, ids),
+        "text_keys": site_states(base, shape, ids)["self"][0][0],
+    }
+
+
+def sharded_inits(base, tokenizer) -> dict[str, torch.Tensor]:
+    """The same, read from the sharded base through softprompt.sharding."""
+    from softprompt.sharding import whole_parameters, whole_while_running
+
+    shape = softprompt.families.model_shape(base)
+    ids = init_ids(tokenizer)
+    with whole_parameters(base.get_input_embeddings()):
+        embeddings = initializers.embeddings_of(base, ids)
+    with whole_while_running(base):
+        keys = site_states(base, shape, ids)["self"][0][0]
+    return {"text_embeddings": embeddings, "text_keys": keys}
+
+
+def wrap_on_sharded(base, tokenizer) -> dict:
+    """``softprompt.wrap`` with text init on the sharded base, as a user calls it (needs the gathering call
+    in softprompt.initializers / api.wrap); an error is recorded, not raised."""
+    try:
+        config = softprompt.PromptTuningConfig(num_virtual_tokens=4, init="text", init_text=INIT_TEXT)
+        return {"embeddings": softprompt.wrap(base, config, tokenizer=tokenizer).prompt.embeddings.detach()}
+    except Exception as err:  # noqa: BLE001 — the test reports what went wrong
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+def make_accelerator(engine: str):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if engine == "fsdp2":
+        accelerator = Accelerator(cpu=True)
+        # What accelerate does on GPUs (see the module docstring); the plugin reads the launcher's config.
+        plugin = FullyShardedDataParallelPlugin()  # (built first: building it resets the state's type)
+        state = AcceleratorState()
+        state.fsdp_plugin, state.distributed_type = plugin, DistributedType.FSDP
+        return accelerator
+    raise SystemExit(f"unknown engine {engine}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("folder")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--engine", default="fsdp2")
+    parser.add_argument("--resume", action="store_true", help="continue from out/checkpoint.safetensors")
+    args = parser.parse_args()
+    from softprompt.sharding import is_sharded, prepare, unsharded
+
+    accelerator = make_accelerator(args.engine)
+    rank = accelerator.process_index
+    base, tokenizer, model, objective = build(args.folder)
+    optimizer = optimizer_for(model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    checkpoint = args.out / "checkpoint.safetensors"
+    batches = global_batches(base.config.vocab_size)
+    if args.resume:  # as softprompt train resumes: restored before accelerator.prepare
+        progress = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        batches = batches[progress.step :]
+    wrapped, optimizer = prepare(accelerator, objective, optimizer)
+    facts = {
+        "world": accelerator.num_processes,
+        "prompt_sharded": is_sharded(model.prompt.embeddings),
+        "base": {
+            name: [list(p.shape), list(p.to_local().shape) if hasattr(p, "to_local") else None]
+            for name, p in base.named_parameters()
+            if name.endswith(("wte.weight", "h.0.attn.c_attn.weight", "h.1.mlp.c_fc.weight"))
+        },
+        "base_sharded": all(is_sharded(p) for p in base.parameters()),
+    }
+    tensors = {}
+    if not args.resume:
+        tensors |= {f"sharded_{k}": v for k, v in sharded_inits(base, tokenizer).items()}
+        wrapped_init = wrap_on_sharded(base, tokenizer)
+        facts["wrap_error"] = wrapped_init.get("error")
+        if "embeddings" in wrapped_init:
+            tensors["wrapped_text_embeddings"] = wrapped_init["embeddings"]
+        facts["losses"] = train(wrapped, optimizer, batches[:CHECKPOINT_AT], accelerator)
+        if accelerator.is_main_process:
+            save_checkpoint(checkpoint, model, optimizer, scheduler, Progress(step=CHECKPOINT_AT))
+        accelerator.wait_for_everyone()
+        batches = batches[CHECKPOINT_AT:]
+    facts["losses_after_checkpoint"] = train(wrapped, optimizer, batches, accelerator)
+    with torch.no_grad(), unsharded(wrapped):  # scoring does not go through the sharded forward
+        tensors["scores"] = objective.scores(global_batches(base.config.vocab_size)[0]["input_ids"],
+                                             global_batches(base.config.vocab_size)[0]["attention_mask"])  # fmt: skip
+    tensors["prompt"] = model.prompt.embeddings.detach().clone()
+    name = "resumed" if args.resume else "run"
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()}, str(args.out / f"{name}-rank{rank}.safetensors")
+    )
+    if accelerator.is_main_process:
+        model.save(args.out / f"{name}-adapter.safetensors")  # once, from the prompt every process holds
+    (args.out / f"{name}-rank{rank}.json").write_text(json.dumps(facts))
+
+
+if __name__ == "__main__":
+    main()
