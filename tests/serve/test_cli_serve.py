@@ -61,7 +61,7 @@ def test_a_bad_task_is_one_clear_message(model_folder, tmp_path):
     broken.write_bytes(b"junk")
     result = runner.invoke(app, ["serve", "--model", str(model_folder), "--task", f"x={broken}"])
     assert result.exit_code == 2
-    assert f"--task x={broken}:" in result.output and "corrupt" in result.output
+    assert f"--task x={broken}:" in result.output and "damaged" in result.output
     result = runner.invoke(app, ["serve", "--model", str(model_folder), "--task", "no-equals-sign"])
     assert result.exit_code == 2 and "--task takes KEY=VALUE" in result.output
 

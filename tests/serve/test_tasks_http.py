@@ -92,9 +92,9 @@ def other_model_adapter(tmp_path) -> bytes:
     "make, reason",
     [
         (lambda tmp: other_model_adapter(tmp), "made for another base model"),
-        (lambda tmp: b"\x00" * 64, "truncated or corrupt"),
-        (lambda tmp: pickled_tensors(), "truncated or corrupt"),
-        (lambda tmp: pickle.dumps({"embeddings": [0.0] * 8}), "truncated or corrupt"),
+        (lambda tmp: b"\x00" * 64, "damaged"),
+        (lambda tmp: pickled_tensors(), "safetensors only, because loading a pickle can run any code"),
+        (lambda tmp: pickle.dumps({"embeddings": [0.0] * 8}), "the file is a Python pickle"),
     ],
     ids=["another-model", "corrupt", "torch-pickle", "pickle"],
 )

@@ -18,7 +18,8 @@ Example:
     ...     registry.add_bytes("broken", b"not an adapter")
     ... except TaskRefused as refused:
     ...     print(refused)  # doctest: +ELLIPSIS
-    the uploaded file is truncated or corrupt and cannot be read (...); save it again
+    the uploaded file: the header length is ... bytes; expected at most 6 (the file is truncated, or not safetensors).
+    The file is damaged (an interrupted copy or download?): copy it again, or save it again.
 """
 
 from __future__ import annotations
