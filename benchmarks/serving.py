@@ -516,25 +516,16 @@ def goals(out: dict, args) -> list[dict]:
 
     first, overhead = out["first_token_s"], out["http_overhead_s"]
     refusal = out["overload"]["refusal_p99_s"]
-    found = []
-    for clock, key in (("wall", "tokens_per_s"), ("CPU", "tokens_per_cpu_s")):
-        found.append(
-            goal(
-                f"mixed 8-task throughput / single-task, {at} clients ({clock})",
-                ratio(rate(MIXED, key), rate(SINGLE, key)),
-                0.9,
-                True,
-            )
+    found = [
+        goal(
+            f"mixed 8-task throughput / {name}, {at} clients ({clock})",
+            ratio(rate(MIXED, key), rate(other, key)),
+            bound,
+            True,
         )
-    for clock, key in (("wall", "tokens_per_s"), ("CPU", "tokens_per_cpu_s")):
-        found.append(
-            goal(
-                f"mixed 8-task throughput / peft, {at} clients ({clock})",
-                ratio(rate(MIXED, key), rate(PEFT, key)),
-                3.0,
-                True,
-            )
-        )
+        for other, name, bound in ((SINGLE, "single-task", 0.9), (PEFT, "peft", 3.0))
+        for clock, key in (("wall", "tokens_per_s"), ("CPU", "tokens_per_cpu_s"))
+    ]
     found += [
         goal(
             "HTTP overhead at p50 (HTTP - engine, 1 client, paired)",
