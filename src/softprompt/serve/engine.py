@@ -73,6 +73,7 @@ class RequestHandle:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._open = request.params.n
         self.cancelled = threading.Event()
+        self.failed = False
         self._on_cancel: list[Callable[[], None]] = []
         self.first_token_at: float | None = None
 
@@ -80,7 +81,14 @@ class RequestHandle:
         self._loop.call_soon_threadsafe(self._queue.put_nowait, piece)
 
     def fail(self, error: APIError) -> None:
+        """End the request with ``error`` (its other choices stop too)."""
+        self.failed = True
         self._loop.call_soon_threadsafe(self._queue.put_nowait, error)
+
+    @property
+    def done(self) -> bool:
+        """Cancelled or failed: the engine drops the request's rows."""
+        return self.failed or self.cancelled.is_set()
 
     def on_cancel(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (from the cancelling thread) when the request is cancelled."""
@@ -100,7 +108,7 @@ class RequestHandle:
             item = await self._queue.get()
             if isinstance(item, APIError):
                 raise item
-            if item is _CANCELLED:
+            if self.cancelled.is_set():  # pieces made before the cancel are not handed out
                 return
             if self.first_token_at is None and item.token_ids:
                 self.first_token_at = time.monotonic()

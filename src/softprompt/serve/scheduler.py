@@ -62,7 +62,7 @@ class _Sequence:
 
     @property
     def gone(self) -> bool:
-        return self.handle.cancelled.is_set()
+        return self.handle.done
 
 
 class LocalEngine:
@@ -170,7 +170,6 @@ class LocalEngine:
     def _fail_all(self, handles: list[RequestHandle], err: Exception) -> None:
         for handle in dict.fromkeys(handles):
             handle.fail(model_failure(f"the server failed while running this request: {err}"))
-            handle.cancel()
         self._running, self._batch, self._logits = [], None, None
 
     def _admit(self) -> list[RequestHandle]:
@@ -178,7 +177,7 @@ class LocalEngine:
         admitted, free, budget = [], self.max_batch - len(self._running), self.max_prefill_tokens
         while self._waiting:
             handle = self._waiting[0]
-            if handle.cancelled.is_set():
+            if handle.done:
                 self._waiting.popleft()
                 continue
             cost = len(handle.request.prompt_ids)
@@ -189,7 +188,7 @@ class LocalEngine:
         return admitted
 
     def _drop_gone(self) -> None:
-        """Remove the running sequences of cancelled requests (the client left or ran out of time)."""
+        """Remove the running sequences of requests that were cancelled (the client left, time ran out) or failed."""
         self._keep([row for row, seq in enumerate(self._running) if not seq.gone])
 
     def _keep(self, rows: list[int]) -> None:
@@ -273,7 +272,6 @@ class LocalEngine:
             except Exception as err:
                 logger.exception("a decoding step failed")
                 seq.handle.fail(model_failure(f"the model failed on this request: {err}"))
-                seq.handle.cancel()
                 continue
             batches.append(alone)
             keep.append(row)
