@@ -51,7 +51,7 @@ def invoke(*args: str):
 
 def test_every_option_and_argument_is_documented():
     group = typer.main.get_command(app)
-    assert set(group.commands) == {"train", "eval", "predict", "generate", "inspect", "convert"}
+    assert set(group.commands) == {"train", "eval", "predict", "generate", "inspect", "convert", "serve"}
     for name, command in group.commands.items():
         assert command.help, name
         for param in command.params:
