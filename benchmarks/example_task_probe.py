@@ -51,7 +51,7 @@ from softprompt.families import model_shape  # noqa: E402
 from softprompt.hub import load_base_model  # noqa: E402
 from softprompt.models import SoftPromptModel  # noqa: E402
 from softprompt.train.config import TrainSection  # noqa: E402
-from softprompt.train.evaluate import evaluate_classification  # noqa: E402
+from softprompt.train.evaluate import evaluate_predictions  # noqa: E402
 from softprompt.train.objectives import ClassificationObjective  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def score(objective, dev: Sequence[Encoded], tokenizer: Any, classes: Sequence[s
         rows = [ex for ex in dev if ex.label == index]
         if not rows:
             continue
-        scores = evaluate_classification(
+        scores = evaluate_predictions(
             objective, rows, batch_size=32, pad_token_id=tokenizer.pad_token_id, metrics=["accuracy"]
         )
         per_class[name] = scores["accuracy"]

@@ -81,7 +81,7 @@ from softprompt.models.encoder import mean_pool  # noqa: E402
 from softprompt.train import load_config  # noqa: E402
 from softprompt.train.build import make_objective, make_task, model_options, prompt_config  # noqa: E402
 from softprompt.train.config import RunConfig, TrainSection  # noqa: E402
-from softprompt.train.evaluate import evaluate_classification  # noqa: E402
+from softprompt.train.evaluate import evaluate_predictions  # noqa: E402
 from softprompt.train.objectives import ClassificationObjective, HeadClassificationObjective  # noqa: E402
 from softprompt.train.presets import DEFAULTS  # noqa: E402
 
@@ -557,7 +557,7 @@ class Bench:
 
     def score(self, objective: nn.Module) -> dict[str, float]:
         """Dev accuracy, macro-F1 and loss, as ``softprompt train`` scores a classifier."""
-        return evaluate_classification(
+        return evaluate_predictions(
             objective,
             self.dev,
             batch_size=self.budget.eval_batch_size,

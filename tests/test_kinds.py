@@ -7,7 +7,7 @@ import transformers as T
 from tiny import tiny_causal_lm, tiny_encoder, tiny_seq2seq_lm
 
 import softprompt
-from softprompt.kinds import HEADS, KINDS, head_of
+from softprompt.kinds import HEADS, KINDS, TASK_NEEDS, head_of
 from softprompt.models import PromptedModel
 
 
@@ -21,11 +21,40 @@ def test_every_kind_resolves_its_model_class_heads_and_objectives(name):
         assert hasattr(objective, "for_task") and hasattr(objective, "count")
 
 
-def test_an_objective_a_kind_lacks_is_refused_with_the_ones_it_has():
+def test_an_objective_a_kind_lacks_is_refused_with_the_reason_and_the_ones_it_has():
     with pytest.raises(
-        ValueError, match="encoders cannot train a generation task; they train classification"
+        ValueError,
+        match=r"encoders cannot train a generation task: it needs a decoder that writes text \(causal LMs and "
+        r"encoder-decoders have it\); encoders train classification, multi_label, regression, token_classification",
     ):
         KINDS["encoder"].objective("generation")
+    with pytest.raises(
+        ValueError, match=r"regression task: it needs a head with one output \(encoders have it\)"
+    ):
+        KINDS["causal"].objective("regression")
+    with pytest.raises(
+        ValueError, match=r"multiple_choice task: it needs a language model's likelihood .*\(causal LMs"
+    ):
+        KINDS["seq2seq"].objective("multiple_choice")
+
+
+@pytest.mark.parametrize(
+    "kind, supported",
+    [
+        ("causal", {"classification", "multiple_choice", "generation"}),
+        ("seq2seq", {"classification", "generation"}),
+        ("encoder", {"classification", "multi_label", "regression", "token_classification"}),
+    ],
+)
+def test_which_task_kinds_each_model_kind_trains_and_with_which_head(kind, supported):
+    assert set(KINDS[kind].objective_paths) == supported
+    heads = {task: KINDS[kind].head_for(task) for task in supported}
+    if kind == "encoder":
+        assert heads == {"classification": "sequence-classification", "multi_label": "sequence-classification",
+                         "regression": "sequence-classification", "token_classification": "token-classification"}  # fmt: skip
+    else:
+        assert set(heads.values()) == {KINDS[kind].run_head}
+    assert all(task in TASK_NEEDS for task in supported)
 
 
 @pytest.mark.parametrize(

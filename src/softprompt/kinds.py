@@ -40,7 +40,18 @@ ModelHead = Literal["causal-lm", "seq2seq-lm", "sequence-classification", "token
 # self-attention, an encoder-decoder's decoder self-attention, and its cross-attention.
 Site = Literal["self", "encoder", "decoder", "cross"]
 # What a training run does with its data (the ``task.kind`` of a run config).
-TaskKind = Literal["classification", "generation"]
+TaskKind = Literal[
+    "classification", "multi_label", "regression", "token_classification", "multiple_choice", "generation"
+]
+# What each task kind needs of a model, for the message that refuses it on a kind that lacks it.
+TASK_NEEDS: dict[TaskKind, str] = {
+    "classification": "label words or a classifier head",
+    "multi_label": "a classifier head with one sigmoid output per label",
+    "regression": "a head with one output",
+    "token_classification": "a token-classification head",
+    "multiple_choice": "a language model's likelihood of each choice after the context",
+    "generation": "a decoder that writes text",
+}
 
 
 @functools.cache
@@ -98,8 +109,10 @@ class Kind:
         sites: the attention sites a full prefix fills, in the order files store them.
         model_path: the :class:`~softprompt.models.PromptedModel` subclass that adapts this kind.
         heads: the heads this kind's model class adapts.
-        run_head: the head ``softprompt train`` loads the base model with.
+        run_head: the head ``softprompt train`` loads the base model with (``task_heads`` can
+            name another for a task kind).
         objective_paths: the training objective for each task kind a run can have.
+        task_heads: the head a run of a task kind loads instead of ``run_head``.
         serves_bank: whether a :class:`~softprompt.bank.TaskBank` serves models of this kind.
         zero_shot: whether the bare model scores a task by itself (an encoder's new head cannot).
     """
@@ -110,6 +123,7 @@ class Kind:
     heads: tuple[ModelHead, ...]
     run_head: ModelHead
     objective_paths: dict[TaskKind, str] = field(default_factory=dict)
+    task_heads: dict[TaskKind, ModelHead] = field(default_factory=dict)
     serves_bank: bool = False
     zero_shot: bool = False
 
@@ -118,12 +132,19 @@ class Kind:
         return _resolve(self.model_path)
 
     def objective(self, task: str) -> type:
-        """The objective class for a run's ``task.kind``; raises naming the ones this kind has."""
+        """The objective class for a run's ``task.kind``; raises with the reason and the kinds that train it."""
         if task not in self.objective_paths:
+            where = [kind.label for kind in KINDS.values() if task in kind.objective_paths]
+            need = f"{TASK_NEEDS[task]} ({' and '.join(where)} have it)" if task in TASK_NEEDS else "unknown"
             raise ValueError(
-                f"{self.label} cannot train a {task} task; they train {' and '.join(self.objective_paths)}"
+                f"{self.label} cannot train a {task} task: it needs {need}; {self.label} train "
+                f"{', '.join(self.objective_paths)}"
             )
         return _resolve(self.objective_paths[task])
+
+    def head_for(self, task: str) -> ModelHead:
+        """The head a run of ``task`` loads the base model with."""
+        return self.task_heads.get(task, self.run_head)
 
 
 _OBJECTIVES = "softprompt.train.objectives"
@@ -137,6 +158,7 @@ KINDS: dict[ModelKind, Kind] = {
         run_head="causal-lm",
         objective_paths={
             "classification": f"{_OBJECTIVES}:ClassificationObjective",
+            "multiple_choice": f"{_OBJECTIVES}:MultipleChoiceObjective",
             "generation": f"{_OBJECTIVES}:GenerationObjective",
         },
         serves_bank=True,
@@ -160,9 +182,15 @@ KINDS: dict[ModelKind, Kind] = {
         sites=("encoder",),
         model_path="softprompt.models.encoder:EncoderSoftPromptModel",
         heads=("sequence-classification", "token-classification", "features"),
-        # A run classifies with a new head of one output per class.
+        # A run trains a new head: one output per class, per label, one for a number, or per tag.
         run_head="sequence-classification",
-        objective_paths={"classification": f"{_OBJECTIVES}:HeadClassificationObjective"},
+        objective_paths={
+            "classification": f"{_OBJECTIVES}:HeadClassificationObjective",
+            "multi_label": f"{_OBJECTIVES}:MultiLabelObjective",
+            "regression": f"{_OBJECTIVES}:RegressionObjective",
+            "token_classification": f"{_OBJECTIVES}:TokenClassificationObjective",
+        },
+        task_heads={"token_classification": "token-classification"},
     ),
 }
 

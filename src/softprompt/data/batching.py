@@ -25,9 +25,11 @@ def collate(
     """Pad a batch to its longest row.
 
     Returns `input_ids` and `attention_mask` `(B, T)`, plus `labels` `(B, T)` padded with
-    `IGNORE_INDEX` when the examples have per-token labels and `label` `(B,)` when they have class
-    indices. Left padding is for generation (the last position is every row's last real token);
-    right padding suits training.
+    `IGNORE_INDEX` when the examples have per-token labels and `label` when they have row targets:
+    `(B,)` class indices or numbers, `(B, C)` multi-hot vectors. Multiple-choice examples become
+    `(B, C, T)` tensors: row b's choice c is its context + that choice, `labels` covering the choice's
+    tokens (rows with fewer choices get empty slots, mask all 0). Left padding is for generation
+    (the last position is every row's last real token); right padding suits training.
 
     Examples:
         >>> batch = collate([Encoded([1, 2, 3], label=0), Encoded([4], label=1)], 0, "left")
@@ -38,6 +40,8 @@ def collate(
         raise ValueError("cannot collate an empty batch")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if _all_or_none(examples, "choices"):
+        return _collate_choices(examples, pad_token_id, padding_side)
     width = max(len(ex.input_ids) for ex in examples)
     input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)  # (B, T)
     attention_mask = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
@@ -54,7 +58,8 @@ def collate(
     if labels is not None:
         batch["labels"] = labels
     if _all_or_none(examples, "label"):
-        batch["label"] = torch.tensor([ex.label for ex in examples], dtype=torch.long)  # (B,)
+        # (B,) long class indices or float values, or (B, C) float multi-hot vectors
+        batch["label"] = torch.tensor([ex.label for ex in examples])
     return batch
 
 
@@ -214,6 +219,28 @@ class ExampleBatches:
         """Batches of ``epoch`` after its first ``skip`` batches."""
         self.loader.batch_sampler.set_epoch(epoch, skip)
         return iter(self.loader)
+
+
+def _collate_choices(
+    examples: Sequence[Encoded], pad_token_id: int, padding_side: PaddingSide
+) -> dict[str, torch.Tensor]:
+    """(B, C, T) ids, mask and choice-token labels, and (B,) right-choice indices."""
+    rows, most = len(examples), max(len(ex.choices) for ex in examples)
+    width = max(len(ex.input_ids) + len(choice) for ex in examples for choice in ex.choices)
+    input_ids = torch.full((rows, most, width), pad_token_id, dtype=torch.long)  # (B, C, T)
+    attention_mask = torch.zeros((rows, most, width), dtype=torch.long)
+    labels = torch.full((rows, most, width), IGNORE_INDEX, dtype=torch.long)
+    for row, ex in enumerate(examples):
+        for c, choice in enumerate(ex.choices):
+            n = len(ex.input_ids) + len(choice)
+            start = 0 if padding_side == "right" else width - n
+            input_ids[row, c, start : start + n] = torch.tensor(ex.input_ids + choice)
+            attention_mask[row, c, start : start + n] = 1
+            labels[row, c, start + len(ex.input_ids) : start + n] = torch.tensor(choice)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if _all_or_none(examples, "label"):
+        batch["label"] = torch.tensor([ex.label for ex in examples], dtype=torch.long)  # (B,)
+    return batch
 
 
 def _all_or_none(examples: Sequence[Encoded], field: str) -> bool:

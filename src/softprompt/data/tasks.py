@@ -1,8 +1,10 @@
-"""Turn data rows into token ids for the two task kinds: classification and generation.
+"""Turn data rows into token ids: the tasks a language model answers in text — classification by
+label words, multiple choice by the choices' likelihood, generation — and what every task shares.
 
 A task is a small frozen dataclass: it formats a row with its template, tokenizes it, truncates
 it so that the answer position survives, and carries what the loss needs (label token ids for a
-verbalizer, or a target mask). Truncation is counted, never silent.
+verbalizer, the choices' tokens, or a target mask). Truncation is counted, never silent. The tasks
+an encoder's head answers are in :mod:`softprompt.data.head_tasks`.
 """
 
 from __future__ import annotations
@@ -26,19 +28,23 @@ class Encoded:
     """One tokenized example.
 
     Attributes:
-        input_ids: the tokens the model reads, `(T,)`.
-        label: class index (classification only).
-        labels: per-token targets, `IGNORE_INDEX` where no loss is taken (generation only), `(T,)`.
+        input_ids: the tokens the model reads, `(T,)` (multiple choice: the context before each choice).
+        label: the row's target: a class index (classification, multiple choice), a number
+            (regression), or a multi-hot vector `(C,)` (multi-label).
+        labels: per-token targets, `IGNORE_INDEX` where no loss is taken, `(T,)`: the next tokens
+            (generation) or each word's tag on its first token (token classification).
         prompt_ids: the source tokens alone, to generate from at evaluation (generation only).
         reference: the target text, to score generations against (generation only).
+        choices: each choice's tokens, read after `input_ids` (multiple choice only).
         truncated: whether any part of the row was cut to fit the length limits.
     """
 
     input_ids: list[int]
-    label: int | None = None
+    label: int | float | list[float] | None = None
     labels: list[int] | None = None
     prompt_ids: list[int] | None = None
     reference: str | None = None
+    choices: list[list[int]] | None = None
     truncated: bool = False
 
     def prompt(self) -> Encoded:
@@ -113,6 +119,16 @@ class ClassificationTask:
     def columns(self) -> list[str]:
         """Columns a row must have."""
         return [*template_fields(self.template), self.label_column]
+
+    @property
+    def num_outputs(self) -> int:
+        """Outputs of a classifier head for this task (encoders): one per class."""
+        return len(self.classes)
+
+    @property
+    def words(self) -> list[str]:
+        """The classes' words, in class order (what a class-label prompt init starts from)."""
+        return [word.strip() for _, word in self.classes]
 
     def label_index(self, value: Any) -> int:
         """Class index of a label value; ints and strings match by their text (1 matches "1")."""
@@ -216,6 +232,90 @@ class GenerationTask:
             reference=target_text.strip(),
             truncated=cut or len(target) > self.max_target_length - 1,
         )
+
+
+@dataclass(frozen=True)
+class MultipleChoiceTask:
+    """Pick one of several answers by how likely the model finds each after the context.
+
+    A choice's score is its tokens' log-likelihood after the templated context — summed, or their
+    mean (``score="mean"``, lm-eval-harness's length-normalised ``acc_norm`` per token rather than per
+    byte) — and training takes the cross-entropy over the row's choice scores.
+
+    Args:
+        template: the context, e.g. "Question: {question}\nAnswer:".
+        label_column: the column of the right choice's index.
+        choices_column: the column holding each row's choices as a list (or use ``choice_columns``).
+        choice_columns: one column per choice (PIQA's "sol1", "sol2"), instead of ``choices_column``.
+        choice_template: turns a choice into its text after the context, e.g. " {choice}".
+        max_length: longest context + choice in tokens; longer contexts keep their end.
+        score: "mean" or "sum" of the choice tokens' log-likelihoods.
+        format: the context as is, or as a user's message in the chat template, the choice as the reply.
+
+    Examples:
+        >>> task = MultipleChoiceTask("review {text}", "label", choices_column="options", max_length=16)
+        >>> ex = task.encode({"text": "a gem", "options": ["positive", "negative"], "label": 0}, tokenizer)
+        >>> ex.input_ids, ex.choices, ex.label
+        ([12, 8, 9], [[4], [5]], 0)
+    """
+
+    kind: ClassVar[str] = "multiple_choice"
+    template: str
+    label_column: str
+    choices_column: str | None = None
+    choice_columns: Sequence[str] | None = None
+    choice_template: str = " {choice}"
+    max_length: int = 256
+    score: str = "mean"
+    format: TextFormat = TextFormat()
+
+    def __post_init__(self) -> None:
+        if (self.choices_column is None) == (self.choice_columns is None):
+            raise ValueError(
+                "give the choices either as choices_column (a list per row) or as choice_columns"
+            )
+        if self.score not in ("mean", "sum"):
+            raise ValueError(f"score must be 'mean' or 'sum', got {self.score!r}")
+        if template_fields(self.choice_template) != ["choice"]:
+            raise ValueError(
+                f"choice_template must have the one field {{choice}}, got {self.choice_template!r}"
+            )
+
+    @property
+    def columns(self) -> list[str]:
+        choices = [self.choices_column] if self.choices_column else list(self.choice_columns or [])
+        return [*template_fields(self.template), *choices, self.label_column]
+
+    def encode(self, row: Mapping[str, Any], tokenizer: Any) -> Encoded:
+        """The context's tokens, each choice's tokens, and the right choice's index."""
+        if self.choices_column is not None:
+            choices = row.get(self.choices_column)
+            if not isinstance(choices, list | tuple) or len(choices) < 2:
+                raise ValueError(
+                    f"column {self.choices_column!r} must hold a list of at least two choices, got {choices!r}"
+                )
+        else:
+            missing = [name for name in self.choice_columns if name not in row]
+            if missing:
+                raise ValueError(f"row has no choice columns {missing}; available columns: {list(row)}")
+            choices = [str(row[name]) for name in self.choice_columns]
+        answers = [self.format.answer_ids(self.choice_template.format(choice=c), tokenizer) for c in choices]
+        if not all(answers):
+            raise ValueError(f"a choice tokenizes to no tokens: {list(choices)}")
+        longest = max(len(answer) for answer in answers)
+        context, truncated = self.format.prompt_ids(
+            format_template(self.template, row), tokenizer, self.max_length - longest
+        )
+        label = row.get(self.label_column)
+        try:
+            index = int(label)
+        except (TypeError, ValueError):
+            index = -1
+        if not 0 <= index < len(choices):
+            raise ValueError(
+                f"column {self.label_column!r} must hold the right choice's index (0..{len(choices) - 1}), got {label!r}"
+            )
+        return Encoded(context, label=index, choices=answers, truncated=truncated)
 
 
 def encode_dataset(

@@ -48,9 +48,7 @@ class TextFormat:
         """Ids of a prompt of at most ``limit`` tokens, keeping the text's end (next to the answer), and
         whether the text was cut. Plain text keeps the tokenizer's leading special tokens (BOS)."""
         if not self.chat:
-            ids = tokenizer(text)["input_ids"]
-            kept = keep_end(ids, limit, len(leading_specials(tokenizer)))
-            return kept, len(kept) < len(ids)
+            return text_ids(text, tokenizer, limit)
         head, tail = self._frame(tokenizer)
         body = tokenizer(text, add_special_tokens=False)["input_ids"]
         room = limit - len(head) - len(tail)
@@ -153,26 +151,30 @@ def format_template(template: str, row: Mapping[str, Any]) -> str:
         ) from None
 
 
-def keep_end(ids: list[int], limit: int, keep_first: int = 0) -> list[int]:
-    """The last ``limit`` tokens of ``ids``, keeping its first ``keep_first`` (e.g. a BOS) in front.
-
-    Examples:
-        >>> keep_end([1, 5, 6, 7, 8], 3, keep_first=1)
-        [1, 7, 8]
-    """
-    if len(ids) <= limit:
-        return ids
-    head = ids[:keep_first]
-    if len(head) >= limit:
-        raise ValueError(f"length limit {limit} leaves no room after the special tokens {head}")
-    return head + ids[len(ids) - (limit - len(head)) :]
-
-
-def leading_specials(tokenizer: Any) -> list[int]:
-    """Special tokens the tokenizer puts before the text (e.g. [BOS] for Llama, [] for GPT-2)."""
+def special_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a text: ([BOS], []) for Llama,
+    ([], []) for GPT-2, ([CLS], [SEP]) for BERT."""
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a")["input_ids"]
     for start in range(len(full) - len(plain) + 1):
         if full[start : start + len(plain)] == plain:
-            return full[:start]
-    return []
+            return full[:start], full[start + len(plain) :]
+    return [], []
+
+
+def text_ids(text: str, tokenizer: Any, limit: int, *, keep: str = "end") -> tuple[list[int], bool]:
+    """Ids of ``text`` with the tokenizer's special tokens, cut to ``limit`` tokens by keeping the
+    text's ``"end"`` (next to an answer) or its ``"start"`` (a head reads the whole row), and whether
+    it was cut.
+
+    Examples:
+        >>> text_ids("a gem film", tokenizer, 2, keep="start")
+        ([8, 9], True)
+    """
+    head, tail = special_frame(tokenizer)
+    body = tokenizer(text, add_special_tokens=False)["input_ids"]
+    room = limit - len(head) - len(tail)
+    if room < 1:
+        raise ValueError(f"length limit {limit} leaves no room after the special tokens {head + tail}")
+    kept = body[:room] if keep == "start" else body[len(body) - room :] if len(body) > room else body
+    return head + kept + tail, len(kept) < len(body)

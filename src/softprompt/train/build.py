@@ -6,7 +6,7 @@ Examples:
     >>> config = load_config(None, base={"task": {"kind": "classification", "template": "{text} ->",
     ...     "label_words": ["no", "yes"]}, "data": {"train": str(DATA_DIR / "train.jsonl")}})
     >>> task = make_task(config.task)
-    >>> task.kind, [word for _, word in task.classes]
+    >>> task.kind, task.words
     ('classification', ['no', 'yes'])
     >>> prompt_config(config, task).init_text            # class-label init: the label words
     ' no yes'
@@ -23,10 +23,8 @@ import datasets
 import torch
 
 from softprompt.data import (
-    ClassificationTask,
     DataError,
     Encoded,
-    GenerationTask,
     Rows,
     StreamedExamples,
     Task,
@@ -68,17 +66,7 @@ SPLITS = ("train", "dev", "test")
 
 def make_task(task: TaskSection) -> Task:
     """The data layer's task object for the ``task`` section."""
-    if task.kind == "classification":
-        return ClassificationTask(
-            task.template, task.label_column, task.label_words, task.max_length, task.text_format()
-        )
-    return GenerationTask(
-        task.source_template,
-        task.target_template,
-        task.max_length,
-        task.max_target_length,
-        task.text_format(),
-    )
+    return task.to_task()
 
 
 def load_data(
@@ -155,7 +143,8 @@ def _splits_given(rows: InMemoryRows, data: DataSection) -> dict[str, Rows]:
 
 
 def prompt_config(config: RunConfig, task: Task) -> SoftPromptConfig:
-    """The method's config; ``init: text`` without ``init_text`` starts from the class labels' words.
+    """The method's config; ``init: text`` without ``init_text`` starts from the labels' words
+    (classification and multi-label tasks).
 
     Lester et al. §3.2 ("class label" initialisation): each virtual token starts as the embedding
     of a label word, the words repeated to fill the prompt. Each word gets its leading space, so
@@ -163,19 +152,29 @@ def prompt_config(config: RunConfig, task: Task) -> SoftPromptConfig:
     """
     prompt = config.prompt
     if getattr(prompt, "init", None) == "text" and not getattr(prompt, "init_text", None):
-        words = "".join(" " + word.strip() for _, word in task.classes)
+        words = "".join(" " + word for word in task.words)
         prompt = prompt.model_copy(update={"init_text": words})
     return prompt.to_config()
 
 
 def load_base(config: RunConfig, task: Task) -> tuple[Any, Any]:
-    """The frozen ``(model, tokenizer)`` the run adapts, with the head its kind trains (see
-    :mod:`softprompt.kinds`): a causal or seq2seq LM, or a classifier with one (new) output per class."""
-    name, dtype = config.model.name_or_path, DTYPES[config.model.dtype]
+    """The frozen ``(model, tokenizer)`` the run adapts, with the head its kind trains for the task
+    (see :mod:`softprompt.kinds`): a causal or seq2seq LM, or an encoder with a new head of
+    ``task.num_outputs`` outputs (classes, labels, 1 for a number, tags)."""
+    return load_base_for(config.model.name_or_path, task, dtype=DTYPES[config.model.dtype])
+
+
+def load_base_for(name: str, task: Task, *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """:func:`load_base` for a model name and a task (e.g. the task an adapter file carries)."""
     kind = KINDS[family_kind(name)]
     kind.objective(task.kind)  # refuses, with the reason, a task this kind cannot train
-    labels = {"num_labels": len(task.classes)} if kind.run_head == "sequence-classification" else {}
-    return load_base_model(name, head=kind.run_head, dtype=dtype, **labels)
+    head = kind.head_for(task.kind)
+    labels = (
+        {"num_labels": task.num_outputs}
+        if head in ("sequence-classification", "token-classification")
+        else {}
+    )
+    return load_base_model(name, head=head, dtype=dtype, **labels)
 
 
 def model_options(config: RunConfig, base: Any) -> dict[str, Any]:

@@ -52,7 +52,7 @@ class Progress:
         step: optimiser steps done.
         epoch: the current epoch.
         batches_done: batches of ``epoch`` already consumed.
-        best_score: the best dev score so far (higher is better), or None before any evaluation.
+        best_score: the best dev score so far (the least for loss and mse, else the most), or None before any evaluation.
         best_step: the step that scored ``best_score``.
         best_scores: all dev scores of that evaluation.
         evals_since_best: evaluations since the best one (early stopping counts these).

@@ -30,6 +30,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     create_model,
@@ -37,7 +38,16 @@ from pydantic import (
     model_validator,
 )
 
-from softprompt.data import SUPPORTED_FORMATS, TextFormat
+from softprompt.data import (
+    SUPPORTED_FORMATS,
+    ClassificationTask,
+    GenerationTask,
+    MultiLabelTask,
+    MultipleChoiceTask,
+    RegressionTask,
+    TextFormat,
+    TokenClassificationTask,
+)
 from softprompt.methods import METHODS, SoftPromptConfig
 from softprompt.metrics import ROUGE_TYPES
 from softprompt.train.presets import PRESETS, apply_preset
@@ -159,8 +169,8 @@ class TextTaskSection(Section):
 
 class ClassificationSection(TextTaskSection):
     kind: Literal["classification"]
-    """Classify: by label words on causal LMs (the loss and the prediction use only the label words'
-    logits), by a new classifier head with one output per class on encoders."""
+    """Classify: by label words on causal LMs and encoder-decoders (the loss and the prediction use
+    only the label words' logits), by a new classifier head with one output per class on encoders."""
 
     template: str
     """Turns a row into text ending where the answer goes, e.g. "Review: {sentence}\\nSentiment:"."""
@@ -170,14 +180,138 @@ class ClassificationSection(TextTaskSection):
 
     label_words: dict[str | int, str] | list[str]
     """Label value -> label word ({0: negative, 1: positive}), or a list of words for labels 0..n-1.
-    Each word's first token (with a leading space) scores its class; encoders use the classes' order
-    (and the words as the text init of input-space prompts)."""
+    Each word's first token scores its class (with a leading space after plain text, as written at
+    the start of a chat reply); encoders use the classes' order (and the words as the text init of
+    input-space prompts)."""
 
     max_length: int = Field(256, gt=0)
     """Longest input in tokens; longer rows keep their end (where the answer goes), with a warning."""
 
-    metrics: list[Literal["accuracy", "macro_f1"]] = ["accuracy", "macro_f1"]
+    metrics: list[Literal["accuracy", "macro_f1", "micro_f1"]] = ["accuracy", "macro_f1"]
     """Dev/test scores to report (percentages)."""
+
+    def to_task(self) -> ClassificationTask:
+        """The data layer's task for this section."""
+        return ClassificationTask(
+            self.template, self.label_column, self.label_words, self.max_length, self.text_format()
+        )
+
+
+class MultiLabelSection(Section):
+    kind: Literal["multi_label"]
+    """Any number of labels per row, one sigmoid output per label of a new classifier head (encoders)."""
+
+    template: str
+    """Turns a row into the text the encoder reads, e.g. "{text}"."""
+
+    label_column: str = "labels"
+    """The column holding each row's labels: a list of label names (or indices into labels)."""
+
+    labels: list[str | int]
+    """The label names, in the head's output order; they also init text prompts ("init: text")."""
+
+    max_length: int = Field(256, gt=0)
+    """Longest input in tokens; longer rows keep their start, with a warning."""
+
+    metrics: list[Literal["micro_f1", "macro_f1", "accuracy"]] = ["micro_f1", "macro_f1", "accuracy"]
+    """Dev/test scores to report (percentages): F1 over all (row, label) decisions, the mean of the
+    labels' F1, and the share of rows whose label set is exactly right."""
+
+    def to_task(self) -> MultiLabelTask:
+        """The data layer's task for this section."""
+        return MultiLabelTask(self.template, self.label_column, self.labels, self.max_length)
+
+
+class RegressionSection(Section):
+    kind: Literal["regression"]
+    """A number per row, the single output of a new head (encoders), trained on the squared error."""
+
+    template: str
+    """Turns a row into the text the encoder reads, e.g. "{sentence1} | {sentence2}"."""
+
+    label_column: str = "label"
+    """The column holding each row's number."""
+
+    max_length: int = Field(256, gt=0)
+    """Longest input in tokens; longer rows keep their start, with a warning."""
+
+    metrics: list[Literal["pearson", "spearman", "mse"]] = ["pearson", "spearman", "mse"]
+    """Dev/test scores to report: correlations x 100 (as GLUE's STS-B), and the mean squared error
+    (the best adapter has the least of it when it picks)."""
+
+    def to_task(self) -> RegressionTask:
+        """The data layer's task for this section."""
+        return RegressionTask(self.template, self.label_column, self.max_length)
+
+
+class TokenClassificationSection(Section):
+    kind: Literal["token_classification"]
+    """A tag per word (named entities, parts of speech) from a new token-classification head
+    (encoders), scored on each word's first token."""
+
+    tokens_column: str = "tokens"
+    """The column of each row's words (a list), as CoNLL-style data sets hold them."""
+
+    tags_column: str = "tags"
+    """The column of each row's tags: a list of tag names, or of indices into tags."""
+
+    tags: list[str]
+    """The tag names in the head's output order, e.g. [O, B-PER, I-PER, B-LOC, I-LOC] (BIO for entity_f1)."""
+
+    max_length: int = Field(256, gt=0)
+    """Longest input in tokens; longer rows keep their start (later words go untagged), with a warning."""
+
+    metrics: list[Literal["entity_f1", "token_accuracy"]] = ["entity_f1", "token_accuracy"]
+    """Dev/test scores to report (percentages): F1 of the BIO entity spans, and tags right per word."""
+
+    def to_task(self) -> TokenClassificationTask:
+        """The data layer's task for this section."""
+        return TokenClassificationTask(self.tokens_column, self.tags_column, self.tags, self.max_length)
+
+
+class MultipleChoiceSection(TextTaskSection):
+    kind: Literal["multiple_choice"]
+    """Pick one of several answers by the log-likelihood of each after the context (causal LMs); the
+    loss is the cross-entropy over the row's choice scores."""
+
+    template: str
+    """Turns a row into the context before each choice, e.g. "Question: {question}\\nAnswer:"."""
+
+    choices_column: str | None = None
+    """The column holding each row's choices as a list (or give choice_columns)."""
+
+    choice_columns: list[str] | None = None
+    """One column per choice (e.g. PIQA's [sol1, sol2]), instead of choices_column."""
+
+    choice_template: str = " {choice}"
+    """Turns a choice into its text after the context (a leading space continues it)."""
+
+    label_column: str = "label"
+    """The column holding the index (0, 1, ...) of each row's right choice."""
+
+    max_length: int = Field(256, gt=1)
+    """Longest context + choice in tokens; longer contexts keep their end, with a warning."""
+
+    score: Literal["mean", "sum"] = "mean"
+    """A choice's score: the mean of its tokens' log-likelihoods (fair to long choices), or the sum."""
+
+    metrics: list[Literal["accuracy"]] = ["accuracy"]
+    """Dev/test scores to report (percentages)."""
+
+    @model_validator(mode="after")
+    def _one_way_to_the_choices(self):
+        if (self.choices_column is None) == (self.choice_columns is None):
+            raise ValueError(
+                "give the choices either as choices_column (a list per row) or as choice_columns"
+            )
+        return self
+
+    def to_task(self) -> MultipleChoiceTask:
+        """The data layer's task for this section."""
+        return MultipleChoiceTask(
+            self.template, self.label_column, self.choices_column, self.choice_columns, self.choice_template,
+            self.max_length, self.score, self.text_format(),
+        )  # fmt: skip
 
 
 class GenerationSection(TextTaskSection):
@@ -205,8 +339,43 @@ class GenerationSection(TextTaskSection):
     num_beams: int = Field(1, gt=0)
     """Beam width at evaluation; 1 is greedy decoding."""
 
+    def to_task(self) -> GenerationTask:
+        """The data layer's task for this section."""
+        return GenerationTask(
+            self.source_template,
+            self.target_template,
+            self.max_length,
+            self.max_target_length,
+            self.text_format(),
+        )
 
-TaskSection = Annotated[ClassificationSection | GenerationSection, Field(discriminator="kind")]
+
+TASK_SECTIONS: dict[str, type[Section]] = {
+    section.model_fields["kind"].annotation.__args__[0]: section
+    for section in (
+        ClassificationSection, MultiLabelSection, RegressionSection, TokenClassificationSection,
+        MultipleChoiceSection, GenerationSection,
+    )
+}  # fmt: skip
+TaskSection = Annotated[typing.Union[tuple(TASK_SECTIONS.values())], Field(discriminator="kind")]  # noqa: UP007
+
+
+def parse_task(raw: dict[str, Any]) -> TaskSection:
+    """A task section from its JSON form — ``RunConfig.task.model_dump(mode="json")``, what a run stores
+    as ``model.task`` and so in the adapter file's record — validated as a config's ``task`` is.
+
+    Raises:
+        ConfigError: the dict is not a valid task section (each line names its key).
+
+    Examples:
+        >>> task = parse_task({"kind": "regression", "template": "{text}", "label_column": "score"})
+        >>> task.kind, task.metrics
+        ('regression', ['pearson', 'spearman', 'mse'])
+    """
+    try:
+        return TypeAdapter(TaskSection).validate_python(raw)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err, section="task")) from None
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -318,7 +487,8 @@ class TrainSection(Section):
     """Stop after this many evaluations without a better dev score; null never stops early."""
 
     best_metric: str | None = None
-    """The dev score that picks the best adapter and early stopping; default: the task's first metric."""
+    """The dev score that picks the best adapter and early stopping (highest wins; least for loss and
+    mse); default: the task's first metric."""
 
     log_every: int = Field(10, gt=0)
     """Log the mean training loss every N steps."""
@@ -412,11 +582,15 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _check_run(self):
-        names = self.metric_names()
+        names = [*self.metric_names(), "loss"]
         if self.train.best_metric is not None and self.train.best_metric not in names:
             raise ValueError(f"train.best_metric {self.train.best_metric!r} is not one of the task's {names}")
-        if self.prompt.init == "text" and not self.prompt.init_text and self.task.kind != "classification":
-            raise ValueError("prompt.init_text is needed for init 'text' (only classification defaults it)")
+        worded = ("classification", "multi_label")
+        if self.prompt.init == "text" and not self.prompt.init_text and self.task.kind not in worded:
+            raise ValueError(
+                "prompt.init_text is needed for init 'text' (classification and multi-label tasks default it to "
+                "their labels' words; else choose init: vocab)"
+            )
         if self.data.streaming and self.train.epochs is not None:
             raise ValueError("data.streaming: a stream has no length for train.epochs; set train.max_steps")
         return self
@@ -536,14 +710,18 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-def format_errors(err: ValidationError, path: str | Path | None = None) -> str:
-    """One line per bad key: ``train.lr: Input should be a valid number (got 'fast')``."""
+def format_errors(err: ValidationError, path: str | Path | None = None, *, section: str | None = None) -> str:
+    """One line per bad key: ``train.lr: Input should be a valid number (got 'fast')``; ``section``
+    names the section ``err`` is about when it validated one section alone."""
     lines: dict[str, list[str]] = {}
     for error in err.errors():
-        loc = [str(part) for part in error["loc"] if not _is_union_tag(part)]
+        loc = [
+            *([section] if section else []),
+            *(str(part) for part in error["loc"] if not _is_union_tag(part)),
+        ]
         key = ".".join(loc) or "config"
         if error["type"] == "extra_forbidden":
-            message = "unknown key" + _suggestion(loc, error["loc"])
+            message = "unknown key" + _suggestion(loc, ((section,) if section else ()) + tuple(error["loc"]))
         elif error["type"] == "missing":
             message = "missing (required)"
         else:
@@ -560,7 +738,7 @@ def format_errors(err: ValidationError, path: str | Path | None = None) -> str:
 def _is_union_tag(part: Any) -> bool:
     """Discriminator tags and union-member names that pydantic puts inside error locations."""
     text = str(part)
-    return text in METHODS or text in ("classification", "generation") or "[" in text
+    return text in METHODS or text in TASK_SECTIONS or "[" in text
 
 
 def _suggestion(loc: list[str], raw_loc: tuple) -> str:
@@ -582,7 +760,7 @@ def _section_class(raw_loc: tuple) -> type[BaseModel] | None:
         return PROMPT_SECTIONS.get(str(raw_loc[1])) if len(raw_loc) > 1 else None
     if head == "task":
         tag = str(raw_loc[1]) if len(raw_loc) > 1 else ""
-        return {"classification": ClassificationSection, "generation": GenerationSection}.get(tag)
+        return TASK_SECTIONS.get(tag)
     field = RunConfig.model_fields.get(str(head))
     annotation = field.annotation if field else None
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None

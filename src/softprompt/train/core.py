@@ -115,9 +115,14 @@ def _rows(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, to
     return {k: v[bounds[rank] : bounds[rank + 1]] for k, v in batch.items()}
 
 
+# The per-token tensors of a batch, (B, T) or (B, C, T): trimmed together. Row targets ("label",
+# (B,) or multi-hot (B, C)) are not, even when C happens to equal T.
+_TOKEN_KEYS = ("input_ids", "attention_mask", "labels")
+
+
 def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop the pad columns no row of this piece needs (the global batch was padded to its longest row)."""
-    keep = batch["attention_mask"].bool().any(0)  # (T,)
+    keep = batch["attention_mask"].bool().flatten(0, -2).any(0)  # (T,)
     if bool(keep.all()):
         return batch
-    return {k: v[:, keep] if v.dim() == 2 else v for k, v in batch.items()}
+    return {k: v[..., keep] if k in _TOKEN_KEYS else v for k, v in batch.items()}

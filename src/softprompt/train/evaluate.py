@@ -1,4 +1,4 @@
-"""Score a prompted model on encoded examples: label-word classification or generated text.
+"""Score a prompted model on encoded examples: the objective's predictions, or generated text.
 
 Rows are sorted by length into batches (little padding) and put back in order. With several
 processes each scores its share of the rows and the predictions are gathered, so every process
@@ -10,7 +10,7 @@ Examples:
     >>> model = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=4))
     >>> objective = ClassificationObjective(model, label_token_ids=[5, 6])
     >>> dev = [Encoded([7, 8, 9], label=0), Encoded([10, 11], label=1)]
-    >>> scores = evaluate_classification(objective, dev, batch_size=2, pad_token_id=0, metrics=["accuracy"])
+    >>> scores = evaluate_predictions(objective, dev, batch_size=2, pad_token_id=0, metrics=["accuracy"])
     >>> sorted(scores)
     ['accuracy', 'loss']
 """
@@ -21,16 +21,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from softprompt.data import Encoded, collate
 from softprompt.metrics import compute_metrics
 from softprompt.models import PromptedModel
-from softprompt.train.objectives import ClassificationObjective
 
 
-def evaluate_classification(
-    objective: ClassificationObjective,
+def evaluate_predictions(
+    objective: Any,
     examples: Sequence[Encoded],
     *,
     batch_size: int,
@@ -38,24 +36,23 @@ def evaluate_classification(
     metrics: Sequence[str],
     accelerator=None,
 ) -> dict[str, float]:
-    """Mean cross-entropy ("loss") and ``metrics`` of the label-word predictions.
-
-    Rows are scored with the objective's ``scores`` (B, C) in left-padded batches.
-    """
+    """The mean loss per item ("loss", as training counts items) and ``metrics`` of the objective's
+    predictions: classes, label sets, numbers, tags or choices (:meth:`predict` / :meth:`reference`
+    of the objectives in :mod:`softprompt.train.objectives`)."""
     device = objective.device
 
-    def score(rows: list[Encoded]) -> list[tuple[int, float]]:
-        batch = collate(rows, pad_token_id, "left")
-        logits = objective.scores(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float()
-        labels = batch["label"].to(device)
-        losses = F.cross_entropy(logits, labels, reduction="none")
-        return list(zip(logits.argmax(-1).tolist(), losses.tolist(), strict=True))
+    def predict(rows: list[Encoded]) -> list[tuple[Any, float, int]]:
+        batch = collate(rows, pad_token_id, objective.padding_side)
+        batch = {name: tensor.to(device) for name, tensor in batch.items()}
+        predictions, loss = objective.predict(batch)
+        # The batch's loss and item count ride on its first row; the others carry zeros.
+        totals = [(float(loss), objective.count(batch))] + [(0.0, 0)] * (len(rows) - 1)
+        return [(p, total, n) for p, (total, n) in zip(predictions, totals, strict=True)]
 
-    results = _map_batches(examples, batch_size, score, accelerator)
-    predictions = [prediction for prediction, _ in results]
-    references = [ex.label for ex in examples]
-    scores = {"loss": sum(loss for _, loss in results) / len(results)}
-    scores.update(compute_metrics(list(metrics), predictions, references))
+    results = _map_batches(examples, batch_size, predict, accelerator)
+    scores = {"loss": sum(total for _, total, _ in results) / max(1, sum(n for _, _, n in results))}
+    references = [objective.reference(ex) for ex in examples]
+    scores.update(compute_metrics(list(metrics), [p for p, _, _ in results], references))
     return scores
 
 

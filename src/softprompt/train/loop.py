@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from softprompt.data import Encoded, ExampleBatches, StreamBatches, StreamedExamples
+from softprompt.metrics import is_better
 from softprompt.train.checkpoint import Progress
 from softprompt.train.config import TrainSection
 from softprompt.train.core import step
@@ -224,7 +225,7 @@ def _evaluate(hooks: Hooks, progress: Progress, train: TrainSection, metric: str
     scores = hooks.evaluate()
     hooks.log("dev", progress.step, scores)
     score = scores[metric]
-    if progress.best_score is None or score > progress.best_score:
+    if is_better(metric, score, progress.best_score):
         progress.best_score, progress.best_step, progress.evals_since_best = score, progress.step, 0
         progress.best_scores = scores
         hooks.save_best()

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from softprompt.data import Encoded
 from softprompt.injection import IGNORE_INDEX
 from softprompt.kinds import KINDS
 from softprompt.models import PromptedModel, SoftPromptModel
@@ -86,8 +87,10 @@ def label_word_logits(model: SoftPromptModel, hidden: torch.Tensor, token_ids: t
     return torch.tanh(logits / cap) * cap if cap is not None else logits
 
 
-class _ClassScores(nn.Module):
-    """A classifier objective: ``scores`` gives (B, C) class logits; the loss is their cross-entropy."""
+class _Scoring(nn.Module):
+    """An objective that scores each row (B, C) — or each token (B, T, C) — and predicts from the
+    scores: ``forward`` is the loss summed over the batch's items, ``predict`` gives every row's
+    prediction (for the metrics; ``reference`` is the example's side of it) and that same loss."""
 
     padding_side = "left"
 
@@ -96,7 +99,7 @@ class _ClassScores(nn.Module):
         self.model = model
 
     @classmethod
-    def for_task(cls, model: PromptedModel, task: Any, tokenizer: Any) -> _ClassScores:
+    def for_task(cls, model: PromptedModel, task: Any, tokenizer: Any) -> _Scoring:
         return cls(model)
 
     @property
@@ -106,10 +109,29 @@ class _ClassScores(nn.Module):
     def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Summed cross-entropy of the batch's rows."""
-        scores = self.scores(batch["input_ids"], batch["attention_mask"])
+    def batch_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.scores(batch["input_ids"], batch["attention_mask"])
+
+    def loss(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed cross-entropy of the rows' class scores (B, C)."""
         return F.cross_entropy(scores.float(), batch["label"], reduction="sum")
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss(self.batch_scores(batch), batch)
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> tuple[list[Any], torch.Tensor]:
+        """Each row's prediction and the batch's summed loss."""
+        scores = self.batch_scores(batch)
+        return self.decode(scores, batch), self.loss(scores, batch)
+
+    def decode(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[Any]:
+        """Predictions from scores: each row's best class."""
+        return scores.argmax(-1).tolist()
+
+    @staticmethod
+    def reference(example: Encoded) -> Any:
+        """What a prediction is compared with: the example's class."""
+        return example.label
 
     @staticmethod
     def count(batch: dict[str, torch.Tensor]) -> int:
@@ -117,7 +139,7 @@ class _ClassScores(nn.Module):
         return int(batch["label"].shape[0])
 
 
-class ClassificationObjective(_ClassScores):
+class ClassificationObjective(_Scoring):
     """Cross-entropy over the label words' first-token logits at each row's last real token."""
 
     padding_side = "left"  # the answer position is then -1 in every row
@@ -142,11 +164,80 @@ class ClassificationObjective(_ClassScores):
         return label_word_logits(self.model, answer, self.label_ids)
 
 
-class HeadClassificationObjective(_ClassScores):
+class HeadClassificationObjective(_Scoring):
     """Cross-entropy of an encoder's classifier head (trained with the prompt): (B, T) -> (B, C)."""
 
     def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+class MultiLabelObjective(HeadClassificationObjective):
+    """One sigmoid per label on an encoder's head: binary cross-entropy, averaged over a row's labels;
+    a label is predicted when its probability passes 1/2."""
+
+    def loss(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        targets = batch["label"].to(scores.dtype)  # (B, C) multi-hot
+        return (
+            F.binary_cross_entropy_with_logits(scores.float(), targets.float(), reduction="none")
+            .mean(-1)
+            .sum()
+        )
+
+    def decode(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[frozenset[int]]:
+        return [frozenset(row.nonzero().flatten().tolist()) for row in scores > 0]  # sigmoid > 1/2
+
+    @staticmethod
+    def reference(example: Encoded) -> frozenset[int]:
+        return frozenset(i for i, hot in enumerate(example.label) if hot)
+
+
+class RegressionObjective(HeadClassificationObjective):
+    """An encoder head's single output against the row's number: squared error."""
+
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return super().scores(input_ids, attention_mask).squeeze(-1)  # (B, 1) -> (B,)
+
+    def loss(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return ((scores.float() - batch["label"].float()) ** 2).sum()
+
+    def decode(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[float]:
+        return scores.float().tolist()
+
+
+class TokenClassificationObjective(HeadClassificationObjective):
+    """Cross-entropy of an encoder's token head on each word's first token: (B, T) -> (B, T, C)."""
+
+    padding_side = "right"
+
+    def __init__(self, model: PromptedModel, tags: Sequence[str]) -> None:
+        super().__init__(model)
+        self.tags = list(tags)
+
+    @classmethod
+    def for_task(cls, model: PromptedModel, task: Any, tokenizer: Any) -> TokenClassificationObjective:
+        return cls(model, task.tags)
+
+    def loss(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(
+            scores.flatten(0, 1).float(),
+            batch["labels"].flatten(),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+
+    def decode(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[list[str]]:
+        """Each row's tags, one per labelled token (a word's first token)."""
+        best = scores.argmax(-1)  # (B, T)
+        tagged = batch["labels"] != IGNORE_INDEX
+        return [[self.tags[i] for i in row[keep].tolist()] for row, keep in zip(best, tagged, strict=True)]
+
+    def reference(self, example: Encoded) -> list[str]:
+        return [self.tags[i] for i in example.labels if i != IGNORE_INDEX]
+
+    @staticmethod
+    def count(batch: dict[str, torch.Tensor]) -> int:
+        """Tagged tokens the loss sums over."""
+        return int((batch["labels"] != IGNORE_INDEX).sum())
 
 
 class Seq2SeqClassificationObjective(ClassificationObjective):
@@ -164,6 +255,49 @@ class Seq2SeqClassificationObjective(ClassificationObjective):
             input_ids, attention_mask, decoder_input_ids=decoder_input_ids
         ).logits  # (B, 1, V)
         return logits[:, 0, self.label_ids]
+
+
+class MultipleChoiceObjective(_Scoring):
+    """Each choice scored by the log-likelihood of its tokens after the context (causal LMs); the loss
+    is the cross-entropy over a row's choice scores, so training raises the right choice's likelihood
+    against the others'.
+
+    Batches are (B, C, T): row b's choice c is its context + that choice, ``labels`` covering the
+    choice's tokens (:func:`~softprompt.data.collate`); empty slots (rows with fewer choices) score -inf.
+    """
+
+    padding_side = "right"
+
+    def __init__(self, model: SoftPromptModel, score: str = "mean") -> None:
+        super().__init__(model)
+        self.score = score
+
+    @classmethod
+    def for_task(cls, model: PromptedModel, task: Any, tokenizer: Any) -> MultipleChoiceObjective:
+        return cls(model, task.score)
+
+    def without_prompt(self) -> MultipleChoiceObjective:
+        """The same objective on the frozen model without any prompt (the zero-shot baseline)."""
+        return type(self)(self.model.without_prompt(), self.score)
+
+    def batch_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Choice log-likelihoods (B, C): summed or averaged over each choice's tokens."""
+        rows, choices, width = batch["input_ids"].shape
+        mask = batch["attention_mask"].view(-1, width)  # (B * C, T)
+        present = mask.any(-1)  # (B * C,): empty slots are not run
+        ids, mask = batch["input_ids"].view(-1, width)[present], mask[present]
+        targets = batch["labels"].view(-1, width)[present][:, 1:]  # position t predicts token t + 1
+        hidden = self.model.hidden_states(ids, mask)  # (N, T, H)
+        scored = targets != IGNORE_INDEX  # (N, T - 1)
+        logits = self.model.logits(hidden[:, :-1][scored]).float()  # (M, V): choice positions only
+        token_logp = logits.log_softmax(-1).gather(-1, targets[scored][:, None]).squeeze(-1)  # (M,)
+        sequence = scored.nonzero()[:, 0]  # which of the N sequences each position belongs to
+        totals = torch.zeros(ids.shape[0], device=logits.device).index_add(0, sequence, token_logp)
+        if self.score == "mean":
+            totals = totals / scored.sum(-1).clamp(min=1)
+        out = torch.full((rows * choices,), float("-inf"), device=logits.device)
+        out[present] = totals
+        return out.view(rows, choices)
 
 
 class GenerationObjective(nn.Module):

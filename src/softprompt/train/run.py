@@ -44,7 +44,7 @@ from softprompt.train.build import (
 )
 from softprompt.train.checkpoint import CHECKPOINT_NAME, Progress, load_checkpoint, save_checkpoint
 from softprompt.train.config import RunConfig
-from softprompt.train.evaluate import evaluate_classification, evaluate_generation
+from softprompt.train.evaluate import evaluate_generation, evaluate_predictions
 from softprompt.train.logs import (
     JSONL_NAME,
     PLOT_NAME,
@@ -168,6 +168,9 @@ def train(
     model = softprompt.wrap(
         base, prompt_config(config, task), tokenizer=tokenizer, **model_options(config, base)
     )
+    # The adapter file carries the task (template, label words, chat template...), so predict, eval and
+    # generate need only the file and the base model: see softprompt.train.config.parse_task.
+    model.task = config.task.model_dump(mode="json")
     # An encoder's classifier head is new: the bare model has no zero-shot answer to score.
     zero_shot = config.eval.zero_shot and KINDS[model.shape.kind].zero_shot
     if config.train.gradient_checkpointing:
@@ -296,11 +299,11 @@ def train(
 def score_split(
     config: RunConfig, objective: Objective, examples, tokenizer: Any, accelerator
 ) -> dict[str, float]:
-    """Scores of ``objective``'s model on ``examples`` as the task section asks: label-word or head
-    classification metrics, or metrics of generated texts."""
+    """Scores of ``objective``'s model on ``examples`` as the task section asks: metrics of its
+    predictions (classes, label sets, numbers, tags, choices), or of generated texts."""
     objective = accelerator.unwrap_model(objective)
     if config.task.kind != "generation":
-        return evaluate_classification(
+        return evaluate_predictions(
             objective,
             examples,
             batch_size=config.eval.batch_size,
