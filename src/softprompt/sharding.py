@@ -183,6 +183,10 @@ def prepare(accelerator: Any, objective: nn.Module, optimizer: torch.optim.Optim
         raise ValueError("softprompt trains under FSDP2: set fsdp_version: 2 in the accelerate config")
     if _zero_stage(accelerator) == 3:
         _register_head_weight(objective)
+        config = accelerator.state.deepspeed_plugin.deepspeed_config
+        # DeepSpeed sizes its logs (not the batches: softprompt's core hands it every batch) by this.
+        if not isinstance(config.get("train_micro_batch_size_per_gpu"), int):
+            config["train_micro_batch_size_per_gpu"] = 1
     return accelerator.prepare(objective, optimizer)
 
 
@@ -213,19 +217,34 @@ def keep_last_layer_for_backward(root: nn.Module) -> None:
 
 @contextlib.contextmanager
 def unsharded(root: nn.Module) -> Iterator[nn.Module]:
-    """Gather an FSDP2 root's own parameters (embeddings, head, norm) for calls that do not go through
-    its ``forward`` — scoring with ``objective.scores``, ``generate`` — and shard them again after.
+    """Gather what calls that do not go through the prepared objective's ``forward`` read outside
+    their own module's forward — scoring with ``objective.scores``, ``generate`` — and shard it after.
 
-    Layers wrapped on their own gather themselves when called. No-op for a model FSDP did not wrap.
+    FSDP2: the root's own parameters (embeddings, head, norm); layers wrapped on their own gather
+    themselves when called. ZeRO-3 (a DeepSpeed engine): the output head's weight, which a classifier
+    reads for its label words. No-op for a model nothing shards.
     """
-    if not isinstance(root, FSDPModule):
+    if isinstance(root, FSDPModule):
+        root.unshard()
+        try:
+            yield root
+        finally:
+            root.reshard()
+        return
+    objective = getattr(root, "module", root)  # a DeepSpeed engine holds the objective as .module
+    head = objective.model.get_output_embeddings() if hasattr(objective, "model") else None
+    if head is None or not is_zero3(head.weight):
         yield root
         return
-    root.unshard()
-    try:
-        yield root
-    finally:
-        root.reshard()
+    # Gathered, and marked persistent meanwhile: a tied embedding runs inside the call and would
+    # otherwise partition the shared weight again when its forward ends.
+    weight, persist = head.weight, head.weight.ds_persist
+    with whole_parameters(head):
+        weight.ds_persist = True
+        try:
+            yield root
+        finally:
+            weight.ds_persist = persist
 
 
 def _register_head_weight(objective: nn.Module) -> None:

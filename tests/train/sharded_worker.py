@@ -50,13 +50,17 @@ def global_batches(vocab: int, steps: int = STEPS) -> list[dict[str, torch.Tenso
 
 
 def build(folder: str):
-    """The frozen tiny GPT-2, its tokenizer, a prompt-tuning model (vocab init) and its objective."""
+    """The frozen tiny GPT-2, its tokenizer, a prompt-tuning model (vocab init) and its objective.
+
+    Under ZeRO-3 the base loads partitioned (every weight has shape ``[0]``): the init reads it
+    through ``whole_while_running``, as ``softprompt.wrap`` will once it calls it itself."""
     from softprompt.hub import load_base_model
+    from softprompt.sharding import whole_while_running
 
     base, tokenizer = load_base_model(folder)
-    model = softprompt.wrap(
-        base, softprompt.PromptTuningConfig(num_virtual_tokens=4, init="vocab", vocab_top_k=50)
-    )
+    config = softprompt.PromptTuningConfig(num_virtual_tokens=4, init="vocab", vocab_top_k=50)
+    with whole_while_running(base):
+        model = softprompt.wrap(base, config)
     label_ids = [tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in LABEL_WORDS]
     return base, tokenizer, model, ClassificationObjective(model, label_token_ids=label_ids)
 
@@ -136,6 +140,16 @@ def make_accelerator(engine: str):
         state = AcceleratorState()
         state.fsdp_plugin, state.distributed_type = plugin, DistributedType.FSDP
         return accelerator
+    if engine == "zero3":
+        from accelerate.utils import InitProcessGroupKwargs
+
+        # No accelerator device: accelerate finds no backend of its own; DeepSpeed's CPU one is gloo.
+        accelerator = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+        # Partition even these tiny tensors, as a big model's are (by default ZeRO-3 keeps tensors
+        # under 100,000 numbers whole on every process).
+        zero = accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
+        zero["stage3_param_persistence_threshold"] = 0
+        return accelerator
     raise SystemExit(f"unknown engine {engine}")
 
 
@@ -143,10 +157,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("folder")
     parser.add_argument("out", type=Path)
-    parser.add_argument("--engine", default="fsdp2")
+    parser.add_argument("--engine", default="fsdp2", choices=("fsdp2", "zero3"))
     parser.add_argument("--resume", action="store_true", help="continue from out/checkpoint.safetensors")
     args = parser.parse_args()
-    from softprompt.sharding import is_sharded, prepare, unsharded
+    from softprompt.sharding import is_sharded, prepare, unsharded, whole_parameters
 
     accelerator = make_accelerator(args.engine)
     rank = accelerator.process_index
@@ -154,6 +168,8 @@ def main() -> None:
     optimizer = optimizer_for(model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     checkpoint = args.out / "checkpoint.safetensors"
+    # ZeRO-3 keeps the optimiser state partitioned: softprompt's checkpoint (whole tensors) is FSDP2's only.
+    checkpoint_at = CHECKPOINT_AT if args.engine == "fsdp2" else None
     batches = global_batches(base.config.vocab_size)
     if args.resume:  # as softprompt train resumes: restored before accelerator.prepare
         progress = load_checkpoint(checkpoint, model, optimizer, scheduler)
@@ -162,11 +178,7 @@ def main() -> None:
     facts = {
         "world": accelerator.num_processes,
         "prompt_sharded": is_sharded(model.prompt.embeddings),
-        "base": {
-            name: [list(p.shape), list(p.to_local().shape) if hasattr(p, "to_local") else None]
-            for name, p in base.named_parameters()
-            if name.endswith(("wte.weight", "h.0.attn.c_attn.weight", "h.1.mlp.c_fc.weight"))
-        },
+        "base": {name: [list(_whole_shape(p)), _local_numel(p)] for name, p in base.named_parameters()},
         "base_sharded": all(is_sharded(p) for p in base.parameters()),
     }
     tensors = {}
@@ -176,23 +188,36 @@ def main() -> None:
         facts["wrap_error"] = wrapped_init.get("error")
         if "embeddings" in wrapped_init:
             tensors["wrapped_text_embeddings"] = wrapped_init["embeddings"]
-        facts["losses"] = train(wrapped, optimizer, batches[:CHECKPOINT_AT], accelerator)
-        if accelerator.is_main_process:
-            save_checkpoint(checkpoint, model, optimizer, scheduler, Progress(step=CHECKPOINT_AT))
-        accelerator.wait_for_everyone()
-        batches = batches[CHECKPOINT_AT:]
+        facts["losses"] = train(wrapped, optimizer, batches[:checkpoint_at], accelerator)
+        batches = batches[len(facts["losses"]) :]
+        if checkpoint_at is not None:
+            if accelerator.is_main_process:
+                save_checkpoint(checkpoint, model, optimizer, scheduler, Progress(step=checkpoint_at))
+            accelerator.wait_for_everyone()
     facts["losses_after_checkpoint"] = train(wrapped, optimizer, batches, accelerator)
+    first = global_batches(base.config.vocab_size)[0]
     with torch.no_grad(), unsharded(wrapped):  # scoring does not go through the sharded forward
-        tensors["scores"] = objective.scores(global_batches(base.config.vocab_size)[0]["input_ids"],
-                                             global_batches(base.config.vocab_size)[0]["attention_mask"])  # fmt: skip
-    tensors["prompt"] = model.prompt.embeddings.detach().clone()
+        tensors["scores"] = objective.scores(first["input_ids"], first["attention_mask"])
     name = "resumed" if args.resume else "run"
+    with whole_parameters(model.prompt):  # every process gathers (ZeRO-3 partitions the prompt too)
+        tensors["prompt"] = model.prompt.embeddings.detach().clone()
+        if accelerator.is_main_process:
+            model.save(args.out / f"{name}-adapter.safetensors")  # once
     save_file(
         {k: v.contiguous() for k, v in tensors.items()}, str(args.out / f"{name}-rank{rank}.safetensors")
     )
-    if accelerator.is_main_process:
-        model.save(args.out / f"{name}-adapter.safetensors")  # once, from the prompt every process holds
     (args.out / f"{name}-rank{rank}.json").write_text(json.dumps(facts))
+
+
+def _whole_shape(param: torch.Tensor) -> torch.Size:
+    return param.ds_shape if hasattr(param, "ds_shape") else param.shape
+
+
+def _local_numel(param: torch.Tensor) -> int:
+    """Numbers of ``param`` this process holds at rest."""
+    if hasattr(param, "ds_tensor"):
+        return param.ds_tensor.numel()
+    return param.to_local().numel() if hasattr(param, "to_local") else param.numel()
 
 
 if __name__ == "__main__":
