@@ -205,6 +205,9 @@ class ModelShape:
     encoder_prefix: bool = True
     position_offset: int = 0
     index_positions: bool = False
+    # Indices of decoder layers whose state is not keys/values (linear attention, Mamba): a prefix
+    # skips them, and virtual tokens that must reach their recurrent state enter as embeddings.
+    recurrent_layers: tuple[int, ...] = ()
 
     @property
     def num_layers(self) -> int:
