@@ -1,8 +1,17 @@
 """The optimiser and the learning-rate schedule that the ``train`` section describes.
 
 Examples:
-    >>> optimizer = make_optimizer(model.prompt.parameters(), config.train)  # doctest: +SKIP
-    >>> scheduler = make_scheduler(optimizer, config.train, total_steps=300)  # doctest: +SKIP
+    >>> model = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=4))
+    >>> train = TrainSection(lr=0.1, warmup_steps=2, schedule="linear")
+    >>> optimizer = make_optimizer(model.prompt.parameters(), train)
+    >>> scheduler = make_scheduler(optimizer, train, total_steps=10)
+    >>> rates = []
+    >>> for _ in range(4):                        # warm up over 2 steps, then decay linearly to 0 at 10
+    ...     rates.append(round(scheduler.get_last_lr()[0], 4))
+    ...     optimizer.step()
+    ...     scheduler.step()
+    >>> type(optimizer).__name__, rates
+    ('AdamW', [0.0, 0.05, 0.1, 0.0875])
 """
 
 from __future__ import annotations
