@@ -34,15 +34,19 @@ from softprompt.data import (
     require_columns,
 )
 from softprompt.families import model_shape
-from softprompt.hub import family_kind, load_base_model
+from softprompt.hub import HEADS_WITH_LABELS, family_kind, load_base_model
 from softprompt.kinds import KINDS
 from softprompt.methods import SoftPromptConfig
 from softprompt.models import PromptedModel
+from softprompt.precision import DTYPES as NAMED_DTYPES
+from softprompt.precision import DtypeChoice, DtypeName, choose_dtype
+from softprompt.quantization import Quantization, load_quantized
 from softprompt.train import objectives
 from softprompt.train.config import DataSection, RunConfig, TaskSection
 from softprompt.train.objectives import Objective
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# model.dtype and output.save_dtype names; "auto" (None) is chosen for the hardware when the base loads.
+DTYPES: dict[str, torch.dtype | None] = {**NAMED_DTYPES, "auto": None}
 
 logger = logging.getLogger(__name__)
 
@@ -160,21 +164,45 @@ def prompt_config(config: RunConfig, task: Task) -> SoftPromptConfig:
 def load_base(config: RunConfig, task: Task) -> tuple[Any, Any]:
     """The frozen ``(model, tokenizer)`` the run adapts, with the head its kind trains for the task
     (see :mod:`softprompt.kinds`): a causal or seq2seq LM, or an encoder with a new head of
-    ``task.num_outputs`` outputs (classes, labels, 1 for a number, tags)."""
-    return load_base_for(config.model.name_or_path, task, dtype=DTYPES[config.model.dtype])
+    ``task.num_outputs`` outputs (classes, labels, 1 for a number, tags). Its dtype is
+    ``model.dtype`` (``auto``: :func:`softprompt.precision.choose_dtype`, logged at INFO), its linear
+    layers quantized if ``model.quantization`` says so."""
+    return load_base_for(
+        config.model.name_or_path, task, dtype=config.model.dtype, quantization=config.model.quantization
+    )
 
 
-def load_base_for(name: str, task: Task, *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """:func:`load_base` for a model name and a task (e.g. the task an adapter file carries)."""
+def load_base_for(
+    name: str,
+    task: Task,
+    *,
+    dtype: torch.dtype | DtypeName | None = "auto",
+    quantization: Quantization | None = None,
+) -> tuple[Any, Any]:
+    """:func:`load_base` for a model name and a task (e.g. the task an adapter file carries);
+    ``dtype`` is a dtype, a ``model.dtype`` name, or None for ``"auto"``."""
     kind = KINDS[family_kind(name)]
     kind.objective(task.kind)  # refuses, with the reason, a task this kind cannot train
     head = kind.head_for(task.kind)
-    labels = (
-        {"num_labels": task.num_outputs}
-        if head in ("sequence-classification", "token-classification")
-        else {}
-    )
-    return load_base_model(name, head=head, dtype=dtype, **labels)
+    new_head = head in HEADS_WITH_LABELS
+    choice = base_dtype(dtype, trains_base_head=new_head)
+    logger.info(choice.message())
+    if quantization is not None:
+        if new_head:
+            raise ValueError(
+                f"model.quantization applies to models without a new task head; {name} trains a new "
+                f"{head} head (set model.quantization: null)"
+            )
+        return load_quantized(name, quantization, head=head, compute_dtype=choice.dtype)
+    labels = {"num_labels": task.num_outputs} if new_head else {}
+    return load_base_model(name, head=head, dtype=choice.dtype, **labels)
+
+
+def base_dtype(dtype: torch.dtype | DtypeName | None, *, trains_base_head: bool = False) -> DtypeChoice:
+    """The base's :class:`~softprompt.precision.DtypeChoice` for a dtype, a dtype name or None (auto)."""
+    if isinstance(dtype, torch.dtype):
+        return DtypeChoice(dtype, "set by the caller", automatic=False)
+    return choose_dtype(dtype or "auto", trains_base_head=trains_base_head)
 
 
 def model_options(config: RunConfig, base: Any) -> dict[str, Any]:

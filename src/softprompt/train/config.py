@@ -78,8 +78,14 @@ class ModelSection(Section):
     """The frozen model: a built-in alias (smollm2-135m-instruct, all-minilm-l6-v2), a local folder, or
     a hub name. Causal LMs classify by label words; encoders (BERT...) through a new classifier head."""
 
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Parameter dtype of the frozen model (the prompt always trains in float32)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Dtype of the frozen model; the prompt, a new head and the optimiser state always train in float32.
+    "auto": bfloat16 where the hardware computes it natively (CUDA GPUs with bf16, CPUs with AVX-512
+    BF16 or AMX), float32 elsewhere and for encoders whose new head trains (see softprompt.precision)."""
+
+    quantization: Literal["int8", "nf4"] | None = None
+    """Store the frozen model's linear layers in 8 bits ("int8") or 4 bits ("nf4", QLoRA's format) with
+    bitsandbytes (softprompt.quantization); null keeps them in model.dtype. Needs `pip install bitsandbytes`."""
 
     pooling: Literal["model", "mean"] = "model"
     """Encoders only: read the sequence at the first position with the model's own head ("model"),
