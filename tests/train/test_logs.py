@@ -215,3 +215,47 @@ def test_the_metrics_files_read_as_one_run(tmp_path):
         "2,train,loss,0.5",
         "3,train,loss,0.25",
     ]
+
+
+def test_a_torn_last_line_is_dropped_and_a_resumed_run_appends_on_a_line_of_its_own(tmp_path, caplog):
+    from softprompt.train.logs import CSV_NAME, JSONL_NAME, MetricsLog, read_records
+
+    log = MetricsLog(tmp_path)
+    for step in (1, 2):
+        log.write("train", step, {"loss": 1.0 / step})
+    # kill -9 in the middle of the step-3 record: a line without its end in both files
+    with (tmp_path / JSONL_NAME).open("a") as f:
+        f.write('{"step": 3, "split": "train", "lo')
+    with (tmp_path / CSV_NAME).open("a") as f:
+        f.write("3,train,lo")
+    assert [r["step"] for r in read_records(tmp_path / JSONL_NAME)] == [1, 2]
+    assert "dropped a torn last line" in caplog.text
+    MetricsLog(tmp_path, resume_step=2).write("train", 3, {"loss": 0.25})
+    assert read_records(tmp_path / JSONL_NAME) == [
+        {"step": 1, "split": "train", "loss": 1.0},
+        {"step": 2, "split": "train", "loss": 0.5},
+        {"step": 3, "split": "train", "loss": 0.25},
+    ]
+    assert (tmp_path / CSV_NAME).read_text().splitlines() == [
+        "step,split,name,value",
+        "1,train,loss,1.0",
+        "2,train,loss,0.5",
+        "3,train,loss,0.25",
+    ]
+
+
+def test_a_last_line_of_zeros_is_torn_and_a_broken_line_before_it_is_damage(tmp_path):
+    from softprompt.train.logs import MetricsLog, read_records
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(
+        '{"step": 1, "split": "dev", "accuracy": 50.0}\n' + "\0" * 8 + "\n"
+    )  # a filesystem's zeros
+    assert read_records(path) == [{"step": 1, "split": "dev", "accuracy": 50.0}]
+    MetricsLog(tmp_path, resume_step=1)
+    assert path.read_text() == '{"step": 1, "split": "dev", "accuracy": 50.0}\n'
+    path.write_text('{"step": 1, "spl\n{"step": 2, "split": "dev", "accuracy": 50.0}\n')
+    with pytest.raises(
+        ValueError, match=r"metrics.jsonl, line 1: not a JSON record .*the metrics file is damaged"
+    ):
+        read_records(path)

@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 JSONL_NAME = "metrics.jsonl"
 CSV_NAME = "metrics.csv"
 PLOT_NAME = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
+CSV_HEADER = ["step", "split", "name", "value"]
 
 # Trackers' packages, for the message when one is asked for but not installed.
 _PACKAGES = {"comet_ml": "comet-ml"}
@@ -62,7 +66,7 @@ class MetricsLog:
         with self.csv.open("a", newline="") as f:
             out = csv.writer(f)
             if new_csv:
-                out.writerow(["step", "split", "name", "value"])
+                out.writerow(CSV_HEADER)
             out.writerows([step, split, name, value] for name, value in values.items())
         if self.accelerator is not None and self.accelerator.trackers:
             self.accelerator.log({f"{split}/{name}": float(v) for name, v in values.items()}, step=step)
@@ -73,15 +77,16 @@ class MetricsLog:
             self.accelerator.end_training()
 
     def _truncate(self, step: int) -> None:
-        """Keep only the records a run had logged up to ``step`` (zero-shot records always stay)."""
+        """Keep only the records a run had logged up to ``step`` (zero-shot records always stay); a
+        line torn by a kill mid-write goes too, so appending starts on a line of its own."""
         records = [r for r in read_records(self.jsonl) if r["step"] <= step or r["split"] == "zero_shot"]
         self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
         if self.csv.exists():
-            with self.csv.open() as f:
-                rows = list(csv.reader(f))
-            kept = rows[:1] + [row for row in rows[1:] if int(row[0]) <= step or row[1] == "zero_shot"]
+            rows = list(csv.reader(_whole_lines(self.csv)))
+            rows = [row for row in rows[1:] if len(row) == len(CSV_HEADER)]
+            kept = [row for row in rows if int(row[0]) <= step or row[1] == "zero_shot"]
             with self.csv.open("w", newline="") as f:
-                csv.writer(f).writerows(kept)
+                csv.writer(f).writerows([CSV_HEADER, *kept])
 
 
 def check_trackers(names: Sequence[str]) -> None:
@@ -142,11 +147,47 @@ def _flatten(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file (none if it does not exist)."""
+    """The records of a ``metrics.jsonl`` file (none if it does not exist).
+
+    A last line that a kill cut short (no newline, or not JSON: a filesystem may leave zeros) is
+    left out with a warning; a broken line before the last is damage, and raises.
+
+    Examples:
+        >>> _ = (tmp_dir / "torn.jsonl").write_text('{"step": 1, "split": "train", "loss": 0.5}\\n{"step": 2, "spl')
+        >>> read_records(tmp_dir / "torn.jsonl")
+        [{'step': 1, 'split': 'train', 'loss': 0.5}]
+    """
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = _whole_lines(path)
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ValueError(
+                    f"{path}, line {number}: not a JSON record ({line[:60]!r}); the metrics file is damaged"
+                ) from None
+            logger.warning(
+                "%s: dropped a torn last record %r (the run was killed while writing it)", path, line[:60]
+            )
+    return records
+
+
+def _whole_lines(path: Path) -> list[str]:
+    """The lines of ``path`` that were written whole (with their newline); a torn last line is dropped."""
+    text = path.read_text(errors="replace")
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        logger.warning(
+            "%s: dropped a torn last line %r (the run was killed while writing it)", path, lines[-1][:60]
+        )
+        lines.pop()
+    return lines
 
 
 def plot_curves(jsonl: Path, out: Path, **options: Any) -> Path:
