@@ -15,7 +15,7 @@ the label words, AdamW 1e-2 constant (softprompt's defaults), batch 8 — with t
 
 Run:
     python benchmarks/quantized_base.py --threads 1     # the table in RESULTS.md (~20 minutes here)
-    python benchmarks/quantized_base.py --quick         # a small random Llama, seconds (the test)
+    python benchmarks/quantized_base.py --quick         # a small random Llama, seconds (the test; JSON to a temp dir)
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ from softprompt.train.optim import make_optimizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "quantized_base.json"
+QUICK_OUT = (
+    Path(tempfile.gettempdir()) / "quantized_base_quick.json"
+)  # a smoke run never replaces the table's JSON
 BASES = ("fp32", "bf16", "int8", "nf4")
 QUALITY_BASES = ("fp32", "int8", "nf4")  # bf16 is timed and measured; its accuracy costs as much again
 REFERENCE = "fp32"
@@ -307,8 +310,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="bases trained and scored",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (timings compare at one count)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JSON goes")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--out", type=Path, help=f"where the JSON goes (default {DEFAULT_OUT}; with --quick {QUICK_OUT})"
+    )
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = QUICK_OUT if args.quick else DEFAULT_OUT
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:

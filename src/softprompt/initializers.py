@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from softprompt.files.adapter import read_adapter
+from softprompt.sharding import whole_parameters
 
 
 def repeat_to_length(ids: torch.Tensor, length: int) -> torch.Tensor:
@@ -63,11 +64,13 @@ def embeddings_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """The frozen model's input embeddings of ``ids``: (P,) -> (P, E).
 
     Uses the embedding module's forward, so models whose embedding scales its output (Gemma 3's
-    scaled embedding) give the numbers a real token would have.
+    scaled embedding) give the numbers a real token would have. A sharded embedding (FSDP2, or
+    ZeRO-3's shape ``[0]`` partition, peft #206) is gathered for the lookup; every process of a
+    sharded run must call this together.
     """
     embedding = model.get_input_embeddings()
-    with torch.no_grad():
-        return embedding(ids.to(embedding.weight.device)).float().detach().clone()
+    with torch.no_grad(), whole_parameters(embedding) as (weight, *_):
+        return embedding(ids.to(weight.device)).float().detach().clone()
 
 
 def rows_from_file(path: str | os.PathLike, name: str, length: int, width: int) -> torch.Tensor:

@@ -85,10 +85,6 @@ def test_text_init_reads_the_sharded_embedding_and_layers_whole(runs, one_proces
             assert torch.equal(tensors[f"sharded_{name}"], one_process[name]), name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the call site: softprompt.initializers.embeddings_of under sharding.whole_parameters",
-)
 def test_wrap_with_text_init_on_a_sharded_base(runs, one_process):
     facts, tensors = rank(runs, "run", 0)
     assert facts["wrap_error"] is None, facts["wrap_error"]
