@@ -7,6 +7,8 @@
 * The attention implementation a model runs (``config._attn_implementation``) and whether it can
   switch (``_can_set_attn_implementation``).
 * Gradient checkpointing's cache switches (``GradientCheckpointingLayer._can_checkpoint_with_cache``).
+* Which keyword arguments a model's ``forward`` takes (``logits_to_keep``), and where its backbone is
+  (``base_model_prefix`` does not always name it).
 
 No other module touches a private ``transformers`` attribute.
 
@@ -21,9 +23,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
+from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 
@@ -36,6 +41,28 @@ def _cache_argument(module_class: type[nn.Module]) -> str:
 def cache_kwargs(module: nn.Module, cache: Any) -> dict[str, Any]:
     """``{name: cache}`` with the name ``module.forward`` (and its ``generate``) takes the cache by."""
     return {_cache_argument(type(module)): cache}
+
+
+@functools.cache
+def _forward_parameters(module_class: type[nn.Module]) -> frozenset[str]:
+    return frozenset(inspect.signature(module_class.forward).parameters)
+
+
+def takes_argument(module: nn.Module, name: str) -> bool:
+    """Whether ``module.forward`` names the keyword argument ``name`` (e.g. ``logits_to_keep``)."""
+    return name in _forward_parameters(type(module))
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The backbone of a ``transformers`` model with a head (its last hidden states, no head).
+
+    ``model.base_model`` follows ``base_model_prefix``; where that names no attribute (Llama 4's text
+    model says ``language_model`` but keeps ``model``), ``base_model`` is the model itself, and the
+    backbone is its one ``PreTrainedModel`` child.
+    """
+    if model.base_model is not model:
+        return model.base_model
+    return next(child for child in model.children() if isinstance(child, PreTrainedModel))
 
 
 def attention_implementation(model: nn.Module) -> str | None:
@@ -52,19 +79,37 @@ def can_switch_attention(model: nn.Module) -> bool:
     return model._can_set_attn_implementation()
 
 
-def allow_checkpointing_with_cache(model: nn.Module) -> None:
-    """Let a checkpointed model keep caches that are safe to replay (pure functions of their input).
+@contextmanager
+def checkpointing_keeps_cache(model: nn.Module) -> Iterator[None]:
+    """Within the block, a checkpointed ``model`` keeps caches that are safe to replay (pure functions
+    of their input); every switch is put back on exit.
 
     ``transformers`` drops the cache under gradient checkpointing, in each checkpointed layer and in
-    some backbones' own loops (GPT-2), because a growing cache would be appended to twice. Without
-    this, softprompt's prefix would silently vanish. The layers still checkpoint; backbone-level
-    switches only ever decided about caches.
+    some backbones' own loops (GPT-2), because a growing cache would be appended to twice. softprompt's
+    prefix would vanish (or mismatch its mask). The layers still checkpoint: non-reentrant
+    checkpointing replays each layer's forward with the arguments it was first called with, cache
+    included, so the switches need only hold while the forward runs. Checkpointing may have been
+    switched on before or after wrapping, by softprompt, ``transformers`` or ``Trainer``: the switch
+    is made per call.
     """
+    layers, loops = [], []
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):
-            module._can_checkpoint_with_cache = True
-        elif getattr(module, "gradient_checkpointing", False) and _holds_checkpointed_layers(module):
-            module.gradient_checkpointing = False
+            if module.gradient_checkpointing and not module._can_checkpoint_with_cache:
+                layers.append(module)
+        elif getattr(module, "gradient_checkpointing", False) is True and _holds_checkpointed_layers(module):
+            loops.append(module)
+    for module in layers:
+        module._can_checkpoint_with_cache = True
+    for module in loops:
+        module.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for module in layers:
+            del module._can_checkpoint_with_cache  # back to the class's own answer
+        for module in loops:
+            module.gradient_checkpointing = True
 
 
 def _holds_checkpointed_layers(module: nn.Module) -> bool:

@@ -4,6 +4,7 @@ gradient checkpointing and a frozen base."""
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers as T
 from tiny import FAMILIES, padded_batch, random_ids, tiny_causal_lm
 
 import softprompt
@@ -232,3 +233,72 @@ def test_an_attention_mask_of_another_rank_is_refused():
     model = wrapped("llama", "prompt_tuning")
     with pytest.raises(ValueError, match=r"\(batch, seq\) or \(batch, 1, seq, keys\)"):
         model(input_ids=random_ids(2, 4), attention_mask=torch.ones(2, 4, 4))
+
+
+# Final logits as each model's own forward makes them: granite divides by logits_scaling (and scales
+# embeddings, residuals and attention), cohere multiplies by logit_scale, gemma2 / gemma3_text soft-cap.
+OWN_HEADS = {
+    "granite": lambda: T.GraniteConfig(
+        **SMALL,
+        logits_scaling=4.0,
+        embedding_multiplier=2.0,
+        residual_multiplier=0.5,
+        attention_multiplier=0.3,
+    ),
+    "cohere": lambda: T.CohereConfig(**SMALL, logit_scale=0.25),
+    "gemma2": lambda: T.Gemma2Config(**SMALL, head_dim=8, final_logit_softcapping=2.0, sliding_window=64),
+    "gemma3_text": lambda: T.Gemma3TextConfig(**SMALL, head_dim=8, final_logit_softcapping=2.0),
+}
+SMALL = dict(
+    vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    intermediate_size=48, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+)  # fmt: skip
+
+
+def own_head_model(family: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    base = T.AutoModelForCausalLM.from_config(OWN_HEADS[family]()).eval()
+    with torch.no_grad():  # logits far from 0, where a cap or a scale shows (tiny random ones are ~0.1)
+        base.get_output_embeddings().weight.mul_(50)
+    return base
+
+
+@pytest.mark.parametrize("family", sorted(OWN_HEADS))
+def test_logits_are_the_models_own_with_the_prompt_in_front(family):
+    base = own_head_model(family)
+    try:
+        model = softprompt.wrap(base, softprompt.PromptTuningConfig(num_virtual_tokens=3, init="vocab"))
+    except softprompt.UnsupportedModelError as error:
+        pytest.skip(f"{family}: not supported yet ({error})")
+    ids, mask = padded_batch([random_ids(1, n, seed=n)[0] for n in (6, 4)], "left")
+    labels = ids.masked_fill(mask == 0, -100)
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+        sparse = model(input_ids=ids, attention_mask=mask, labels=labels, logits_at="labels").logits
+        for row in range(2):
+            real = ids[row][mask[row].bool()]
+            prompt = model.prompt().embeddings[None]  # (1, P, E): the reference prepends the embeddings
+            embeds = torch.cat([prompt, base.get_input_embeddings()(real[None])], dim=1)
+            expected = base(inputs_embeds=embeds).logits[0, 3:]  # the model's own head, scale and cap
+            assert expected.abs().max() > 1  # a cap or scale that matters
+            torch.testing.assert_close(full[row][mask[row].bool()], expected, atol=1e-4, rtol=1e-4)
+    where = labels[:, 1:] != -100
+    torch.testing.assert_close(sparse, full[:, :-1][where])
+
+
+def test_logits_where_selects_positions_row_by_row():
+    model = wrapped("gemma2", "prefix_tuning")
+    ids, mask = padded_batch([random_ids(1, n, seed=n)[0] for n in (5, 3)], "left")
+    where = torch.zeros(ids.shape, dtype=torch.bool)
+    where[0, [1, 4]] = where[1, 3] = True
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask).logits
+        got = model.logits_where(ids, mask, where)
+    torch.testing.assert_close(got, full[where])  # (3, V), row-major
+
+
+def test_the_loss_type_is_causal_whatever_the_base_class_is_named():
+    # GPT2LMHeadModel has no loss type of its own; Trainer counts items over shifted labels only for
+    # "ForCausalLM", and softprompt's loss is shifted for every causal LM.
+    assert tiny_causal_lm("gpt2").loss_type is None
+    assert wrapped("gpt2", "prompt_tuning").loss_type == "ForCausalLM"

@@ -1,7 +1,11 @@
 """Where a row's real tokens sit once a prompt is in front of them: positions, mask columns, alignment.
 
 A row's real tokens take the positions right after *its own* prompt and skip pads, so its numbers
-do not depend on its batch or on the padding side (peft #1093).
+do not depend on its batch or on the padding side (peft #1093). Some models measure distances in
+key *columns* instead of positions (sliding windows, MPT's ALiBi) and recurrent layers read every
+column in order: for them a pad between a prompt and its row's tokens changes the row. A forward
+pass therefore runs each row with its pads after its tokens (:func:`pads_last`), where they are
+never attended to and never reach a recurrent state.
 
 Examples:
     >>> mask = torch.tensor([[0, 1, 1], [1, 1, 1]])                  # row 0 left-padded
@@ -10,6 +14,8 @@ Examples:
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -56,3 +62,56 @@ def left_align(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[t
     """Move each row's pads to its left (generation appends tokens at the right end of every row)."""
     order = torch.argsort(attention_mask.long(), dim=-1, stable=True)  # pads (0) first, tokens keep order
     return input_ids.gather(-1, order), attention_mask.gather(-1, order)
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """A re-ordering of every row's columns, and its inverse (``order=None``: the batch is kept as it is).
+
+    ``order`` (B, T): column ``j`` of a re-ordered row is column ``order[b, j]`` of the caller's.
+    """
+
+    order: torch.Tensor | None = None
+
+    def apply(self, batch: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, T, ...) in the caller's layout -> the re-ordered layout."""
+        return batch if batch is None or self.order is None else _gather_columns(batch, self.order)
+
+    def undo(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) in the re-ordered layout -> the caller's."""
+        return batch if self.order is None else _gather_columns(batch, self.order.argsort(-1))
+
+    def undo_selected(self, selected: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """(N, ...) values at the ``where`` (B, T) positions of the caller's layout, picked in the re-ordered
+        layout, back in the caller's row-major order (a selected pad may have moved past its row's tokens)."""
+        if self.order is None:
+            return selected
+        moved = self.apply(where)
+        rows = moved.nonzero()[:, 0]
+        return selected[(rows * where.shape[1] + self.order[moved]).argsort()]
+
+
+def pads_last(attention_mask: torch.Tensor) -> Alignment:
+    """The re-ordering that moves each row's pads after its tokens (tokens keep their order).
+
+    A (B, T) mask that is right-padded (or has no pads) is kept; a 4-D mask is the caller's own
+    attention pattern and is kept too.
+
+    Examples:
+        >>> align = pads_last(torch.tensor([[0, 1, 1], [1, 1, 1]]))
+        >>> align.apply(torch.tensor([[7, 8, 9], [4, 5, 6]])).tolist()
+        [[8, 9, 7], [4, 5, 6]]
+        >>> align.undo(align.apply(torch.tensor([[7, 8, 9], [4, 5, 6]]))).tolist()
+        [[7, 8, 9], [4, 5, 6]]
+    """
+    if attention_mask.dim() != 2:
+        return Alignment()
+    real = attention_mask != 0
+    if not bool((real[:, 1:] & ~real[:, :-1]).any()):  # no token follows a pad
+        return Alignment()
+    return Alignment(torch.argsort((~real).to(torch.int8), dim=-1, stable=True))
+
+
+def _gather_columns(batch: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    index = order.view(*order.shape, *(1,) * (batch.dim() - 2)).expand(*order.shape, *batch.shape[2:])
+    return batch.gather(1, index)

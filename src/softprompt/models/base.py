@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from softprompt import sharing
-from softprompt.compat import allow_checkpointing_with_cache
 from softprompt.families import ModelShape
 from softprompt.files import peft as peft_files
 from softprompt.files.adapter import AdapterFileError, write_adapter
@@ -187,10 +186,11 @@ class PromptedModel(nn.Module, ABC):
                 "softprompt needs non-reentrant checkpointing (use_reentrant=False): the prompt enters the "
                 "layers through their key/value cache, which reentrant checkpointing does not differentiate"
             )
+        # The base's layers keep softprompt's caches through each forward (compat.checkpointing_keeps_cache),
+        # so checkpointing switched on the base model directly works the same.
         self.base_model.activation_checkpointing_enable(
             activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers, offload=offload
         )
-        allow_checkpointing_with_cache(self.base_model)
 
     def gradient_checkpointing_enable(
         self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, **options

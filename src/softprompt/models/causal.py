@@ -17,16 +17,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import ModelOutput
 
+from softprompt import compat
 from softprompt.compat import cache_kwargs
 from softprompt.families import ModelShape
 from softprompt.injection import IGNORE_INDEX, BatchPrefix, CompiledPrompt, RowPrompts
 from softprompt.injection.attention import use_grouped_attention
 from softprompt.injection.caches import generation_cache, prefix_cache
 from softprompt.injection.capture import virtual_tokens_prefix
-from softprompt.injection.positions import left_align, positions_after_prefix, with_prefix_columns
+from softprompt.injection.positions import (
+    Alignment,
+    left_align,
+    pads_last,
+    positions_after_prefix,
+    with_prefix_columns,
+)
 from softprompt.injection.prompts import no_prefix
+from softprompt.integrations.streaming import real_text_streamer
 from softprompt.methods import SoftPrompt
 from softprompt.models.base import PromptedModel
 
@@ -37,6 +47,10 @@ class SoftPromptModel(PromptedModel):
     Only ``self.prompt`` has trainable parameters; the base model is frozen and never modified.
     With ``prompt=None`` it runs the bare model unless a call passes per-row prefixes (the task bank).
     """
+
+    # Its loss is next-token cross-entropy whatever the base class is called (GPT2LMHeadModel has no
+    # loss type): Trainer then counts ``num_items_in_batch`` over shifted labels, as the loss does.
+    loss_type = "ForCausalLM"
 
     def __init__(self, base_model: nn.Module, prompt: SoftPrompt | None, shape: ModelShape) -> None:
         super().__init__(base_model, prompt, shape)
@@ -58,6 +72,63 @@ class SoftPromptModel(PromptedModel):
         return no_prefix(self.shape, batch, self.base_model.dtype, device)
 
     # -------------------------------------------------------------------------------------- forward
+    def _run(
+        self,
+        module: nn.Module,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        row_prompts: RowPrompts | None = None,
+        where: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> tuple[ModelOutput, Alignment]:
+        """``module`` (the causal LM, or its backbone) over the caller's tokens, each row after its prompt.
+
+        Rows are right-padded for the run (pads after the tokens) and given back in the caller's layout
+        by the returned :class:`~softprompt.injection.positions.Alignment`: sliding windows and
+        MPT's ALiBi count key *columns*, so a pad between a row's prompt and its tokens would move the
+        prompt away from them; pads after the tokens are never attended to.
+        ``where`` (B, T) bool selects the positions the causal LM computes logits for (``logits_to_keep``).
+        ``cache`` replaces the read-only prefix cache (it must start with the rows' prefix).
+        """
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        batch, length = tokens.shape[:2]
+        device = tokens.device
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, length, dtype=torch.long, device=device)
+        align = pads_last(attention_mask)
+        input_ids, inputs_embeds, attention_mask, position_ids, where = (
+            align.apply(t) for t in (input_ids, inputs_embeds, attention_mask, position_ids, where)
+        )
+        with compat.checkpointing_keeps_cache(self.base_model):
+            prefix = self._prefix(row_prompts, batch, device)
+            full_mask = with_prefix_columns(attention_mask, prefix.mask)  # checks the mask's rank
+            if self.shape.takes_position_ids:
+                if position_ids is None and attention_mask.dim() == 4:
+                    position_ids = (
+                        torch.arange(length, device=device).expand(batch, -1) + prefix.lengths[:, None]
+                    )
+                elif position_ids is None:
+                    position_ids = positions_after_prefix(attention_mask, prefix.lengths)
+                else:  # the caller's own positions, moved past each row's prompt
+                    position_ids = position_ids + prefix.lengths[:, None]
+                kwargs["position_ids"] = position_ids
+            if self._grouped_attention:
+                kwargs["softprompt_grouped"] = True
+            if where is not None:
+                kwargs["logits_to_keep"] = where
+            outputs = module(
+                input_ids=input_ids,
+                inputs_embeds=inputs_embeds,
+                attention_mask=full_mask,
+                use_cache=True,
+                **cache_kwargs(module, prefix_cache(prefix.layers) if cache is None else cache),
+                **kwargs,
+            )
+        return outputs, align
+
     def hidden_states(
         self,
         input_ids: torch.Tensor | None = None,
@@ -73,46 +144,42 @@ class SoftPromptModel(PromptedModel):
         attention pattern (bool, or additive float); with a 4-D mask, pass ``position_ids`` unless
         the rows are plain left-to-right sequences without pads.
         """
-        tokens = input_ids if input_ids is not None else inputs_embeds
-        batch, length = tokens.shape[:2]
-        device = tokens.device
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, length, dtype=torch.long, device=device)
-        prefix = self._prefix(row_prompts, batch, device)
-        full_mask = with_prefix_columns(attention_mask, prefix.mask)  # checks the mask's rank
-        if self.shape.takes_position_ids:
-            if position_ids is None and attention_mask.dim() == 4:
-                position_ids = torch.arange(length, device=device).expand(batch, -1) + prefix.lengths[:, None]
-            elif position_ids is None:
-                position_ids = positions_after_prefix(attention_mask, prefix.lengths)
-            else:  # the caller's own positions, moved past each row's prompt
-                position_ids = position_ids + prefix.lengths[:, None]
-            kwargs["position_ids"] = position_ids
-        if self._grouped_attention:
-            kwargs["softprompt_grouped"] = True
-        outputs = self.base_model.base_model(
-            input_ids=input_ids,
+        outputs, align = self._run(
+            compat.backbone(self.base_model),
+            input_ids,
+            attention_mask,
+            position_ids=position_ids,
             inputs_embeds=inputs_embeds,
-            attention_mask=full_mask,
-            use_cache=True,
-            **cache_kwargs(self.base_model.base_model, prefix_cache(prefix.layers)),
+            row_prompts=row_prompts,
             **kwargs,
         )
-        return outputs.last_hidden_state
+        return align.undo(outputs.last_hidden_state)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Project hidden states (..., H) to vocabulary logits (..., V) with the frozen output head."""
-        # One (N, H) @ (H, V) product. A sliced (B, k, H) view (``hidden[:, -2:-1]``) cannot be folded
-        # into one matrix, so ``linear`` would run a batched matmul that reads the (V, H) head once per
-        # row: 3x slower forward + backward on CPU. ``reshape`` copies such a view into (B * k, H).
-        flat = self.base_model.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1]))
-        logits = flat.view(*hidden.shape[:-1], flat.shape[-1])  # (..., V)
-        if self.shape.logit_scale is not None:
-            logits = logits * self.shape.logit_scale
-        if self.shape.logit_softcap is not None:
-            cap = self.shape.logit_softcap
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+    def logits_where(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        where: torch.Tensor,
+        **kwargs,
+    ) -> torch.Tensor:
+        """The model's own logits where ``where`` (B, T) is True: (N, V), in row-major order.
+
+        They come out of the causal LM's own head — its scaling, soft-capping or head transform
+        included — computed only at the selected positions (``logits_to_keep``), so scoring a label
+        never materialises full-vocabulary logits for the rest of the sequence.
+
+        Examples:
+            >>> model = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=4))
+            >>> last = torch.zeros(input_ids.shape, dtype=torch.bool)
+            >>> last[:, -1] = True                                     # each row's last token
+            >>> model.logits_where(input_ids, attention_mask, last).shape
+            torch.Size([2, 96])
+        """
+        where = where.to(torch.bool)
+        if not compat.takes_argument(self.base_model, "logits_to_keep"):  # these heads compute every position
+            return self._all_logits(input_ids, attention_mask, **kwargs)[where]
+        outputs, align = self._run(self.base_model, input_ids, attention_mask, where=where, **kwargs)
+        return align.undo_selected(outputs.logits, where)  # (N, V)
 
     def forward(
         self,
@@ -136,21 +203,24 @@ class SoftPromptModel(PromptedModel):
             raise ValueError(f"logits_at must be 'all' or 'labels', got {logits_at!r}")
         if logits_at == "labels" and labels is None:
             raise ValueError("logits_at='labels' needs labels")
-        hidden = self.hidden_states(input_ids, attention_mask, **kwargs)
-        if labels is None:
-            return CausalLMOutputWithPast(logits=self.logits(hidden))
         # Position t predicts token t + 1.
-        targets = labels[:, 1:]
         if logits_at == "labels":
-            where = targets != IGNORE_INDEX  # (B, T - 1)
-            logits = self.logits(hidden[:, :-1][where])  # (N, V)
-            loss = F.cross_entropy(logits.float(), targets[where])
+            where = F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1))  # (B, T)
+            logits = self.logits_where(input_ids, attention_mask, where, **kwargs)  # (N, V)
+            loss = F.cross_entropy(logits.float(), labels[:, 1:][where[:, :-1]])
             return CausalLMOutputWithPast(loss=loss, logits=logits)
-        logits = self.logits(hidden)
+        logits = self._all_logits(input_ids, attention_mask, **kwargs)
+        if labels is None:
+            return CausalLMOutputWithPast(logits=logits)
         loss = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
+            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
         )
         return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+    def _all_logits(self, input_ids, attention_mask, **kwargs) -> torch.Tensor:
+        """The model's own logits at every position, in the caller's layout: (B, T, V)."""
+        outputs, align = self._run(self.base_model, input_ids, attention_mask, **kwargs)
+        return align.undo(outputs.logits)
 
     # ----------------------------------------------------------------------------------- generation
     @torch.no_grad()
@@ -163,15 +233,18 @@ class SoftPromptModel(PromptedModel):
     ) -> torch.Tensor:
         """``transformers`` ``generate`` (greedy, sampling, beam search...) with the prompt in the cache.
 
-        The prompt's prefix enters the key/value cache once, before the first token. Rows are
-        left-aligned first, so right-padded batches generate as if each row ran alone. Returns the
-        (left-padded) input rows followed by the new tokens, without virtual tokens. ``row_prompts``
-        gives each row its own prompt instead of the model's (see :meth:`row_prompts`).
+        Each row's columns are laid out ``[pads][prompt][tokens]``: its prompt sits right before its
+        tokens, as when it runs alone, also for models that count distances in columns (sliding
+        windows, MPT's ALiBi) — and a sliding-window cache drops the pads first. softprompt runs the
+        input but each row's last token itself (pads after the tokens, see :meth:`_run`), moves the
+        pads in front, and ``generate`` continues from that cache. Returns the (left-padded) input
+        rows followed by the new tokens, without virtual tokens. ``row_prompts`` gives each row its
+        own prompt instead of the model's (see :meth:`row_prompts`).
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         input_ids, attention_mask = left_align(input_ids, attention_mask)
-        batch = input_ids.shape[0]
+        batch, length = input_ids.shape
         config = kwargs.get("generation_config") or self.base_model.generation_config
         # `generate` repeats each row for beams / returned sequences, but cannot repeat a cache.
         expand = max(
@@ -179,28 +252,67 @@ class SoftPromptModel(PromptedModel):
             kwargs.get("num_return_sequences") or config.num_return_sequences or 1,
         )
         prefix = self._prefix(row_prompts, batch, input_ids.device)
-        cache = generation_cache(self.base_model.config, prefix.repeat_interleave(expand).layers)
+        virtual = prefix.mask.shape[1]
+        states = self._prefilled_states(input_ids, attention_mask, prefix)  # per layer (B, H, P + T - 1, D)
+        cache = generation_cache(
+            self.base_model.config,
+            [(k.repeat_interleave(expand, 0), v.repeat_interleave(expand, 0)) for k, v in states],
+        )
 
         # `generate` skips the input ids the cache already covers: stand-ins take the prefix's places.
-        virtual = prefix.mask.shape[1]
         pad = self.base_model.generation_config.pad_token_id or 0
         stand_ins = torch.full((batch, virtual), pad, dtype=input_ids.dtype, device=input_ids.device)
-        full_mask = with_prefix_columns(attention_mask, prefix.mask)
+        pads_first = _pads_first(attention_mask, virtual)  # (B, P + T): [pads][prompt][tokens]
         if self.shape.takes_position_ids:
-            kwargs["position_ids"] = torch.cat(
-                [
-                    torch.zeros_like(prefix.mask),
-                    positions_after_prefix(attention_mask, prefix.lengths),
-                ],
-                -1,
+            positions = positions_after_prefix(attention_mask, prefix.lengths)
+            kwargs["position_ids"] = torch.cat([torch.zeros_like(prefix.mask), positions], -1).gather(
+                -1, pads_first
             )
         if "max_length" in kwargs:
             kwargs["max_length"] += virtual
+        if "streamer" in kwargs:
+            kwargs["streamer"] = real_text_streamer(kwargs["streamer"], virtual)
         output = self.base_model.generate(
-            input_ids=torch.cat([stand_ins, input_ids], dim=-1),
-            attention_mask=full_mask,
+            input_ids=torch.cat([stand_ins, input_ids], dim=-1).gather(-1, pads_first),
+            attention_mask=with_prefix_columns(attention_mask, prefix.mask).gather(-1, pads_first),
             **cache_kwargs(self.base_model, cache),
             **kwargs,
         )
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
-        return sequences[:, virtual:]
+        # Back to [prompt][left-padded input], then without the prompt's stand-ins.
+        undo = pads_first.argsort(-1).repeat_interleave(sequences.shape[0] // batch, 0)
+        given = sequences[:, : virtual + length].gather(-1, undo)
+        return torch.cat([given[:, virtual:], sequences[:, virtual + length :]], dim=-1)
+
+    def _prefilled_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: BatchPrefix
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer the keys/values of each row's prompt and its left-padded tokens but the last, laid
+        out ``[pads][prompt][tokens]``: each (B, H, P + T - 1, D)."""
+        if input_ids.shape[1] == 1:
+            return prefix.layers
+        cache = generation_cache(None, prefix.layers)  # grows by the tokens; no window drops any column yet
+        _, align = self._run(
+            compat.backbone(self.base_model),
+            input_ids[:, :-1],
+            attention_mask[:, :-1],
+            row_prompts=RowPrompts(sites={"self": prefix}),
+            cache=cache,
+        )
+        # The run's columns were [prompt][tokens][pads]; move every row's pads in front.
+        order = _pads_first(align.apply(attention_mask[:, :-1]), prefix.mask.shape[1])
+        return [
+            (_gather_slots(layer.keys, order), _gather_slots(layer.values, order)) for layer in cache.layers
+        ]
+
+
+def _pads_first(attention_mask: torch.Tensor, virtual: int) -> torch.Tensor:
+    """(B, P + T) column order that moves each row's pads in front of its ``virtual`` prompt slots."""
+    slots = torch.ones(attention_mask.shape[0], virtual, dtype=torch.long, device=attention_mask.device)
+    content = with_prefix_columns(attention_mask, slots)
+    return torch.argsort(content, dim=-1, stable=True)
+
+
+def _gather_slots(states: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """(B, H, S, D) with each row's slots in ``order`` (B, S)."""
+    return states.gather(2, order[:, None, :, None].expand_as(states))

@@ -73,18 +73,18 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask.shape[-1] - 1 - trailing_pads
 
 
-def label_word_logits(model: SoftPromptModel, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """The frozen output head applied for ``token_ids`` only: (B, H) -> (B, C).
+def label_word_logits(
+    model: SoftPromptModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_ids: torch.Tensor
+) -> torch.Tensor:
+    """The model's own next-token logits after each row's last token, for ``token_ids`` only: (B, C).
 
-    Equals ``model.logits(hidden)[:, token_ids]`` (soft-capping included) without computing the
-    other V - C logits.
+    The logits come out of the model's own head (its scaling and soft-capping included) at that one
+    position per row; the label words are picked from them.
     """
-    head = model.base_model.get_output_embeddings()
-    weight = head.weight[token_ids]  # (C, H)
-    bias = head.bias[token_ids] if getattr(head, "bias", None) is not None else None
-    logits = F.linear(hidden, weight, bias)
-    cap = model.shape.logit_softcap
-    return torch.tanh(logits / cap) * cap if cap is not None else logits
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    answer = torch.zeros(input_ids.shape[:2], dtype=torch.bool, device=input_ids.device)
+    answer[rows, last_token_index(attention_mask)] = True  # (B, T): one position per row
+    return model.logits_where(input_ids, attention_mask, answer)[:, token_ids]  # (B, V) -> (B, C)
 
 
 class _Scoring(nn.Module):
@@ -158,10 +158,7 @@ class ClassificationObjective(_Scoring):
 
     def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Label-word logits (B, C) at the position after each row's template."""
-        hidden = self.model.hidden_states(input_ids, attention_mask)  # (B, T, H)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        answer = hidden[rows, last_token_index(attention_mask)]  # (B, H)
-        return label_word_logits(self.model, answer, self.label_ids)
+        return label_word_logits(self.model, input_ids, attention_mask, self.label_ids)
 
 
 class HeadClassificationObjective(_Scoring):
