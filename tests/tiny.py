@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import re
+
 import torch
 import transformers as T
 
@@ -217,3 +221,265 @@ def tiny_encoder(family: str, task: str = "sequence-classification", num_labels:
     model = ENCODER_TASKS[task].from_config(config)
     model.config._name_or_path = f"tiny-{family}"
     return model.eval()
+
+
+# ----------------------------------------------------------------------------- any model type, generic
+# Small generic sizes, set by a config field's *name* only (no per-model knowledge), so any model type
+# transformers ships builds tiny: see ``tiny_model``. Eight layers keep the layer patterns configs
+# derive from the depth (sliding every few layers, hybrid attention/recurrent interleaving); a window
+# of 4 is shorter than the test inputs, so sliding-window code paths really run.
+GENERIC_HIDDEN, GENERIC_LAYERS, GENERIC_HEADS, GENERIC_KV_HEADS, GENERIC_HEAD_DIM = 32, 8, 4, 2, 8
+GENERIC_INTERMEDIATE, GENERIC_MAX_POSITIONS, GENERIC_WINDOW, GENERIC_NUM_LABELS = 64, 128, 4, 3
+# A random model with more parameters than this did not shrink (a size field with an unknown name).
+GENERIC_MAX_PARAMETERS = 5_000_000
+
+_GENERIC_SIZES: dict[str, int] = {
+    **dict.fromkeys(
+        ["hidden_size", "n_embd", "d_model", "dim", "emb_dim", "embed_dim", "model_dim"], GENERIC_HIDDEN
+    ),
+    **dict.fromkeys(["word_embed_proj_dim", "embedding_size"], GENERIC_HIDDEN),
+    **dict.fromkeys(
+        ["num_hidden_layers", "n_layer", "n_layers", "num_layers", "decoder_layers", "encoder_layers"],
+        GENERIC_LAYERS,
+    ),
+    "num_decoder_layers": GENERIC_LAYERS,
+    **dict.fromkeys(
+        ["num_attention_heads", "n_head", "n_heads", "num_heads", "decoder_attention_heads"], GENERIC_HEADS
+    ),
+    "encoder_attention_heads": GENERIC_HEADS,
+    **dict.fromkeys(
+        ["num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_group_num"], GENERIC_KV_HEADS
+    ),
+    **dict.fromkeys(["head_dim", "d_kv", "kv_channels", "dim_head", "attention_head_size"], GENERIC_HEAD_DIM),
+    "rotary_dim": GENERIC_HEAD_DIM // 2,  # a partial rotary part must fit the head
+    "vocab_size": VOCAB,
+    **dict.fromkeys(
+        ["max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "context_length"],
+        GENERIC_MAX_POSITIONS,
+    ),
+    **dict.fromkeys(["max_target_positions", "max_source_positions"], GENERIC_MAX_POSITIONS),
+    # mixture of experts: few, small
+    **dict.fromkeys(["n_routed_experts", "num_experts", "num_local_experts", "moe_num_experts"], 4),
+    **dict.fromkeys(["num_experts_per_tok", "moe_topk", "moe_k"], 2),
+    **dict.fromkeys(["n_group", "topk_group"], 1),
+    # multi-head latent attention (DeepSeek-style ranks and split head sizes)
+    **dict.fromkeys(["kv_lora_rank", "q_lora_rank", "o_lora_rank"], 16),
+    "qk_rope_head_dim": 4,
+    "qk_nope_head_dim": 8,
+    "v_head_dim": 8,
+    # state-space and linear-attention layers
+    **dict.fromkeys(["mamba_d_state", "state_size", "ssm_state_size", "d_state"], 8),
+    **dict.fromkeys(["linear_key_head_dim", "linear_value_head_dim", "linear_head_dim"], GENERIC_HEAD_DIM),
+}
+# None means "off" (a low-rank query) or "derive it": leave those alone.
+_OFF_WHEN_NONE = {"q_lora_rank", "o_lora_rank"}
+_WINDOW_FIELDS = {
+    "sliding_window",
+    "sliding_window_size",
+    "attention_window_size",
+    "window_size",
+    "local_attention_window_len",
+    "attention_chunk_size",
+    "local_attention",
+}
+_INTERMEDIATE_MARKERS = (
+    "intermediate_size",
+    "ffn_dim",
+    "ffn_hidden_size",
+    "dim_ff",
+    "d_ff",
+    "feed_forward_size",
+)
+_INTERMEDIATE_NAMES = {"dff", "d_inner", "n_inner"}
+# Special ids as in the configs above; other token ids that fall outside the vocabulary go to its top.
+_SPECIAL_IDS = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2, "decoder_start_token_id": 2}
+
+
+_AUDIO_INPUT = re.compile(r"audio|speech|input_features|input_values")
+
+
+class BuildError(Exception):
+    """A model type that cannot be built tiny from its config: ``reason`` says why."""
+
+    def __init__(self, model_type: str, head: str, reason: str):
+        super().__init__(f"{model_type} ({head}): {reason}")
+        self.model_type, self.head, self.reason = model_type, head, reason
+
+
+class NotATextModel(BuildError):
+    """A model type whose input is not text (no text vocabulary, or audio/image features first)."""
+
+
+def _fields(config_class) -> dict:
+    try:
+        return {f.name: f for f in dataclasses.fields(config_class)}
+    except TypeError:  # not a dataclass config
+        return {}
+
+
+def _default(field):
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        try:
+            return field.default_factory()
+        except Exception:
+            return None
+    return None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def small_config_kwargs(config_class, multi_head: bool = False) -> dict:
+    """Keyword arguments that shrink ``config_class``'s size fields, found by field name only.
+
+    ``multi_head`` gives every query head its own key/value head (models whose attention needs it,
+    such as latent attention, refuse grouped heads). Sub-configs (``text_config``, ...) shrink the same way.
+    """
+    fields = _fields(config_class)
+    kwargs: dict = {}
+    for name, field in fields.items():
+        default = _default(field)
+        if isinstance(default, (bool, list, tuple)) or (default is None and name in _OFF_WHEN_NONE):
+            continue
+        if name in _GENERIC_SIZES:
+            kwargs[name] = _GENERIC_SIZES[name]
+        elif name in _WINDOW_FIELDS and _is_int(default):  # only a window that is on by default
+            kwargs[name] = GENERIC_WINDOW
+        elif _is_int(default) and (
+            any(m in name for m in _INTERMEDIATE_MARKERS) or name in _INTERMEDIATE_NAMES
+        ):
+            kwargs[name] = GENERIC_INTERMEDIATE
+        elif _is_int(default) and "vocab_size" in name and default > VOCAB:
+            kwargs[name] = VOCAB
+        elif name == "num_kv_shared_layers" and _is_int(default) and default > 0:
+            kwargs[name] = GENERIC_LAYERS // 2  # layers sharing keys/values must be fewer than all
+    if multi_head:
+        for name in ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_group_num"):
+            if name in kwargs:
+                kwargs[name] = GENERIC_HEADS
+    top_ids = iter(range(VOCAB - 1, VOCAB // 2, -1))
+    for name, field in fields.items():
+        if name.endswith(("_token_id", "_token_index")):
+            default = _default(field)
+            if _is_int(default) and default >= VOCAB // 2:
+                kwargs[name] = _SPECIAL_IDS.get(name, next(top_ids))
+            elif isinstance(default, (list, tuple)) and any(_is_int(i) and i >= VOCAB // 2 for i in default):
+                kwargs[name] = [_SPECIAL_IDS.get(name, 1)]
+    for key, spec in (getattr(config_class, "sub_configs_defaults", None) or {}).items():
+        if key == "backbone_config":
+            continue
+        sub_class = spec.config_class
+        if sub_class.__name__ == "AutoConfig":
+            sub_class = T.CONFIG_MAPPING[spec.model_type]
+        sub = {**spec.init_kwargs, **small_config_kwargs(sub_class, multi_head)}
+        if spec.config_class.__name__ == "AutoConfig":
+            sub["model_type"] = spec.model_type
+        kwargs[key] = sub
+    return kwargs
+
+
+def _text_vocabulary(config) -> int | None:
+    try:
+        text = config.get_text_config(decoder=True)
+    except Exception:
+        text = config
+    size = getattr(text, "vocab_size", None)
+    return size if _is_int(size) and size > 0 else None
+
+
+def _model_class(model_type: str, head: str):
+    from softprompt.kinds import HEADS
+
+    names = HEADS[head].class_names(model_type)
+    if not names:
+        raise BuildError(model_type, head, f"transformers has no {head} class for it")
+    name = sorted(names)[0]
+    if not hasattr(T, name):
+        raise BuildError(model_type, head, f"{name} cannot be imported (a missing optional dependency)")
+    return getattr(T, name)
+
+
+def ending_with_eos(ids: torch.Tensor, config) -> torch.Tensor:
+    """1-D ``ids`` ending with the model's end-of-sequence token, as tokenised text does.
+
+    Classifiers over encoder-decoders (T5, BART) read the end-of-sequence position.
+    """
+    eos = getattr(config.get_text_config(decoder=True), "eos_token_id", None)
+    eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+    return torch.cat([ids[:-1], torch.tensor([eos])]) if _is_int(eos) and 0 <= eos < VOCAB else ids
+
+
+def _smoke_inputs(config, head: str) -> dict:
+    ids = ending_with_eos(torch.tensor([3, 4, 5, 6, 7]), config)[None]
+    if head == "seq2seq-lm":  # classifiers over encoder-decoders make decoder inputs from input_ids
+        return dict(input_ids=ids, decoder_input_ids=ids[:, :3])
+    return dict(input_ids=ids)
+
+
+def _build_once(model_type: str, head: str, cls, multi_head: bool, seed: int):
+    config_class = T.CONFIG_MAPPING[model_type]
+    try:
+        config = config_class(**small_config_kwargs(config_class, multi_head))
+    except Exception as err:
+        raise BuildError(model_type, head, f"config: {one_line(err)}") from None
+    if _text_vocabulary(config) is None:
+        raise NotATextModel(model_type, head, "its config has no text vocabulary")
+    if head in ("sequence-classification", "token-classification"):
+        config.num_labels = GENERIC_NUM_LABELS
+    if config.is_encoder_decoder and getattr(config, "decoder_start_token_id", None) is None:
+        config.decoder_start_token_id = _SPECIAL_IDS["decoder_start_token_id"]  # checkpoints set it
+    try:
+        with torch.device("meta"):
+            size = sum(p.numel() for p in cls(config).parameters())
+    except Exception as err:
+        raise BuildError(model_type, head, f"build: {one_line(err)}") from None
+    if size > GENERIC_MAX_PARAMETERS:
+        raise BuildError(
+            model_type, head, f"build: {size:,} parameters from a small config (a size left large)"
+        )
+    torch.manual_seed(seed)
+    try:
+        model = cls(config).eval()
+        with torch.no_grad():
+            model(**_smoke_inputs(config, head))
+    except Exception as err:
+        raise BuildError(model_type, head, f"forward: {one_line(err)}") from None
+    model.config._name_or_path = f"tiny-{model_type}"
+    return model
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception as one line: its type and message, whitespace folded, cut at ``limit``."""
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def tiny_model(model_type: str, head: str, seed: int = 0) -> torch.nn.Module:
+    """A tiny random ``model_type`` with ``head``, built from its config class by generic sizes, in eval mode.
+
+    ``head`` is ``causal-lm``, ``seq2seq-lm``, ``sequence-classification`` or ``token-classification``.
+    Grouped key/value heads are tried first, then one key/value head per query head (latent attention
+    refuses grouped heads). Raises :class:`BuildError` with the reason when no such config builds
+    and runs a forward pass on text, :class:`NotATextModel` when the model does not take text.
+    """
+    if model_type not in T.CONFIG_MAPPING:
+        raise BuildError(model_type, head, "transformers has no such model type")
+    cls = _model_class(model_type, head)
+    if getattr(cls, "main_input_name", "input_ids") != "input_ids":
+        raise NotATextModel(model_type, head, f"its main input is {cls.main_input_name}, not text")
+    inputs = set(inspect.signature(cls.forward).parameters)
+    audio = sorted(name for name in inputs if _AUDIO_INPUT.search(name))
+    if audio and not any("pixel" in name for name in inputs):  # speech-to-text, not an any-to-text LM
+        raise NotATextModel(model_type, head, f"an audio model: it reads {audio[0]}")
+    try:
+        return _build_once(model_type, head, cls, multi_head=False, seed=seed)
+    except NotATextModel:
+        raise
+    except BuildError as grouped:
+        try:
+            return _build_once(model_type, head, cls, multi_head=True, seed=seed)
+        except BuildError:
+            raise grouped from None
