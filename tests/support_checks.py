@@ -124,6 +124,7 @@ def run_case(model_type: str, head: str, methods: dict[str, SoftPromptConfig] | 
     start = time.perf_counter()
     try:
         base = tiny_model(model_type, head)
+        inputs = case_inputs(base, head)
     except NotATextModel as err:
         return CaseResult(model_type, head, "excluded", err.reason)
     except BuildError as err:
@@ -131,9 +132,32 @@ def run_case(model_type: str, head: str, methods: dict[str, SoftPromptConfig] | 
     result = CaseResult(model_type, head, "yes", attention_based=attention_based(base))
     with tempfile.TemporaryDirectory() as tmp:
         for name, config in (methods or method_configs()).items():
-            result.outcomes[name] = check_method(base, head, config, Path(tmp) / name)
+            result.outcomes[name] = check_method(base, head, config, Path(tmp) / name, inputs)
     result.seconds = round(time.perf_counter() - start, 2)
     return result
+
+
+@dataclass
+class CaseInputs:
+    """The rows every check runs, the decoder input (seq2seq LMs), and the bare model's logits of each row."""
+
+    rows: list[torch.Tensor]
+    decoder_ids: torch.Tensor | None
+    bare: list[torch.Tensor]
+
+
+def case_inputs(base: torch.nn.Module, head: str) -> CaseInputs:
+    """The checks' inputs for ``base``; a bare model that cannot run them does not build (:class:`BuildError`)."""
+    rows = [ending_with_eos(random_ids(1, n, seed=n)[0], base.config) for n in ROW_LENGTHS]
+    decoder_ids = _decoder_ids(base) if head == "seq2seq-lm" else None
+    try:
+        with torch.no_grad():
+            bare = [_logits(base, r[None], None, decoder_ids) for r in rows]
+    except Exception as err:
+        raise BuildError(
+            base.config.model_type, head, f"forward on {ROW_LENGTHS} tokens: {one_line(err)}"
+        ) from None
+    return CaseInputs(rows, decoder_ids, bare)
 
 
 def run_isolated(model_type: str, head: str, timeout: float = 300.0) -> CaseResult:
@@ -168,17 +192,22 @@ def _child(model_type: str, head: str, send) -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     T.logging.set_verbosity_error()
-    send.send(dataclasses.asdict(run_case(model_type, head)))
+    try:
+        result = run_case(model_type, head)
+    except Exception as err:  # outside any check (e.g. the attention probe): still this case's failure
+        failed = Outcome("fails", one_line(err), "run")
+        result = CaseResult(model_type, head, "yes", outcomes=dict.fromkeys(METHODS, failed))
+    send.send(dataclasses.asdict(result))
     send.close()
 
 
 # ------------------------------------------------------------------------------------------ checks
-def check_method(base: torch.nn.Module, head: str, config: SoftPromptConfig, folder: Path) -> Outcome:
+def check_method(
+    base: torch.nn.Module, head: str, config: SoftPromptConfig, folder: Path, inputs: CaseInputs | None = None
+) -> Outcome:
     """Wrap ``base`` with ``config`` and run every check; the first refusal or failure ends it."""
-    rows = [ending_with_eos(random_ids(1, n, seed=n)[0], base.config) for n in ROW_LENGTHS]
-    decoder_ids = _decoder_ids(base) if head == "seq2seq-lm" else None
-    with torch.no_grad():
-        bare = [_logits(base, r[None], None, decoder_ids) for r in rows]
+    inputs = inputs or case_inputs(base, head)
+    rows, decoder_ids, bare = inputs.rows, inputs.decoder_ids, inputs.bare
     check = "wrap"
     try:
         model = softprompt.wrap(base, config).eval()

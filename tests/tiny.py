@@ -419,7 +419,8 @@ def _smoke_inputs(config, head: str) -> dict:
     return dict(input_ids=ids)
 
 
-def _build_once(model_type: str, head: str, cls, multi_head: bool, seed: int):
+def _configs(model_type: str, head: str, multi_head: bool) -> list:
+    """The config to build: the model type's own, then — for a composite one — its text config."""
     config_class = T.CONFIG_MAPPING[model_type]
     try:
         config = config_class(**small_config_kwargs(config_class, multi_head))
@@ -427,6 +428,12 @@ def _build_once(model_type: str, head: str, cls, multi_head: bool, seed: int):
         raise BuildError(model_type, head, f"config: {one_line(err)}") from None
     if _text_vocabulary(config) is None:
         raise NotATextModel(model_type, head, "its config has no text vocabulary")
+    text = config.get_text_config(decoder=True)
+    # a class registered under a composite type may take the text part only
+    return [config] if text is config else [config, text]
+
+
+def _build_once(model_type: str, head: str, cls, config, seed: int):
     if head in ("sequence-classification", "token-classification"):
         config.num_labels = GENERIC_NUM_LABELS
     if config.is_encoder_decoder and getattr(config, "decoder_start_token_id", None) is None:
@@ -462,8 +469,9 @@ def tiny_model(model_type: str, head: str, seed: int = 0) -> torch.nn.Module:
 
     ``head`` is ``causal-lm``, ``seq2seq-lm``, ``sequence-classification`` or ``token-classification``.
     Grouped key/value heads are tried first, then one key/value head per query head (latent attention
-    refuses grouped heads). Raises :class:`BuildError` with the reason when no such config builds
-    and runs a forward pass on text, :class:`NotATextModel` when the model does not take text.
+    refuses grouped heads); a composite config (text and vision) is tried whole, then its text part.
+    Raises :class:`BuildError` with the reason when no such config builds and runs a forward pass on
+    text, :class:`NotATextModel` when the model does not take text.
     """
     if model_type not in T.CONFIG_MAPPING:
         raise BuildError(model_type, head, "transformers has no such model type")
@@ -474,12 +482,18 @@ def tiny_model(model_type: str, head: str, seed: int = 0) -> torch.nn.Module:
     audio = sorted(name for name in inputs if _AUDIO_INPUT.search(name))
     if audio and not any("pixel" in name for name in inputs):  # speech-to-text, not an any-to-text LM
         raise NotATextModel(model_type, head, f"an audio model: it reads {audio[0]}")
-    try:
-        return _build_once(model_type, head, cls, multi_head=False, seed=seed)
-    except NotATextModel:
-        raise
-    except BuildError as grouped:
+    errors: list[BuildError] = []
+    for multi_head in (False, True):
         try:
-            return _build_once(model_type, head, cls, multi_head=True, seed=seed)
-        except BuildError:
-            raise grouped from None
+            configs = _configs(model_type, head, multi_head)
+        except NotATextModel:
+            raise
+        except BuildError as err:
+            errors.append(err)
+            continue
+        for config in configs:
+            try:
+                return _build_once(model_type, head, cls, config, seed)
+            except BuildError as err:
+                errors.append(err)
+    raise errors[0]  # the reason of the plainest try
