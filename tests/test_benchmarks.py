@@ -27,6 +27,7 @@ QUICK_RUNS = {
     "mixed_tasks.py": ["--quick"],  # tiny random Llama
     "quality.py": ["--quick"],  # tiny random GPT-2 and BERT, a few rows of the real data sets
     "example_task_probe.py": ["--quick"],  # tiny random Llama over GPT-2's tokenizer, the example's rows
+    "precision.py": ["--quick"],  # tiny random GPT-2, fp32 vs bf16, a few rows of the real data sets
 }
 needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no {SHARED_DATA}")
 
@@ -139,6 +140,37 @@ def test_example_task_probe_quick_run_scores_zero_shot_and_trained(tmp_path):
         assert set(scores["recall"]) <= {"billing", "technical", "shipping", "account"}
         # accuracy is the dev-weighted mean of the per-class recalls: every dev row was scored once
         assert min(scores["recall"].values()) <= scores["accuracy"] <= max(scores["recall"].values())
+
+
+@needs_shared_data
+def test_precision_quick_run_compares_bf16_with_fp32_in_one_run(tmp_path):
+    stdout, result = run_quick("precision.py", tmp_path / "precision.json")
+    assert "Step time and memory" in stdout and "Dev accuracy, bf16 vs fp32 base" in stdout
+    assert result["auto_dtype_here"].startswith("base dtype: ")
+    steps = {(r["dtype"], r["call"]): r for r in result["step"]}
+    assert set(steps) == {
+        (d, c) for d in ("float32", "bfloat16") for c in ("users' call", 'logits_at="labels"')
+    }
+    for (_, call), r in steps.items():
+        assert len(r["step_seconds"]["values"]) == 2 and r["peak_bytes"] > 0
+        reference = steps[("float32", call)]
+        assert r["time_vs_fp32_same_call"] == pytest.approx(
+            r["step_seconds"]["median"] / reference["step_seconds"]["median"]
+        )
+    # the bf16 base holds half the bytes of the fp32 one
+    assert (
+        steps[("bfloat16", "users' call")]["base_bytes"] * 2
+        == steps[("float32", "users' call")]["base_bytes"]
+    )
+    panel = result["panel"]
+    assert {(r["task"], r["dtype"], r["seed"]) for r in panel} == {
+        (t, d, s) for t in ("sst2", "rte", "boolq") for d in ("float32", "bfloat16") for s in (0, 1)
+    }
+    for s in result["panel_summary"]:
+        fp32, bf16 = s["accuracy"]["float32"]["values"], s["accuracy"]["bfloat16"]["values"]
+        assert s["bf16_minus_fp32"]["values"] == pytest.approx(
+            [b - f for f, b in zip(fp32, bf16, strict=True)]
+        )
 
 
 def test_quality_help_lists_the_selection_flags(capsys):
