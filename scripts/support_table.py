@@ -86,12 +86,19 @@ def _pattern(text: str) -> str:
 
 
 def grouped_failures(results: list[CaseResult], status: str) -> list[dict]:
-    """Outcomes of ``status`` grouped by check and folded message, largest group first."""
+    """Outcomes of ``status`` grouped by check and folded message, largest group first.
+
+    A refusal groups by its first clause with class names folded ("cannot adapt a Class"): the rest
+    names the model's own type and heads.
+    """
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for r in results:
         for name, o in r.outcomes.items():
             if o.status == status:
-                groups[(o.check, _pattern(o.detail))].append(f"{r.model_type} ({r.head}, {name})")
+                detail = o.detail
+                if status == "refused":
+                    detail = re.sub(r"\b(?=\w*[a-z])(?=\w*[A-Z]\w*[A-Z])\w+", "Class", detail.split(":")[0])
+                groups[(o.check, _pattern(detail))].append(f"{r.model_type} ({r.head}, {name})")
     ordered = sorted(groups.items(), key=lambda item: -len(item[1]))
     return [
         {"check": check, "reason": reason, "count": len(where), "where": where}
