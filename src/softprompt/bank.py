@@ -32,7 +32,7 @@ from softprompt.families import UnsupportedModelError, model_shape
 from softprompt.injection import CompiledPrompt, RowPrompts
 from softprompt.kinds import KINDS
 from softprompt.methods import SoftPrompt
-from softprompt.models import PromptedModel
+from softprompt.models import PromptedModel, SoftPromptModel
 from softprompt.models.base import parameter_versions
 
 TaskRef = str | int | None
@@ -153,11 +153,30 @@ class TaskBank(nn.Module):
         attention_mask: torch.Tensor | None = None,
         *,
         tasks: Sequence[TaskRef],
+        labels: torch.Tensor | None = None,
         **kwargs,
     ):
-        """Like the wrapped model's ``forward``, with ``tasks[i]`` naming row ``i``'s task."""
+        """Like the wrapped model's ``forward``, with ``tasks[i]`` naming row ``i``'s task.
+
+        With ``labels``, a causal LM computes logits only where a label is (``logits_at="labels"``:
+        flat (N, V) logits of those positions, and the loss): scoring a mixed-task batch's labels
+        never projects unlabelled positions onto the vocabulary. Pass ``logits_at="all"`` for (B, T, V).
+
+        Examples:
+            >>> bank = TaskBank(base_model)
+            >>> bank.add("sentiment", softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=4)))
+            >>> labels = torch.full_like(input_ids, -100)
+            >>> labels[:, -1] = input_ids[:, -1]                  # one scored token per row
+            >>> out = bank(input_ids, attention_mask, tasks=["sentiment", None], labels=labels)
+            >>> out.logits.shape                                  # (N, V): the 2 labelled positions only
+            torch.Size([2, 96])
+        """
         self._check_rows(input_ids, tasks)
         rows = self.row_prompts(tasks, input_ids.device)
+        if labels is not None:
+            kwargs["labels"] = labels
+            if isinstance(self.runner, SoftPromptModel):
+                kwargs.setdefault("logits_at", "labels")
         return self.runner(input_ids=input_ids, attention_mask=attention_mask, row_prompts=rows, **kwargs)
 
     @torch.no_grad()
