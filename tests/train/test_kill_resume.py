@@ -1,8 +1,10 @@
-"""Training survives ``kill -9``: a run killed inside a step or inside a checkpoint write (real
-SIGKILLs of a training process), then resumed, ends bit-identical on CPU to an uninterrupted run."""
+"""Training survives ``kill -9``: a run killed inside a step, inside a checkpoint write or inside a
+metrics record (real SIGKILLs of a training process), then resumed, ends bit-identical on CPU to an
+uninterrupted run, with the same metrics files."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -18,6 +20,7 @@ from safetensors.torch import load_file
 from train_helpers import classification_config
 
 from softprompt.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
+from softprompt.train.logs import CSV_NAME, JSONL_NAME
 
 # A training process that SIGKILLs itself at an exact moment, or runs until the test kills it.
 TRAINER = textwrap.dedent(
@@ -44,6 +47,20 @@ TRAINER = textwrap.dedent(
             write(tensors, path, metadata=metadata)
 
         checkpoint.save_file = half_then_die
+    elif mode == "log":  # die half-way through writing the at-th record of metrics.jsonl / .csv
+        from softprompt.train import logs
+        write = logs.MetricsLog.write
+
+        def half_then_die(self, split, step, values):
+            if calls + 1 == at:
+                for path, torn in ((self.jsonl, '{"step": %d, "split": "%s", "lo' % (step, split)),
+                                   (self.csv, "%d,%s,lo" % (step, split))):
+                    with path.open("a") as f:
+                        f.write(torn)
+            die_at_call()
+            write(self, split, step, values)
+
+        logs.MetricsLog.write = half_then_die
     elif mode == "step":  # die inside the at-th step: parameters updated, scheduler and counters not
         from torch.optim.optimizer import register_optimizer_step_post_hook
         register_optimizer_step_post_hook(lambda *args: die_at_call())
@@ -92,6 +109,15 @@ def assert_same_run(expected_dir, got_dir) -> None:
     adapters = [load_file(d / "softprompt.safetensors") for d in (expected_dir, got_dir)]
     assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
     assert sorted(p.name for p in got_dir.iterdir() if p.name.startswith(".")) == []  # no temps left
+    # the metrics files read as one run: dev scores bit-identical, no torn or repeated line
+    for name in (JSONL_NAME, CSV_NAME):
+        expected_lines, got_lines = ((d / name).read_text().splitlines() for d in (expected_dir, got_dir))
+        assert [line for line in got_lines if "dev" in line] == [
+            line for line in expected_lines if "dev" in line
+        ]
+        assert [
+            line.split(",")[:3] if name == CSV_NAME else json.loads(line).keys() for line in got_lines
+        ] == [line.split(",")[:3] if name == CSV_NAME else json.loads(line).keys() for line in expected_lines]
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +132,13 @@ def uninterrupted(tiny_gpt2, cls_data, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "mode, at",
-    [("checkpoint", 4), pytest.param("step", 5, marks=pytest.mark.slow)],
-    ids=["in-checkpoint-write", "in-step"],
+    "mode, at, last_checkpoint",
+    # the 2nd record is dev at step 4, written before step 4's checkpoint
+    [("checkpoint", 4, 3), ("log", 2, 3), pytest.param("step", 5, 4, marks=pytest.mark.slow)],
+    ids=["in-checkpoint-write", "in-metrics-record", "in-step"],
 )
 def test_killed_then_resumed_ends_bit_identical(
-    mode, at, uninterrupted, tiny_gpt2, gpt2_base, cls_data, tmp_path
+    mode, at, last_checkpoint, uninterrupted, tiny_gpt2, gpt2_base, cls_data, tmp_path
 ):
     raw = run_config(tiny_gpt2, cls_data, tmp_path / "killed")
     config_path = tmp_path / "run.yaml"
@@ -120,7 +147,7 @@ def test_killed_then_resumed_ends_bit_identical(
     output = trainer.communicate(timeout=300)[0]
     assert trainer.returncode == -signal.SIGKILL, output
     saved = read_checkpoint(tmp_path / "killed" / CHECKPOINT_NAME)  # the last whole checkpoint stands
-    assert saved["progress"]["step"] == at - 1
+    assert saved["progress"]["step"] == last_checkpoint
     finish(config_path, tmp_path / "killed")
     assert_same_run(uninterrupted, tmp_path / "killed")
 

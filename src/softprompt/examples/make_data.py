@@ -297,7 +297,18 @@ LABELS = tuple(ISSUES)
 
 def fill(phrase: str, rng: random.Random) -> str:
     """Replace each {slot} in ``phrase`` with a random value of that slot."""
-    return re.sub(r"\{(\w+)\}", lambda m: rng.choice(SLOTS[m.group(1)]), phrase)
+    return "".join(text for text, _ in fill_spans(phrase, rng))
+
+
+def fill_spans(phrase: str, rng: random.Random) -> list[tuple[str, str | None]]:
+    """``phrase`` with its slots filled, as (text, slot name or None) pieces, so the values can be tagged."""
+    pieces: list[tuple[str, str | None]] = []
+    for index, part in enumerate(re.split(r"\{(\w+)\}", phrase)):
+        if index % 2:  # re.split puts each slot's name at an odd index
+            pieces.append((rng.choice(SLOTS[part]), part))
+        elif part:
+            pieces.append((part, None))
+    return pieces
 
 
 def issues_for(label: str, split: str) -> list[str]:
