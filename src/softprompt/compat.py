@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -95,6 +96,7 @@ def checkpointing_keeps_cache(model: nn.Module) -> Iterator[None]:
     layers, loops = [], []
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):
+            _refuse_reentrant(module)
             if module.gradient_checkpointing and not module._can_checkpoint_with_cache:
                 layers.append(module)
         elif getattr(module, "gradient_checkpointing", False) is True and _holds_checkpointed_layers(module):
@@ -110,6 +112,26 @@ def checkpointing_keeps_cache(model: nn.Module) -> Iterator[None]:
             del module._can_checkpoint_with_cache  # back to the class's own answer
         for module in loops:
             module.gradient_checkpointing = True
+
+
+def _refuse_reentrant(layer: GradientCheckpointingLayer) -> None:
+    # Reentrant checkpointing runs a backward pass per layer; every layer's would go back through the
+    # one compiled prompt they share ("backward through the graph a second time"). It may have been
+    # switched on the base model directly, so each forward checks.
+    checkpoint = getattr(layer, "_gradient_checkpointing_func", None)
+    checkpointing = layer.gradient_checkpointing and layer.training and torch.is_grad_enabled()
+    if checkpointing:
+        require_non_reentrant(getattr(checkpoint, "keywords", {}))
+
+
+def require_non_reentrant(checkpointing_kwargs: dict[str, Any]) -> None:
+    """Refuse reentrant checkpointing (``use_reentrant=True`` in ``transformers``' checkpointing kwargs)."""
+    if checkpointing_kwargs.get("use_reentrant"):
+        raise ValueError(
+            "softprompt needs non-reentrant checkpointing (use_reentrant=False): every layer reads the "
+            "one prompt, which reentrant checkpointing would differentiate once per layer. Switch it on with "
+            "model.gradient_checkpointing_enable() (or gradient_checkpointing_kwargs={'use_reentrant': False})"
+        )
 
 
 def _holds_checkpointed_layers(module: nn.Module) -> bool:

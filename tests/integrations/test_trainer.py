@@ -155,6 +155,38 @@ def test_activation_checkpointing_from_training_arguments_trains_the_same_prompt
     torch.testing.assert_close(prompts[1], prompts[0])
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        PROMPT,
+        softprompt.PrefixTuningConfig(num_virtual_tokens=3),
+        softprompt.PTuningConfig(num_virtual_tokens=3),
+    ],
+    ids=["prompt_tuning", "prefix_tuning", "p_tuning"],
+)
+def test_gradient_checkpointing_true_trains_the_same_prompt_and_leaves_the_base_alone(config, tmp_path):
+    # TrainingArguments(gradient_checkpointing=True), the older spelling, with checkpointing also
+    # switched on the base model before wrapping (as a user following the base model's docs would).
+    prompts = []
+    for checkpointing in (False, True):
+        base = tiny_causal_lm("gpt2")
+        if checkpointing:
+            base.gradient_checkpointing_enable()
+        weights = {k: v.clone() for k, v in base.state_dict().items()}
+        model = softprompt.wrap(base, config)
+        initial = trained_numbers(model)
+        args = arguments(
+            tmp_path / str(checkpointing), gradient_checkpointing=checkpointing, save_strategy="no"
+        )
+        Trainer(model=model, args=args, train_dataset=rows("causal")).train()
+        assert model.is_activation_checkpointing is checkpointing
+        assert all(torch.equal(weights[k], v) for k, v in base.state_dict().items())
+        assert all(not torch.equal(initial[k], v) for k, v in trained_numbers(model).items())
+        prompts.append(trained_numbers(model))
+    for name, trained in prompts[0].items():
+        torch.testing.assert_close(prompts[1][name], trained)
+
+
 def test_save_adapter_callback_makes_each_checkpoint_an_adapter_folder(tmp_path):
     base = tiny_encoder("bert")
     model = softprompt.wrap(base, PROMPT)

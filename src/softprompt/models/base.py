@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from softprompt import sharing
+from softprompt import compat, sharing
 from softprompt.families import ModelShape
 from softprompt.files import peft as peft_files
 from softprompt.files.adapter import AdapterFileError, write_adapter
@@ -103,6 +103,12 @@ class PromptedModel(nn.Module, ABC):
         self.register_load_state_dict_post_hook(_frozen_keys_are_not_missing)
         self.register_forward_pre_hook(_take_trainer_keywords, with_kwargs=True)
         self.register_forward_hook(_loss_over_items_in_batch, with_kwargs=True)
+
+    def __call__(self, *args, **kwargs):
+        # However checkpointing was switched on (here, on the base model, by Trainer), its layers keep
+        # softprompt's caches for this call (see compat.checkpointing_keeps_cache).
+        with compat.checkpointing_keeps_cache(self.base_model):
+            return super().__call__(*args, **kwargs)
 
     # ----------------------------------------------------------------------------------------- info
     @property
@@ -177,15 +183,11 @@ class PromptedModel(nn.Module, ABC):
         """Recompute the frozen layers' activations in backward; works with every method.
 
         Takes ``transformers``' arguments (``Trainer(args=TrainingArguments(activation_checkpointing=True))``
-        calls it). Checkpointing is non-reentrant: the prompt reaches the layers through the key/value
-        cache, which reentrant checkpointing would not differentiate.
+        calls it). Checkpointing is non-reentrant: every layer reads the one prompt, which reentrant
+        checkpointing would differentiate once per layer.
         """
         kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
-        if kwargs["use_reentrant"]:
-            raise ValueError(
-                "softprompt needs non-reentrant checkpointing (use_reentrant=False): the prompt enters the "
-                "layers through their key/value cache, which reentrant checkpointing does not differentiate"
-            )
+        compat.require_non_reentrant(kwargs)
         # The base's layers keep softprompt's caches through each forward (compat.checkpointing_keeps_cache),
         # so checkpointing switched on the base model directly works the same.
         self.base_model.activation_checkpointing_enable(
