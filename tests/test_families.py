@@ -6,7 +6,7 @@ import transformers as T
 from tiny import FAMILIES, MORE_FAMILIES, random_ids, tiny_causal_lm
 
 import softprompt
-from softprompt.families import model_shape
+from softprompt.families import LayerShape, model_shape
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -26,15 +26,47 @@ def test_grouped_query_and_explicit_head_dim_are_read_from_config():
     assert model_shape(tiny_causal_lm("falcon")).layers[0].num_kv_heads == 1  # multi-query
 
 
-def test_unsupported_family_error_names_it_and_lists_supported():
+def test_a_model_type_with_no_table_entry_is_read_from_the_model():
     torch.manual_seed(0)
     model = T.AutoModelForCausalLM.from_config(
-        T.CodeGenConfig(vocab_size=64, n_embd=32, n_layer=1, n_head=4, rotary_dim=4, n_positions=64)
-    )
+        T.CodeGenConfig(vocab_size=64, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64)
+    ).eval()
+    assert "codegen" not in softprompt.FAMILIES
+    shape = model_shape(model)
+    assert (shape.family, shape.kind, shape.layers) == ("codegen", "causal", (LayerShape(4, 8),) * 2)
+    wrapped = softprompt.wrap(model, softprompt.PromptTuningConfig(num_virtual_tokens=2))
+    assert wrapped(input_ids=random_ids(1, 3) % 64).logits.shape == (1, 3, 64)
+
+
+def test_a_model_the_probe_cannot_read_is_refused_naming_what_failed():
+    # XLNet keeps its memory in `mems`, not in a transformers cache.
+    model = T.XLNetLMHeadModel(T.XLNetConfig(vocab_size=64, d_model=32, n_layer=1, n_head=4, d_inner=48))
     with pytest.raises(
-        softprompt.UnsupportedModelError, match="'codegen'.*Supported families: bloom, cohere, falcon"
+        softprompt.UnsupportedModelError,
+        match="cannot read the shape of this xlnet model: a one-token forward wrote no keys/values",
     ):
         softprompt.wrap(model, softprompt.PromptTuningConfig(num_virtual_tokens=2))
+
+
+def test_the_probe_runs_once_per_model(monkeypatch):
+    from softprompt.injection import capture
+
+    model = tiny_causal_lm("llama")
+    calls = []
+    read = capture.read_decoder_cache
+    monkeypatch.setattr(capture, "read_decoder_cache", lambda m: calls.append(m) or read(m))
+    first, second = model_shape(model), model_shape(model)
+    assert first == second and len(calls) == 1
+    model.config._name_or_path = "renamed"  # config facts are read afresh
+    assert model_shape(model).name_or_path == "renamed" and len(calls) == 1
+
+
+def test_the_probe_leaves_the_model_as_it_was():
+    model = tiny_causal_lm("llama").train()
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    model_shape(model)
+    assert model.training
+    assert all(torch.equal(before[name], p) for name, p in model.state_dict().items())
 
 
 @pytest.mark.parametrize("family", FAMILIES + MORE_FAMILIES)

@@ -1,9 +1,16 @@
-"""The one place that knows model families: model facts, derived once into an immutable ``ModelShape``.
+"""Model facts, read from the model itself once and kept in an immutable ``ModelShape``.
 
-A family is a row of ``FAMILIES``: its kind (causal decoder, encoder-decoder or encoder, see
-:mod:`softprompt.kinds`) and how to read its attention shapes from a ``transformers`` config.
-Everything else in softprompt works from the :class:`ModelShape` derived here once, so a new
-family is a table entry, never a branch elsewhere.
+A model is supported because of what it is, not because it is listed: :func:`model_shape` reads
+the standard config fields (vocabulary, hidden width, query heads), the input-embedding width from
+the embedding module, and the attention shapes from what the model actually computes — a one-token
+forward through a recording cache (:mod:`softprompt.injection.capture`) gives every decoder
+layer's key and value shapes and shows which layers keep keys/values of their own, which carry a
+recurrent state instead, and which read another layer's keys/values; an encoder's attention calls
+give its layers' shapes. Per-layer head sizes (Gemma 4), keys and values of different widths
+(latent attention: DeepSeek-V3), grouped and multi-query heads (Falcon), embedding projections
+(OPT, ELECTRA, ALBERT) and hybrid stacks (Jamba, Qwen3-Next) come out right with no table entry.
+
+:data:`FAMILIES` holds only what the probe cannot see, each entry saying why.
 
 A :class:`PrefixLayout` lists the attention sites (see :data:`softprompt.kinds.Site`) and layers
 one prefix fills, in the order its flat ``(P, F)`` table stores them.
@@ -13,137 +20,77 @@ Examples:
     >>> model = LlamaForCausalLM(LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
     ...                                      num_key_value_heads=2, intermediate_size=64, vocab_size=128))
     >>> shape = model_shape(model)
-    >>> shape.family, shape.num_layers, shape.layers[0]
-    ('llama', 2, LayerShape(num_kv_heads=2, head_dim=8))
+    >>> shape.family, shape.kind, shape.num_layers, shape.layers[0]
+    ('llama', 'causal', 2, LayerShape(num_kv_heads=2, head_dim=8, value_head_dim=8))
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
+from transformers.models.auto import modeling_auto
 
 from softprompt.kinds import KINDS, ModelHead, ModelKind, Site, head_of
 
 
 @dataclass(frozen=True)
 class LayerShape:
-    """Key/value shape of one attention layer: prefixes are ``(num_kv_heads, P, head_dim)`` per layer."""
+    """Key/value shape of one attention layer: a prefix is keys ``(num_kv_heads, P, head_dim)`` and
+    values ``(num_kv_heads, P, value_head_dim)`` in it.
+
+    Values are as wide as keys unless ``value_head_dim`` says otherwise (latent attention caches a
+    compressed latent as its "keys" and a rotary key part as its "values").
+    """
 
     num_kv_heads: int
     head_dim: int
+    value_head_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.value_head_dim is None:
+            object.__setattr__(self, "value_head_dim", self.head_dim)
+
+    @property
+    def key_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def value_size(self) -> int:
+        return self.num_kv_heads * self.value_head_dim
 
     @property
     def kv_size(self) -> int:
         """Numbers one virtual token needs in this layer: a key and a value."""
-        return 2 * self.num_kv_heads * self.head_dim
+        return self.key_size + self.value_size
 
-
-def _heads(config: Any) -> int:
-    return config.num_attention_heads
-
-
-def _kv_heads(config: Any) -> int:
-    # Grouped-query attention (Llama 3, Qwen2, Mistral...): prefixes live in key/value-head space.
-    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-
-
-def _head_dim(config: Any) -> int:
-    # Qwen3 and Gemma set head_dim explicitly, and it need not be hidden_size / heads.
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
-def _falcon_kv_heads(config: Any) -> int:
-    # Falcon: multi-query (one shared key/value head) unless the "new decoder architecture" uses GQA.
-    if config.new_decoder_architecture:
-        return config.num_kv_heads
-    return 1 if config.multi_query else config.num_attention_heads
-
-
-def _hidden(config: Any) -> int:
-    return config.hidden_size
-
-
-def _no_offset(config: Any) -> int:
-    return 0
-
-
-def _t5_decoder(config: Any) -> tuple[int, LayerShape]:
-    return config.num_decoder_layers, LayerShape(num_kv_heads=config.num_heads, head_dim=config.d_kv)
-
-
-def _bart_decoder(config: Any) -> tuple[int, LayerShape]:
-    heads = config.decoder_attention_heads
-    return config.decoder_layers, LayerShape(num_kv_heads=heads, head_dim=config.d_model // heads)
-
-
-@dataclass(frozen=True)
-class Family:
-    """How to read one family's shapes from its config. Defaults fit the Llama-style configs."""
-
-    kind: ModelKind
-    kv_heads: Callable[[Any], int] = _kv_heads
-    head_dim: Callable[[Any], int] = _head_dim
-    # Width of the input embeddings; OPT embeds into word_embed_proj_dim and projects up afterwards.
-    embed_dim: Callable[[Any], int] = _hidden
-    # Config attribute holding a tanh soft-cap applied to the final logits (Gemma 2).
-    logit_softcap_attr: str | None = None
-    # Config attribute holding a factor the final logits are multiplied by (Cohere).
-    logit_scale_attr: str | None = None
-    # Encoder-decoders: (number of decoder layers, their self-/cross-attention shape).
-    decoder: Callable[[Any], tuple[int, LayerShape]] | None = None
-    # Whether encoder self-attention can take a key/value prefix. DeBERTa's disentangled attention
-    # computes position scores against every key itself and calls no replaceable attention function.
-    encoder_prefix: bool = True
-    # First position id of a real token (RoBERTa numbers positions from padding_idx + 1).
-    position_offset: Callable[[Any], int] = _no_offset
-    # Positions counted by index in the sequence and not overridable (BART's learned positions):
-    # rows whose prompts differ in length cannot share a batch without shifting each other.
-    index_positions: bool = False
-
-
-FAMILIES: dict[str, Family] = {
-    "gpt2": Family("causal", kv_heads=_heads),
-    "llama": Family("causal"),
-    "mistral": Family("causal"),
-    "qwen2": Family("causal"),
-    "qwen3": Family("causal"),
-    "gemma": Family("causal"),
-    "gemma2": Family("causal", logit_softcap_attr="final_logit_softcapping"),
-    "phi3": Family("causal"),
-    "gpt_neox": Family("causal", kv_heads=_heads),
-    "opt": Family("causal", kv_heads=_heads, embed_dim=lambda c: c.word_embed_proj_dim),
-    "falcon": Family("causal", kv_heads=_falcon_kv_heads),
-    "bloom": Family("causal", kv_heads=_heads),
-    # Further causal decoders: each one entry, checked by the same tests as the families above.
-    "gemma3_text": Family("causal", logit_softcap_attr="final_logit_softcapping"),
-    "mixtral": Family("causal"),
-    "qwen2_moe": Family("causal"),
-    "starcoder2": Family("causal"),
-    "olmo2": Family("causal"),
-    "stablelm": Family("causal"),
-    "phi": Family("causal"),
-    "gptj": Family("causal", kv_heads=_heads),
-    "gpt_bigcode": Family("causal", kv_heads=lambda c: 1 if c.multi_query else c.num_attention_heads),
-    "cohere": Family("causal", logit_scale_attr="logit_scale"),
-    # Encoder-decoders. T5's head size is its own (d_kv); mT5 and T5 v1.1 share T5's entry.
-    "t5": Family("seq2seq", kv_heads=_heads, decoder=_t5_decoder),
-    "mt5": Family("seq2seq", kv_heads=_heads, decoder=_t5_decoder),
-    "bart": Family("seq2seq", kv_heads=_heads, decoder=_bart_decoder, index_positions=True),
-    "mbart": Family("seq2seq", kv_heads=_heads, decoder=_bart_decoder, index_positions=True),
-    # Encoders.
-    "bert": Family("encoder", kv_heads=_heads),
-    "roberta": Family("encoder", kv_heads=_heads, position_offset=lambda c: c.pad_token_id + 1),
-    "deberta-v2": Family("encoder", kv_heads=_heads, encoder_prefix=False),
-    "distilbert": Family("encoder", kv_heads=_heads),
-}
+    def fingerprint(self) -> list[int]:
+        # [heads, width] as files have always recorded it; a third number only where values differ.
+        if self.value_head_dim == self.head_dim:
+            return [self.num_kv_heads, self.head_dim]
+        return [self.num_kv_heads, self.head_dim, self.value_head_dim]
 
 
 class UnsupportedModelError(ValueError):
-    """Raised for a model family softprompt has no table entry for, or a combination it cannot run."""
+    """Raised for a model softprompt cannot read, or a combination of model and method it cannot run."""
+
+
+@dataclass(frozen=True)
+class Quirk:
+    """What a family does that its shape and modules do not show. Defaults: nothing unusual."""
+
+    # Whether encoder self-attention can take a key/value prefix even though the probe saw it call
+    # softprompt's attention function.
+    encoder_prefix: bool = True
+
+
+# What the probe cannot see, per model type. Everything else is read from the model (model_shape).
+FAMILIES: dict[str, Quirk] = {}
 
 
 @dataclass(frozen=True)
@@ -183,7 +130,7 @@ class PrefixLayout:
 
 @dataclass(frozen=True)
 class ModelShape:
-    """Facts about a base model, derived once from its config; never what the user chose."""
+    """Facts about a base model, read once from its config and a probe; never what the user chose."""
 
     family: str
     kind: ModelKind
@@ -192,7 +139,10 @@ class ModelShape:
     embed_dim: int
     vocab_size: int
     num_attention_heads: int
-    # Self-attention layers of the stack that reads the input: the causal decoder, or the encoder.
+    # Self-attention layers of the stack that reads the input (the causal decoder, or the encoder)
+    # that a prefix fills: those with keys/values of their own. A decoder layer that reads another
+    # layer's keys/values (Gemma 3n / Gemma 4 KV sharing) has none: it sees the prefix of the layer
+    # it reads. A recurrent layer has none either (see recurrent_layers).
     layers: tuple[LayerShape, ...]
     # Whether the model's forward takes position_ids (Bloom derives ALiBi positions from the mask instead).
     takes_position_ids: bool
@@ -203,11 +153,20 @@ class ModelShape:
     # What the model's class does (its ``AutoModelFor...``), see :func:`softprompt.kinds.head_of`.
     head: ModelHead | None = None
     encoder_prefix: bool = True
+    # Why encoder self-attention cannot take a prefix, where it cannot (what the probe found).
+    encoder_prefix_refusal: str = ""
     position_offset: int = 0
     index_positions: bool = False
     # Indices of decoder layers whose state is not keys/values (linear attention, Mamba): a prefix
     # skips them, and virtual tokens that must reach their recurrent state enter as embeddings.
     recurrent_layers: tuple[int, ...] = ()
+    # Decoder cache index of each of ``layers`` (empty: 0, 1, 2...); the caches place prefixes there.
+    attention_layers: tuple[int, ...] = ()
+
+    @property
+    def layer_indices(self) -> tuple[int, ...]:
+        """The decoder cache index of each of :attr:`layers`, in order."""
+        return self.attention_layers or tuple(range(len(self.layers)))
 
     @property
     def num_layers(self) -> int:
@@ -227,10 +186,19 @@ class ModelShape:
                 f"{self.family} ({KINDS[self.kind].label}) has no attention site {unknown}; its sites: {self.sites}"
             )
         if "encoder" in sites and not self.encoder_prefix:
+            reason = self.encoder_prefix_refusal or (
+                "their attention has no cache path and calls no replaceable attention function"
+            )
             raise UnsupportedModelError(
-                f"{self.family} encoders cannot take a key/value prefix: their attention has no cache path "
-                "and calls no replaceable attention function, so prefix tuning / deep prompts are not "
-                f"supported on {self.family}. Prompt tuning and P-tuning are (PromptTuningConfig, PTuningConfig)."
+                f"{self.family} encoders cannot take a key/value prefix: {reason}, so prefix tuning / deep "
+                f"prompts are not supported on {self.family}. Prompt tuning and P-tuning are "
+                "(PromptTuningConfig, PTuningConfig)."
+            )
+        if "self" in sites and not self.layers:
+            raise UnsupportedModelError(
+                f"{self.family} has no attention layer with keys/values of its own (its layers "
+                f"{list(self.recurrent_layers)} carry a recurrent state), so a key/value prefix has nowhere "
+                "to go: prefix tuning is not supported on it. Prompt tuning and P-tuning are."
             )
         site_layers = {"self": self.layers, "encoder": self.layers}
         site_layers["decoder"] = site_layers["cross"] = self.decoder_layers
@@ -238,7 +206,7 @@ class ModelShape:
 
     @property
     def prefix_width(self) -> int:
-        """Numbers per virtual token of a full prefix: ``sum_l 2 * kv_heads_l * head_dim_l`` over all sites."""
+        """Numbers per virtual token of a full prefix: ``sum_l kv_heads_l * (key_l + value_l widths)``."""
         return self.layout().prefix_width
 
     def fingerprint(self) -> dict[str, Any]:
@@ -250,54 +218,215 @@ class ModelShape:
             "vocab_size": self.vocab_size,
             "num_layers": self.num_layers,
             "num_attention_heads": self.num_attention_heads,
-            "layers": [[layer.num_kv_heads, layer.head_dim] for layer in self.layers],
+            "layers": [layer.fingerprint() for layer in self.layers],
         }
         if self.decoder_layers:
-            facts["decoder_layers"] = [[layer.num_kv_heads, layer.head_dim] for layer in self.decoder_layers]
+            facts["decoder_layers"] = [layer.fingerprint() for layer in self.decoder_layers]
+        # Facts files made before the probe did not record: only where they say something.
+        if self.layer_indices != tuple(range(len(self.layers))):
+            facts["attention_layers"] = list(self.layer_indices)
+        if self.recurrent_layers:
+            facts["recurrent_layers"] = list(self.recurrent_layers)
         return facts
 
 
+def kind_of(config: Any, head: ModelHead | None = None) -> ModelKind:
+    """Causal decoder, encoder-decoder or encoder, from a config (and the model's head, when known)
+    and ``transformers``' own auto mappings — no table.
+
+    Examples:
+        >>> from transformers import AlbertConfig, LlamaConfig
+        >>> kind_of(LlamaConfig()), kind_of(AlbertConfig())
+        ('causal', 'encoder')
+    """
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    if head == "causal-lm":
+        return "causal"
+    # A classifier, bare backbone or config: a decoder when its type has a causal LM and no masked
+    # LM (Llama, Qwen...), an encoder otherwise (BERT has both, ALBERT only a masked LM).
+    causal = config.model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    masked = config.model_type in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return "causal" if causal and not masked else "encoder"
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a model type's config alone tells softprompt: its kind and its quirks."""
+
+    kind: ModelKind
+    quirk: Quirk
+
+
 def family_of(config: Any) -> tuple[str, Family]:
-    """Return ``(model_type, Family)`` for a config, or raise naming the supported families."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in FAMILIES:
-        supported = "; ".join(
-            ", ".join(sorted(name for name, family in FAMILIES.items() if family.kind == kind))
-            + f" ({entry.label})"
-            for kind, entry in KINDS.items()
-        )
+    """``(model_type, Family)`` for a config, without building the model (no type is refused here)."""
+    return config.model_type, Family(kind_of(config), FAMILIES.get(config.model_type, Quirk()))
+
+
+def _config_value(config: Any, *names: str) -> int:
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise UnsupportedModelError(
+        f"cannot read the shape of this {config.model_type} model: its config has none of {list(names)}"
+    )
+
+
+@dataclass(frozen=True)
+class _Probed:
+    """What a probe read from one model (cached per model: the probe runs once)."""
+
+    layers: tuple[LayerShape, ...]
+    attention_layers: tuple[int, ...] = ()
+    recurrent_layers: tuple[int, ...] = ()
+    decoder_layers: tuple[LayerShape, ...] = ()
+    encoder_prefix: bool = True
+    encoder_prefix_refusal: str = ""
+
+
+_PROBED: weakref.WeakKeyDictionary[nn.Module, _Probed] = weakref.WeakKeyDictionary()
+
+
+def _layer_shape(model_type: str, index: int, keys: torch.Size, values: torch.Size) -> LayerShape:
+    # keys (B, H, T, D_k), values (B, H, T, D_v)
+    if keys[1] != values[1]:
         raise UnsupportedModelError(
-            f"softprompt does not support model family {model_type!r} yet. Supported families: {supported}. "
-            "A family is one entry in softprompt.families.FAMILIES."
+            f"{model_type} layer {index} caches keys with {keys[1]} heads and values with {values[1]}; "
+            "softprompt's prefixes need one head count per layer"
         )
-    return model_type, FAMILIES[model_type]
+    return LayerShape(num_kv_heads=keys[1], head_dim=keys[-1], value_head_dim=values[-1])
+
+
+def _decoder_probe(model: nn.Module) -> _Probed:
+    """A causal decoder's layers from one token through a recording cache (see ``capture.read_cache``)."""
+    from softprompt.injection.capture import read_decoder_cache  # above families in the import order
+
+    model_type = model.config.model_type
+    reading = read_decoder_cache(model)
+    attention = tuple(sorted(reading.keys))
+    layers = tuple(_layer_shape(model_type, i, reading.keys[i], reading.values[i]) for i in attention)
+    return _Probed(layers=layers, attention_layers=attention, recurrent_layers=reading.recurrent)
+
+
+def _encoder_layers(model: nn.Module, stack: nn.Module, config: Any) -> tuple[tuple[LayerShape, ...], str]:
+    """An encoder stack's self-attention layers, one per distinct attention module, and why a prefix
+    cannot enter them ("" where it can)."""
+    from softprompt.injection.capture import read_attention_calls
+
+    calls, refusal = read_attention_calls(model, stack)
+    if refusal:
+        # Not readable, so no prefix: the layers are the config's, for the adapter fingerprint only.
+        heads = config.num_attention_heads
+        layer = LayerShape(num_kv_heads=heads, head_dim=config.hidden_size // heads)
+        return tuple(layer for _ in range(config.num_hidden_layers)), refusal
+    # A module called for several layers (ALBERT's shared layer group) reads one prefix in every
+    # call: it gets one layer of prefix, never slots that no call reads.
+    return tuple(_layer_shape(config.model_type, i, k, v) for i, (k, v) in enumerate(calls)), ""
+
+
+def _seq2seq_probe(model: nn.Module) -> _Probed:
+    from softprompt.injection.capture import read_encoder_decoder_cache
+
+    model_type = model.config.model_type
+    decoder, cross = read_encoder_decoder_cache(model)
+    if sorted(decoder.keys) != list(range(len(decoder.keys))) or sorted(cross.keys) != sorted(decoder.keys):
+        raise UnsupportedModelError(
+            f"{model_type}'s decoder layers {sorted(decoder.keys)} wrote self-attention keys/values and "
+            f"{sorted(cross.keys)} cross-attention ones; softprompt needs both in every decoder layer"
+        )
+    for site in (decoder, cross):
+        for i in site.keys:
+            if _layer_shape(model_type, i, site.keys[i], site.values[i]) != _layer_shape(
+                model_type, i, decoder.keys[i], decoder.values[i]
+            ):
+                raise UnsupportedModelError(
+                    f"{model_type}'s decoder layer {i} has cross-attention keys/values of another shape than "
+                    "its self-attention ones; softprompt needs them alike"
+                )
+    decoder_layers = tuple(
+        _layer_shape(model_type, i, decoder.keys[i], decoder.values[i]) for i in sorted(decoder.keys)
+    )
+    layers, refusal = _encoder_layers(model, model.get_encoder(), model.config)
+    return _Probed(
+        layers=layers,
+        decoder_layers=decoder_layers,
+        encoder_prefix=not refusal,
+        encoder_prefix_refusal=refusal,
+    )
+
+
+def _probe(model: nn.Module, kind: ModelKind) -> _Probed:
+    if model in _PROBED:
+        return _PROBED[model]
+    if kind == "causal":
+        probed = _decoder_probe(model)
+    elif kind == "seq2seq":
+        probed = _seq2seq_probe(model)
+    else:
+        layers, refusal = _encoder_layers(model, model.base_model, model.config)
+        probed = _Probed(layers=layers, encoder_prefix=not refusal, encoder_prefix_refusal=refusal)
+    _PROBED[model] = probed
+    return probed
+
+
+def _position_offset(model: nn.Module, kind: ModelKind) -> int:
+    """First position id of a real token in an encoder: RoBERTa-style embeddings (RoBERTa, XLM-R,
+    MPNet...) number positions from ``padding_idx + 1``, which their position table reserves."""
+    if kind != "encoder":
+        return 0
+    positions = getattr(getattr(model.base_model, "embeddings", None), "position_embeddings", None)
+    padding = getattr(positions, "padding_idx", None)
+    return 0 if padding is None else padding + 1
+
+
+def _index_positions(model: nn.Module, kind: ModelKind) -> bool:
+    """Whether the decoder numbers positions by index (BART-style learned or sinusoidal positions,
+    ``embed_positions``) with no ``position_ids`` to override them; T5's relative positions do not."""
+    if kind != "seq2seq":
+        return False
+    decoder = model.get_decoder()
+    return (
+        hasattr(decoder, "embed_positions")
+        and "position_ids" not in inspect.signature(decoder.forward).parameters
+    )
 
 
 def model_shape(model: nn.Module) -> ModelShape:
-    """Derive the :class:`ModelShape` of a ``transformers`` model from its config."""
+    """Derive the :class:`ModelShape` of a ``transformers`` model from its config and a probe.
+
+    The probe (a one-token forward in eval mode, no gradients) runs once per model; later calls
+    reuse what it read. Raises :class:`UnsupportedModelError` naming what could not be read.
+    """
     config = model.config
-    name, family = family_of(config)
-    layer = LayerShape(num_kv_heads=family.kv_heads(config), head_dim=family.head_dim(config))
-    softcap = getattr(config, family.logit_softcap_attr) if family.logit_softcap_attr else None
-    decoder_layers: tuple[LayerShape, ...] = ()
-    if family.decoder is not None:
-        count, decoder_layer = family.decoder(config)
-        decoder_layers = tuple(decoder_layer for _ in range(count))
+    head = head_of(model)
+    kind = kind_of(config, head)
+    probed = _probe(model, kind)
+    quirk = family_of(config)[1].quirk
+    embeddings = model.get_input_embeddings()
     return ModelShape(
-        family=name,
-        kind=family.kind,
+        family=config.model_type,
+        kind=kind,
         name_or_path=str(getattr(config, "_name_or_path", "") or ""),
-        hidden_size=config.hidden_size,
-        embed_dim=family.embed_dim(config),
-        vocab_size=config.vocab_size,
-        num_attention_heads=config.num_attention_heads,
-        layers=tuple(layer for _ in range(config.num_hidden_layers)),
+        hidden_size=_config_value(config, "hidden_size", "d_model", "n_embd"),
+        # The width virtual tokens must have: OPT, ELECTRA and ALBERT embed narrower and project up.
+        embed_dim=embeddings.embedding_dim,
+        vocab_size=getattr(config, "vocab_size", None) or embeddings.num_embeddings,
+        # (none in a stack of state-space layers only: Mamba)
+        num_attention_heads=_config_value(config, "num_attention_heads", "n_head", "num_heads")
+        if probed.layers
+        else getattr(config, "num_attention_heads", 0),
+        layers=probed.layers,
         takes_position_ids="position_ids" in inspect.signature(model.forward).parameters,
-        logit_softcap=softcap,
-        logit_scale=getattr(config, family.logit_scale_attr) if family.logit_scale_attr else None,
-        decoder_layers=decoder_layers,
-        head=head_of(model),
-        encoder_prefix=family.encoder_prefix,
-        position_offset=family.position_offset(config),
-        index_positions=family.index_positions,
+        # Read by the output head code until it uses the model's own logits; generic config fields.
+        logit_softcap=getattr(config, "final_logit_softcapping", None),
+        logit_scale=getattr(config, "logit_scale", None),
+        decoder_layers=probed.decoder_layers,
+        head=head,
+        encoder_prefix=probed.encoder_prefix and quirk.encoder_prefix,
+        encoder_prefix_refusal=probed.encoder_prefix_refusal,
+        position_offset=_position_offset(model, kind),
+        index_positions=_index_positions(model, kind),
+        recurrent_layers=probed.recurrent_layers,
+        attention_layers=probed.attention_layers,
     )

@@ -7,7 +7,6 @@ from transformers import GPT2Tokenizer
 
 import softprompt
 from softprompt import initializers
-from softprompt.injection.capture import capture_cache, captured_states
 
 TOKENIZER_DIR = "../shared/data/tokenizers/gpt2"
 
@@ -65,11 +64,10 @@ def test_prefix_text_init_is_the_models_own_keys_and_values(gpt2_tokenizer):
     config = softprompt.PrefixTuningConfig(num_virtual_tokens=3, init="text", init_text=" great movie")
     model = softprompt.wrap(base, config, tokenizer=gpt2_tokenizer)
     ids = torch.tensor([(gpt2_tokenizer(" great movie")["input_ids"] * 3)[:3]])
-    cache = capture_cache(2)
-    base.base_model(input_ids=ids, past_key_values=cache, use_cache=True)
-    for (keys, values), (k, v) in zip(model.prompt().layers, captured_states(cache), strict=True):
-        torch.testing.assert_close(keys, k[0])
-        torch.testing.assert_close(values, v[0])
+    cache = base.base_model(input_ids=ids, use_cache=True).past_key_values  # the model's own cache
+    for (keys, values), layer in zip(model.prompt().layers, cache.layers, strict=True):
+        torch.testing.assert_close(keys, layer.keys[0])
+        torch.testing.assert_close(values, layer.values[0])
 
 
 def test_zero_prefix_and_mlp_reparameterisation_start_at_the_init():

@@ -5,14 +5,14 @@ import peft
 import pytest
 import torch
 from tiny import SEQ2SEQ_FAMILIES, random_ids, tiny_causal_lm, tiny_encoder, tiny_seq2seq_lm
-from transformers import EncoderDecoderCache
+from transformers import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 import softprompt
 from softprompt.families import model_shape
 from softprompt.files.adapter import read_adapter
 from softprompt.injection import BatchPrefix, RowPrompts
-from softprompt.injection.capture import capture_cache, captured_states, site_states
+from softprompt.injection.capture import site_states
 
 CONFIGS = {
     "prompt_tuning": lambda: softprompt.PromptTuningConfig(num_virtual_tokens=3, init="vocab"),
@@ -77,8 +77,7 @@ def test_virtual_tokens_equal_embeddings_prepended_to_the_encoder_input(family, 
 
 def _decoder_states(base, encoded, mask, ids):
     """Per-layer self- and cross-attention keys/values the decoder computes for ``ids``."""
-    count = decoder_count(base)
-    cache = EncoderDecoderCache(capture_cache(count), capture_cache(count))
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())  # the model's own cache
     base.get_decoder()(
         input_ids=ids,
         encoder_hidden_states=encoded,
@@ -86,7 +85,10 @@ def _decoder_states(base, encoded, mask, ids):
         past_key_values=cache,
         use_cache=True,
     )
-    return captured_states(cache.self_attention_cache), captured_states(cache.cross_attention_cache)
+    return [
+        [(layer.keys, layer.values) for layer in site.layers]
+        for site in (cache.self_attention_cache, cache.cross_attention_cache)
+    ]
 
 
 @pytest.mark.parametrize("family", SEQ2SEQ_FAMILIES)

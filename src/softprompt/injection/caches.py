@@ -26,10 +26,29 @@ from collections.abc import Sequence
 
 import torch
 from transformers import DynamicCache, EncoderDecoderCache
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import (
+    Cache,
+    CacheLayerMixin,
+    DynamicLayer,
+    LinearAttentionAndFullAttentionLayer,
+    LinearAttentionCacheLayerMixin,
+)
 
 # Per layer: (keys, values), each (B, kv_heads, P, head_dim).
 LayerStates = Sequence[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _hold(layer: DynamicLayer, keys: torch.Tensor, values: torch.Tensor) -> None:
+    layer.keys, layer.values = keys, values
+    layer.dtype, layer.device = keys.dtype, keys.device
+    layer.is_initialized = True
+
+
+def _prepend(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+    # (B, H, P, D) ++ (B, H, T, D) -> (B, H, P + T, D). A model split over devices (device_map)
+    # runs each layer on its own device: the prefix joins the layer where its keys are.
+    keys, values = self.keys.to(key_states.device), self.values.to(value_states.device)
+    return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
 
 
 class _PrefixLayer(DynamicLayer):
@@ -37,26 +56,60 @@ class _PrefixLayer(DynamicLayer):
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         super().__init__()
-        self.keys, self.values = keys, values
-        self.dtype, self.device = keys.dtype, keys.device
-        self.is_initialized = True
+        _hold(self, keys, values)
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        # (B, H, P, D) ++ (B, H, T, D) -> (B, H, P + T, D). A model split over devices (device_map)
-        # runs each layer on its own device: the prefix joins the layer where its keys are.
-        keys, values = self.keys.to(key_states.device), self.values.to(value_states.device)
-        return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+    update = _prepend
 
 
-def prefix_cache(states: LayerStates) -> Cache:
-    """A read-only cache that prepends ``states`` in every layer of one forward pass."""
-    return Cache(layers=[_PrefixLayer(keys, values) for keys, values in states])
+class _HybridPrefixLayer(LinearAttentionAndFullAttentionLayer):
+    """A layer running linear attention beside attention (Falcon-H1, Zamba2): its recurrent state kept
+    as the model keeps it, and a fixed key/value prefix that, as in :class:`_PrefixLayer`, stores nothing."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, number_of_states: int) -> None:
+        super().__init__(number_of_states=number_of_states)
+        _hold(self, keys, values)
+
+    update = _prepend
 
 
-def generation_cache(config, states: LayerStates) -> DynamicCache:
-    """An ordinary ``DynamicCache`` (sliding-window layers where the config has them) holding the prefix."""
+def _holds_keys(layer) -> bool:
+    """Whether a ``DynamicCache(config=...)`` layer takes keys/values (not a recurrent-only or shared layer)."""
+    return isinstance(layer, CacheLayerMixin)
+
+
+def _with_prefix(layer, keys: torch.Tensor, values: torch.Tensor):
+    if isinstance(layer, LinearAttentionCacheLayerMixin):
+        return _HybridPrefixLayer(keys, values, layer.number_of_states)
+    return _PrefixLayer(keys, values)
+
+
+def prefix_cache(states: LayerStates, config=None, layer_indices: Sequence[int] | None = None) -> Cache:
+    """A read-only cache that prepends ``states`` in the attention layers of one forward pass.
+
+    Without ``config`` the cache has one prefix layer per state. With the model's ``config`` and the
+    cache index of each state (``ModelShape.layer_indices``) its other layers are the model's own:
+    recurrent layers (hybrid models) keep their state there as the model expects; layers that read
+    another layer's keys/values (Gemma 3n) never ask.
+    """
+    if config is None:
+        return Cache(layers=[_PrefixLayer(keys, values) for keys, values in states])
+    layers = DynamicCache(config=config).layers
+    indices = range(len(states)) if layer_indices is None else layer_indices
+    for index, (keys, values) in zip(indices, states, strict=True):
+        if not _holds_keys(layers[index]):
+            raise ValueError(
+                f"cache layer {index} of this model holds no keys/values; it cannot take a prefix"
+            )
+        layers[index] = _with_prefix(layers[index], keys, values)
+    return Cache(layers=layers)
+
+
+def generation_cache(config, states: LayerStates, layer_indices: Sequence[int] | None = None) -> DynamicCache:
+    """An ordinary ``DynamicCache`` (sliding-window and recurrent layers where the config has them)
+    holding the prefix in the layers ``layer_indices`` (default: the first ``len(states)``)."""
     cache = DynamicCache(config=config)
-    for layer_idx, (keys, values) in enumerate(states):
+    indices = range(len(states)) if layer_indices is None else layer_indices
+    for layer_idx, (keys, values) in zip(indices, states, strict=True):
         cache.update(keys, values, layer_idx)
     return cache
 

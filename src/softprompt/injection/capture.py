@@ -1,7 +1,10 @@
 """Recording what a frozen model computes: keys/values per layer, and which attention modules it calls.
 
-* :func:`capture_cache` records the per-layer keys/values of one forward pass of a causal decoder
-  (or a decoder stack);
+* :class:`RecordingCache` records the keys/values each decoder layer hands its cache in one forward
+  pass and stores nothing; its layers are the model's own cache layers (recurrent, sliding, shared
+  layers typed as the model expects them), so hybrid models run through it too;
+* :func:`read_decoder_cache`, :func:`read_encoder_decoder_cache` and :func:`read_attention_calls`
+  are the probes :func:`softprompt.families.model_shape` reads a model's shape with;
 * :func:`virtual_tokens_prefix` turns a causal decoder's virtual tokens into the prefix they amount
   to: in a causal decoder the prompt never attends to the input, so running it once, alone, gives
   the keys/values it would leave in every row;
@@ -20,88 +23,247 @@ Examples:
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 from torch import nn
-from transformers import EncoderDecoderCache
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers import DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import DynamicIndexedLayer, LinearAttentionCacheLayerMixin
 
+from softprompt import compat
 from softprompt.compat import cache_kwargs
-from softprompt.families import ModelShape
-from softprompt.injection.attention import AttentionCapture, use_prefix_attention
+from softprompt.families import ModelShape, UnsupportedModelError, model_shape
+from softprompt.injection.attention import PREFIX_ATTENTION, AttentionCapture, use_prefix_attention
 from softprompt.kinds import Site
 from softprompt.methods.base import PrefixStates, PromptOutput
 
 
-class _CaptureLayer(DynamicLayer):
-    """A layer cache that records the keys/values it is given and returns them unchanged."""
+class RecordingCache(DynamicCache):
+    """A cache that records the keys/values each layer hands it and returns them unchanged.
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        self.keys, self.values = key_states, value_states
-        self.dtype, self.device = key_states.dtype, key_states.device
-        self.is_initialized = True
+    It stores nothing (a pure function of its input, so gradient checkpointing may replay a layer).
+    With a ``config`` its layers are the ones ``DynamicCache(config=...)`` builds: linear-attention
+    and state-space layers keep their conv/recurrent state as the model expects, and layers that read
+    another layer's keys/values are the model's own placeholders; without one, layers grow on demand.
+    """
+
+    def __init__(self, config=None) -> None:
+        super().__init__(config=config)
+        self.recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.writes: Counter[int] = Counter()
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        while self.layer_class_to_replicate is not None and len(self.layers) <= layer_idx:
+            self.layers.append(self.layer_class_to_replicate())
+        self.recorded[layer_idx] = (key_states, value_states)
+        self.writes[layer_idx] += 1
         return key_states, value_states
 
 
-def capture_cache(num_layers: int) -> Cache:
-    """An empty cache whose layers record what one forward pass computes."""
-    return Cache(layers=[_CaptureLayer() for _ in range(num_layers)])
-
-
-def captured_states(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The per-layer ``(keys, values)`` a :func:`capture_cache` recorded, each (B, H, T, D)."""
-    missing = [i for i, layer in enumerate(cache.layers) if not layer.is_initialized]
+def recorded_states(cache: RecordingCache, layers: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``(keys, values)`` (B, H, T, D) a :class:`RecordingCache` recorded for cache ``layers``."""
+    missing = [i for i in layers if i not in cache.recorded]
     if missing:
         raise RuntimeError(
-            f"layers {missing} wrote nothing to the cache; this model shares or skips their keys"
+            f"layers {missing} wrote nothing to the cache, though the model's probe saw them write keys/values"
         )
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    return [cache.recorded[i] for i in layers]
 
 
+# ------------------------------------------------------------------------------------------ probes
+@dataclass(frozen=True)
+class CacheReading:
+    """What one forward through a :class:`RecordingCache` showed, per cache layer index.
+
+    ``keys`` / ``values``: the shapes (B, H, T, D) each layer that wrote keys/values wrote (a layer
+    reading another layer's keys/values writes none); ``recurrent``: layers holding a conv or
+    recurrent state (linear attention, Mamba).
+    """
+
+    keys: dict[int, torch.Size]
+    values: dict[int, torch.Size]
+    recurrent: tuple[int, ...] = ()
+
+
+def _reading(cache: RecordingCache) -> CacheReading:
+    return CacheReading(
+        keys={i: k.shape for i, (k, _) in cache.recorded.items()},
+        values={i: v.shape for i, (_, v) in cache.recorded.items()},
+        recurrent=tuple(
+            i for i, layer in enumerate(cache.layers) if isinstance(layer, LinearAttentionCacheLayerMixin)
+        ),
+    )
+
+
+def _probe_ids(model: nn.Module, length: int = 1) -> torch.Tensor:
+    return torch.zeros(1, length, dtype=torch.long, device=model.get_input_embeddings().weight.device)
+
+
+def _run_probe(model: nn.Module, what: str, forward) -> None:
+    """Run ``forward()`` in eval mode without gradients; a failure names the model and the probe."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            forward()
+    except Exception as error:
+        raise UnsupportedModelError(
+            f"cannot read the shape of this {model.config.model_type} model: {what} failed with "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    finally:
+        model.train(was_training)
+
+
+def read_decoder_cache(model: nn.Module) -> CacheReading:
+    """One token through a causal LM's backbone with a :class:`RecordingCache`: what each layer caches."""
+    backbone = compat.backbone(model)
+    cache = RecordingCache(model.config)
+    before = len(cache.layers)
+
+    def forward():
+        backbone(input_ids=_probe_ids(model), use_cache=True, **cache_kwargs(backbone, cache))
+
+    _run_probe(model, "a one-token forward through a recording cache", forward)
+    model_type = model.config.model_type
+    repeated = sorted(i for i, count in cache.writes.items() if count > 1)
+    if repeated or len(cache.layers) != before:
+        raise UnsupportedModelError(
+            f"{model_type} runs some layers more than once per token (its cache grew from {before} to "
+            f"{len(cache.layers)} layers during a forward; layers written twice: {repeated}): a prefix per "
+            "layer has no single place there"
+        )
+    indexed = [i for i, layer in enumerate(cache.layers) if isinstance(layer, DynamicIndexedLayer)]
+    if indexed:
+        raise UnsupportedModelError(
+            f"{model_type}'s layers {indexed} select the keys they attend to through an indexer cache kept "
+            "beside the keys/values (sparse attention); a prefix cannot give indexer keys, so softprompt "
+            "does not support this model"
+        )
+    if not cache.recorded and not any(
+        isinstance(layer, LinearAttentionCacheLayerMixin) for layer in cache.layers
+    ):
+        raise UnsupportedModelError(
+            f"cannot read the shape of this {model_type} model: a one-token forward wrote no "
+            "keys/values to a transformers cache (it keeps a state of its own, or no cache at all)"
+        )
+    return _reading(cache)
+
+
+def read_encoder_decoder_cache(model: nn.Module) -> tuple[CacheReading, CacheReading]:
+    """One token through an encoder-decoder: what each decoder layer caches for self- and cross-attention."""
+    cache = EncoderDecoderCache(RecordingCache(), RecordingCache())
+    ids = _probe_ids(model)
+
+    def forward():  # the two stacks, not the head (a classifier head wants whole sentences)
+        encoded = model.get_encoder()(input_ids=ids).last_hidden_state
+        decoder = model.get_decoder()
+        decoder(input_ids=ids, encoder_hidden_states=encoded, use_cache=True, **cache_kwargs(decoder, cache))
+
+    _run_probe(model, "a one-token forward through a recording cache", forward)
+    return _reading(cache.self_attention_cache), _reading(cache.cross_attention_cache)
+
+
+def _attention_calls(stack: nn.Module) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    capture = AttentionCapture()
+    with torch.no_grad():
+        stack(input_ids=_probe_ids(stack), softprompt_capture=capture)
+    return capture.calls
+
+
+def read_attention_calls(
+    model: nn.Module, stack: nn.Module
+) -> tuple[list[tuple[torch.Size, torch.Size]], str]:
+    """The (keys, values) shapes (B, H, T, D) of each distinct attention module encoder ``stack`` calls,
+    in call order, and "" — or no shapes and why its self-attention cannot take a prefix.
+
+    The probe routes ``model``'s attention through softprompt's function for one token and switches
+    it back to what it was.
+    """
+    if not compat.can_switch_attention(model):
+        return [], "its attention calls no replaceable attention function (transformers cannot switch it)"
+    original = compat.attention_implementation(model)
+    try:
+        use_prefix_attention(model)
+        if compat.attention_implementation(model) != PREFIX_ATTENTION:
+            return [], f"its attention stays {original!r} when asked to switch to softprompt's"
+        was_training = model.training
+        model.eval()
+        try:
+            calls = _attention_calls(stack)
+        finally:
+            model.train(was_training)
+    except Exception as error:
+        return (
+            [],
+            f"a one-token forward through softprompt's attention failed ({type(error).__name__}: {error})",
+        )
+    finally:
+        if original != PREFIX_ATTENTION and compat.attention_implementation(model) != original:
+            model.set_attn_implementation(original)
+    if not calls:
+        return [], "its attention never calls the attention function it is switched to"
+    first = {}
+    for module, keys, values in calls:
+        first.setdefault(module, (keys.shape, values.shape))
+    return list(first.values()), ""
+
+
+# --------------------------------------------------------------------------------------- prompts
 def virtual_tokens_prefix(model: nn.Module, prompt: PromptOutput) -> PrefixStates:
     """The per-layer prefix a prompt amounts to in a causal decoder (gradients flow through).
 
     ``model`` is a ``transformers`` causal LM; virtual tokens (P, E) are run through its backbone once.
+    The prefix holds the layers with keys/values of their own (``ModelShape.layers``).
     """
     if isinstance(prompt, PrefixStates):
         return prompt
     embeddings = prompt.embeddings.to(model.dtype)
-    cache = capture_cache(model.config.num_hidden_layers)
-    model.base_model(inputs_embeds=embeddings[None], use_cache=True, **cache_kwargs(model.base_model, cache))
-    return PrefixStates([(keys[0], values[0]) for keys, values in captured_states(cache)])
+    cache = RecordingCache(model.config)
+    backbone = compat.backbone(model)
+    backbone(inputs_embeds=embeddings[None], use_cache=True, **cache_kwargs(backbone, cache))
+    states = recorded_states(cache, model_shape(model).layer_indices)
+    return PrefixStates([(keys[0], values[0]) for keys, values in states])
 
 
 def attention_modules(stack: nn.Module) -> list[nn.Module]:
-    """The attention modules ``stack`` (an encoder) calls, in call order: one per layer."""
-    capture = AttentionCapture()
-    device = next(stack.parameters()).device
-    with torch.no_grad():
-        stack(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), softprompt_capture=capture)
-    return [module for module, _, _ in capture.calls]
+    """The distinct attention modules ``stack`` (an encoder) calls, in call order: one per layer.
+
+    A module that serves several layers (ALBERT's shared layer group) is listed once: it reads one
+    prefix in each of its calls.
+    """
+    return list(dict.fromkeys(module for module, _, _ in _attention_calls(stack)))
 
 
-def _self_states(model: nn.Module, ids: torch.Tensor) -> list:
-    """A causal decoder's keys/values per layer, captured through its cache."""
-    cache = capture_cache(model.config.num_hidden_layers)
-    model.base_model(input_ids=ids, use_cache=True, **cache_kwargs(model.base_model, cache))
-    return captured_states(cache)
+def _self_states(model: nn.Module, shape: ModelShape, ids: torch.Tensor) -> list:
+    """A causal decoder's keys/values per prefix layer, captured through its cache."""
+    cache = RecordingCache(model.config)
+    backbone = compat.backbone(model)
+    backbone(input_ids=ids, use_cache=True, **cache_kwargs(backbone, cache))
+    return recorded_states(cache, shape.layer_indices)
 
 
 def _encoder_states(stack: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, list]:
-    """An encoder stack's output (1, P, H) and its keys/values per layer, captured in its attention calls."""
+    """An encoder stack's output (1, P, H) and its keys/values per distinct attention module."""
     capture = AttentionCapture()
     encoded = stack(input_ids=ids, softprompt_capture=capture).last_hidden_state
-    return encoded, [(keys, values) for _, keys, values in capture.calls]
+    first: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+    for module, keys, values in capture.calls:
+        first.setdefault(module, (keys, values))
+    return encoded, list(first.values())
 
 
 def _decoder_states(model: nn.Module, shape: ModelShape, ids: torch.Tensor, encoded: torch.Tensor) -> dict:
     """An encoder-decoder's decoder self- and cross-attention keys/values per layer, reading ``ids``."""
-    count = len(shape.decoder_layers)
-    cache = EncoderDecoderCache(capture_cache(count), capture_cache(count))
+    layers = range(len(shape.decoder_layers))
+    cache = EncoderDecoderCache(RecordingCache(), RecordingCache())
     decoder = model.get_decoder()
     decoder(input_ids=ids, encoder_hidden_states=encoded, use_cache=True, **cache_kwargs(decoder, cache))
     return {
-        "decoder": captured_states(cache.self_attention_cache),
-        "cross": captured_states(cache.cross_attention_cache),
+        "decoder": recorded_states(cache.self_attention_cache, layers),
+        "cross": recorded_states(cache.cross_attention_cache, layers),
     }
 
 
@@ -120,7 +282,7 @@ def site_states(model: nn.Module, shape: ModelShape, ids: torch.Tensor) -> dict[
     try:
         with torch.no_grad():
             if "self" in shape.sites:
-                states["self"] = _self_states(model, ids)
+                states["self"] = _self_states(model, shape, ids)
             if "encoder" in shape.sites:
                 use_prefix_attention(model)
                 stack = model.get_encoder() if "decoder" in shape.sites else model.base_model

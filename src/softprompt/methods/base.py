@@ -51,7 +51,8 @@ class VirtualTokens:
 
 @dataclass
 class PrefixStates:
-    """Per-layer attention prefixes. ``layers[l] = (keys, values)``, each (kv_heads_l, P, head_dim_l)."""
+    """Per-layer attention prefixes. ``layers[l] = (keys, values)``: (kv_heads_l, P, head_dim_l) and
+    (kv_heads_l, P, value_head_dim_l)."""
 
     layers: list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -64,7 +65,7 @@ PromptOutput = VirtualTokens | PrefixStates
 
 
 def split_prefix(flat: torch.Tensor, shape: ModelShape | PrefixLayout) -> PrefixStates:
-    """Cut a flat prefix (P, sum_l 2 * kv_heads_l * head_dim_l) into per-layer keys and values.
+    """Cut a flat prefix (P, sum_l kv_heads_l * (key_l + value_l widths)) into per-layer keys and values.
 
     The flat layout is, per virtual token, layer after layer, key before value, head-major — the
     layout ``peft`` uses too, so its prefix files load without reshuffling.
@@ -72,19 +73,23 @@ def split_prefix(flat: torch.Tensor, shape: ModelShape | PrefixLayout) -> Prefix
     if flat.shape[-1] != shape.prefix_width:
         raise ValueError(f"prefix has width {flat.shape[-1]}, the model needs {shape.prefix_width}")
     layers = []
-    for chunk, layer in zip(flat.split([s.kv_size for s in shape.layers], dim=-1), shape.layers, strict=True):
-        # (P, 2 * H * D) -> (2, H, P, D)
-        kv = chunk.view(-1, 2, layer.num_kv_heads, layer.head_dim).permute(1, 2, 0, 3)
-        layers.append((kv[0], kv[1]))
+    sizes = [size for layer in shape.layers for size in (layer.key_size, layer.value_size)]
+    parts = flat.split(sizes, dim=-1)
+    for layer, keys, values in zip(shape.layers, parts[0::2], parts[1::2], strict=True):
+        # (P, H * D) -> (H, P, D)
+        keys = keys.view(-1, layer.num_kv_heads, layer.head_dim).transpose(0, 1)
+        values = values.view(-1, layer.num_kv_heads, layer.value_head_dim).transpose(0, 1)
+        layers.append((keys, values))
     return PrefixStates(layers)
 
 
 def flatten_prefix(states: PrefixStates) -> torch.Tensor:
-    """Inverse of :func:`split_prefix`: per-layer (H, P, D) keys/values -> (P, sum_l 2 * H * D)."""
-    chunks = []
-    for keys, values in states.layers:
-        kv = torch.stack([keys, values])  # (2, H, P, D)
-        chunks.append(kv.permute(2, 0, 1, 3).reshape(kv.shape[2], -1))
+    """Inverse of :func:`split_prefix`: per-layer (H, P, D) keys/values -> (P, sum_l H * (D_k + D_v))."""
+    chunks = [
+        part.transpose(0, 1).reshape(part.shape[1], -1)
+        for keys, values in states.layers
+        for part in (keys, values)
+    ]
     return torch.cat(chunks, dim=-1)
 
 
