@@ -178,6 +178,18 @@ def train_steps(
     length-grouped order of ``recipe.seed``, full batches only, epoch after epoch, padded on the
     objective's side.
     """
+    started = time.perf_counter()
+    for number, loss in enumerate(training_steps(objective, recipe, examples, steps, pad_token_id), start=1):
+        if log is not None:
+            log(number, loss)
+    return time.perf_counter() - started
+
+
+def training_steps(
+    objective: Objective, recipe: TrainSection, examples: Sequence[Encoded], steps: int, pad_token_id: int
+) -> Iterator[float]:
+    """:func:`train_steps` one step at a time: each ``next`` runs one optimiser step and gives its loss
+    (so several contestants can train in turns; the schedule spans ``steps``)."""
     loader = make_dataloader(
         examples,
         recipe.batch_size,
@@ -189,9 +201,8 @@ def train_steps(
     )
     optimizer = make_optimizer(objective.parameters(), recipe)
     scheduler = make_scheduler(optimizer, recipe, steps)
-    started = time.perf_counter()
-    for number, batch in enumerate(itertools.islice(_epochs(loader), steps), start=1):
-        loss = step(
+    for batch in itertools.islice(_epochs(loader), steps):
+        yield step(
             objective,
             optimizer,
             batch,
@@ -199,9 +210,6 @@ def train_steps(
             micro_batch_size=recipe.micro_batch_size,
             max_grad_norm=recipe.max_grad_norm,
         )
-        if log is not None:
-            log(number, loss)
-    return time.perf_counter() - started
 
 
 def _epochs(loader) -> Iterator[dict[str, torch.Tensor]]:

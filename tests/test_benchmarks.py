@@ -28,6 +28,7 @@ QUICK_RUNS = {
     "quality.py": ["--quick"],  # tiny random GPT-2 and BERT, a few rows of the real data sets
     "example_task_probe.py": ["--quick"],  # tiny random Llama over GPT-2's tokenizer, the example's rows
     "precision.py": ["--quick"],  # tiny random GPT-2, fp32 vs bf16, a few rows of the real data sets
+    "time_to_quality.py": ["--quick", "--target", "0"],  # tiny random GPT-2: any trained score reaches 0 %
 }
 needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no {SHARED_DATA}")
 
@@ -171,6 +172,22 @@ def test_precision_quick_run_compares_bf16_with_fp32_in_one_run(tmp_path):
         assert s["bf16_minus_fp32"]["values"] == pytest.approx(
             [b - f for f, b in zip(fp32, bf16, strict=True)]
         )
+
+
+@needs_shared_data
+def test_time_to_quality_quick_run_races_both_contestants_to_the_target(tmp_path):
+    stdout, result = run_quick("time_to_quality.py", tmp_path / "time_to_quality.json")
+    assert "Time to quality, SST-2" in stdout and "softprompt ÷ peft time to 0 %" in stdout
+    ours, theirs = result["contestants"]
+    assert (ours["name"], theirs["name"], theirs["dtype"]) == ("softprompt", "peft", "float32")
+    assert ours["dtype"] in ("float32", "bfloat16")
+    for contestant in (ours, theirs):
+        # evaluated before training and every 2 steps; a score of at least 0 % is reached at the first
+        assert [p["step"] for p in contestant["curve"]] == [0, 2]
+        assert contestant["reached_at"] == contestant["curve"][1]
+    ratio = ours["reached_at"]["train_seconds"] / theirs["reached_at"]["train_seconds"]
+    assert result["result"]["softprompt_vs_peft_time"] == pytest.approx(ratio)
+    assert result["result"]["relation"] == "="
 
 
 def test_quality_help_lists_the_selection_flags(capsys):
