@@ -86,24 +86,36 @@ def _pattern(text: str) -> str:
 
 
 def grouped_failures(results: list[CaseResult], status: str) -> list[dict]:
-    """Outcomes of ``status`` grouped by check and folded message, largest group first.
+    """Cases with outcomes of ``status``, grouped by check and folded message, largest group first.
 
     A refusal groups by its first clause with class names folded ("cannot adapt a Class"): the rest
     names the model's own type and heads.
     """
-    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    groups: dict[tuple[str, str], dict[tuple[str, str], list[str]]] = defaultdict(lambda: defaultdict(list))
     for r in results:
         for name, o in r.outcomes.items():
             if o.status == status:
                 detail = o.detail
                 if status == "refused":
                     detail = re.sub(r"\b(?=\w*[a-z])(?=\w*[A-Z]\w*[A-Z])\w+", "Class", detail.split(":")[0])
-                groups[(o.check, _pattern(detail))].append(f"{r.model_type} ({r.head}, {name})")
+                groups[(o.check, _pattern(detail))][(r.model_type, r.head)].append(name)
     ordered = sorted(groups.items(), key=lambda item: -len(item[1]))
     return [
-        {"check": check, "reason": reason, "count": len(where), "where": where}
+        {
+            "check": check,
+            "reason": reason,
+            "count": len(where),
+            "where": [_where(*case, m) for case, m in where.items()],
+        }
         for (check, reason), where in ordered
     ]
+
+
+def _where(model_type: str, head: str, methods: list[str]) -> str:
+    """``type (head)``, naming the methods unless it is all of them."""
+    if len(methods) == len(METHODS):
+        return f"{model_type} ({head})"
+    return f"{model_type} ({head}: {', '.join(methods)})"
 
 
 def grouped_build_failures(results: list[CaseResult]) -> list[dict]:
@@ -171,10 +183,19 @@ def markdown(results: list[CaseResult], summary: dict, about: dict) -> str:
         if not groups:
             lines.append("None.")
             continue
-        lines += ["| count | check | reason (numbers folded) | where |", "|---|---|---|---|"]
+        lines += ["| cases | check | reason (numbers folded) | where |", "|---|---|---|---|"]
         for g in groups:
             where = ", ".join(g["where"][:6]) + (f", ... ({g['count'] - 6} more)" if g["count"] > 6 else "")
             lines.append(f"| {g['count']} | {g['check']} | {_cell(g['reason'])} | {where} |")
+    lines += [
+        "",
+        "## Not built, by reason",
+        "",
+        "| cases | reason (numbers folded) | where |",
+        "|---|---|---|",
+    ]
+    for g in grouped_build_failures(results):
+        lines.append(f"| {g['count']} | {_cell(g['reason'])} | {', '.join(g['where'])} |")
     for head in summary["by_head"]:
         rows = [r for r in results if r.head == head]
         lines += ["", f"## {head}", "", "| model type | attention-based | " + " | ".join(methods) + " |"]
@@ -198,7 +219,7 @@ def markdown(results: list[CaseResult], summary: dict, about: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------- running
-def _about() -> dict:
+def _about(label: str | None) -> dict:
     def git(*args: str) -> str:
         try:
             return subprocess.run(
@@ -219,7 +240,7 @@ def _about() -> dict:
         "transformers": transformers.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "softprompt": version,
+        "softprompt": label or version,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
@@ -260,12 +281,13 @@ def main(argv: list[str] | None = None) -> int:
         "--types", nargs="+", help="only these model types (default: every type of each head)"
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one case may take")
+    parser.add_argument("--label", help="how to name the softprompt measured (default: its git commit)")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks/results/support.json")
     parser.add_argument("--markdown", type=Path, default=REPO / "docs/support.md")
     args = parser.parse_args(argv)
 
     todo = [(t, h) for t, h in cases(tuple(args.heads)) if not args.types or t in args.types]
-    about = _about()
+    about = _about(args.label)
     results: list[CaseResult] = []
     start = time.perf_counter()
     for i, (model_type, head) in enumerate(todo, 1):

@@ -231,7 +231,7 @@ def tiny_encoder(family: str, task: str = "sequence-classification", num_labels:
 GENERIC_HIDDEN, GENERIC_LAYERS, GENERIC_HEADS, GENERIC_KV_HEADS, GENERIC_HEAD_DIM = 32, 8, 4, 2, 8
 GENERIC_INTERMEDIATE, GENERIC_MAX_POSITIONS, GENERIC_WINDOW, GENERIC_NUM_LABELS = 64, 128, 4, 3
 # A random model with more parameters than this did not shrink (a size field with an unknown name).
-GENERIC_MAX_PARAMETERS = 5_000_000
+GENERIC_MAX_PARAMETERS = 20_000_000
 
 _GENERIC_SIZES: dict[str, int] = {
     **dict.fromkeys(
