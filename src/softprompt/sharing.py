@@ -205,8 +205,10 @@ def push_to_hub(
     commit_message: str = "Upload soft prompt",
     create_pr: bool = False,
     scores: Scores | None = None,
+    dtype: torch.dtype | None = None,
 ) -> CommitInfo:
-    """Create ``repo_id`` if needed (and the branch ``revision``) and upload ``model``'s adapter folder.
+    """Create ``repo_id`` if needed (and the branch ``revision``) and upload ``model``'s adapter folder
+    (its tensors in ``dtype``, default: as they are).
 
     Adapter files the new folder no longer has (a peft layout) are deleted from the repo.
     """
@@ -215,7 +217,7 @@ def push_to_hub(
     if revision is not None and not create_pr:
         api.create_branch(repo.repo_id, branch=revision, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        save_folder(model, tmp, scores=scores, repo_id=repo.repo_id)
+        save_folder(model, tmp, dtype=dtype, scores=scores, repo_id=repo.repo_id)
         return api.upload_folder(
             repo_id=repo.repo_id,
             folder_path=tmp,

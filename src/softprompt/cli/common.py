@@ -134,9 +134,22 @@ def fail(message: str, code: int = 2) -> Any:
     raise typer.Exit(code)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is at each record: a test runner or a notebook may swap it, and a
+    handler holding the first one would write to a closed stream."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def quiet_libraries() -> None:
     """softprompt's warnings (e.g. truncation counts) on stderr; no library progress bars or info."""
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     logger = logging.getLogger("softprompt")
     if not logger.handlers:

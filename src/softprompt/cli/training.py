@@ -47,8 +47,19 @@ def train(
             "--stop-after", help="Stop after N steps in this session, resumably (as Ctrl-C does).", min=1
         ),
     ] = None,
+    push_to_hub: Annotated[
+        str | None,
+        typer.Option(
+            "--push-to-hub",
+            metavar="REPO_ID",
+            help="When the run finishes, upload its best adapter and model card (with the run's scores) to "
+            "this Hub repo ('user/name', created if needed); log in first with `hf auth login` or set HF_TOKEN.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Train a soft prompt; writes the run folder (adapter, resolved config, metrics, curves, checkpoint).
+    """Train a soft prompt; writes the run folder (adapter, model card, resolved config, metrics, curves,
+    checkpoint).
 
     Relative paths in CONFIG are relative to the config file; --set paths and output.dir to the
     current folder. Ctrl-C saves a checkpoint and exits; --resume then ends exactly as an
@@ -68,7 +79,9 @@ def train(
         overrides = ["output.dir=runs/example", f"output.overwrite={not resume}", *overrides]
         typer.echo("Built-in example: SmolLM2-135M-Instruct learns to route support tickets to 4 teams.")
     run_config = guard(lambda: load_config(config, overrides))
-    summary = guard(lambda: run_training(run_config, resume=resume, stop_after=stop_after))
+    summary = guard(
+        lambda: run_training(run_config, resume=resume, stop_after=stop_after, push_to_hub=push_to_hub)
+    )
     typer.echo("")
     typer.echo(format_summary(summary))
     if not summary.finished:

@@ -7,7 +7,10 @@ The run folder (``output.dir``) ends up holding:
 * ``metrics.jsonl`` / ``metrics.csv`` / ``tensorboard/`` — training loss and dev/test scores;
 * ``curves.png`` — loss and dev-score curves;
 * ``checkpoint.safetensors`` — the resumable state (``softprompt train ... --resume``);
-* ``summary.json`` — the numbers :func:`format_summary` prints.
+* ``summary.json`` — the numbers :func:`format_summary` prints;
+* ``README.md`` (the model card, with the run's scores) and, where peft can hold the prompt,
+  ``adapter_config.json`` + ``adapter_model.safetensors``: the folder is what ``save_pretrained``
+  writes, so ``PromptedModel.from_pretrained`` and peft load it, and ``push_to_hub=`` uploads it.
 
 Examples:
     >>> from softprompt.train import load_config, train
@@ -26,11 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 import softprompt
+from softprompt import sharing
 from softprompt.data import StreamedExamples
 from softprompt.files import ADAPTER_FILENAME, atomic_write
+from softprompt.files import peft as peft_files
 from softprompt.kinds import KINDS
+from softprompt.sharing import CARD_NAME, Scores
 from softprompt.train.build import (
     DTYPES,
     InMemoryRows,
@@ -63,6 +71,7 @@ logger = logging.getLogger(__name__)
 ADAPTER_NAME = ADAPTER_FILENAME  # "softprompt.safetensors": softprompt.load(base, run_dir) finds it
 CONFIG_NAME = "config.yaml"
 SUMMARY_NAME = "summary.json"
+PEFT_NAMES = (peft_files.CONFIG_NAME, peft_files.WEIGHTS_NAME)
 
 
 class RunError(RuntimeError):
@@ -91,6 +100,17 @@ class RunSummary:
     zero_shot_test: dict[str, float] | None
     train_seconds: float
     total_seconds: float
+    hub_commit: str | None = None  # the commit's URL, when the run was pushed to the Hub
+
+    def scores(self) -> Scores:
+        """The scores a model card shows: split -> metric -> value (percentages; loss and mse as they are)."""
+        splits = {
+            "dev": self.dev,
+            "test": self.test,
+            "dev, zero-shot": self.zero_shot,
+            "test, zero-shot": self.zero_shot_test,
+        }
+        return {split: values for split, values in splits.items() if values}
 
 
 def train(
@@ -100,6 +120,7 @@ def train(
     stop_after: int | None = None,
     base: tuple[Any, Any] | None = None,
     data: InMemoryRows | None = None,
+    push_to_hub: str | None = None,
 ) -> RunSummary:
     """Train the prompt ``config`` describes and write the run folder; see the module docstring.
 
@@ -112,6 +133,9 @@ def train(
         data: rows to train and evaluate on instead of ``data.train/dev/test``: a ``datasets.Dataset``
             or ``IterableDataset`` (the training rows, streamed if iterable), or splits by name (a
             ``DatasetDict``, or a dict) picked with ``data.train_split``/``dev_split``/``test_split``.
+        push_to_hub: a Hub repo id (``"user/name"``, created if needed) that a finished run uploads its
+            best adapter to, with the model card and its scores (``huggingface_hub``'s login or
+            ``HF_TOKEN``); the run folder is complete before the upload starts.
 
     Examples:
         >>> summary = train(load_config("run.yaml"), resume=True)  # doctest: +SKIP
@@ -124,6 +148,10 @@ def train(
     run_dir = Path(config.output.dir)
     try:
         check_trackers(config.train.report_to)
+        if push_to_hub is not None:
+            validate_repo_id(push_to_hub)
+    except HFValidationError as err:
+        raise RunError(f"push to hub: {err}") from None
     except ValueError as err:
         raise RunError(str(err)) from None
     _check_run_dir(run_dir, config, resume)
@@ -217,10 +245,11 @@ def train(
     # -------------------------------------------------------------------------------------- fit
     adapter_path = run_dir / ADAPTER_NAME
     save_dtype = DTYPES[config.output.save_dtype]
+    best_dtype = save_dtype if save_dtype != torch.float32 else None
 
     def save_best() -> None:
         if accelerator.is_main_process:
-            model.save(adapter_path, dtype=save_dtype if save_dtype != torch.float32 else None)
+            model.save(adapter_path, dtype=best_dtype)
 
     def checkpoint(state: Progress) -> None:
         if accelerator.is_main_process:
@@ -253,8 +282,8 @@ def train(
 
     # --------------------------------------------------------------------------------- evaluate
     test_scores = zero_shot_test = None
-    if result.finished and encoded.test is not None:
-        best = softprompt.load(base, adapter_path).to(accelerator.device)
+    best = softprompt.load(base, adapter_path).to(accelerator.device) if result.finished else None
+    if best is not None and encoded.test is not None:
         say("scoring the best adapter on test ...")
         test_scores = evaluate(encoded.test, make_objective(best, task, tokenizer).to(accelerator.device))
         write_log("test", progress.best_step or progress.step, test_scores)
@@ -291,9 +320,26 @@ def train(
                 metric=config.selection_metric,
                 best_step=summary.best_step,
             )
+        if best is not None:  # the folder becomes a save_pretrained folder: card with scores, peft layout
+            best.save_pretrained(run_dir, dtype=best_dtype, scores=summary.scores())
+            if push_to_hub is not None:
+                summary.hub_commit = _push(best, push_to_hub, summary, best_dtype)
+                say(f"pushed to {summary.hub_commit}")
         text = json.dumps(asdict(summary), indent=2) + "\n"
         atomic_write(run_dir / SUMMARY_NAME, lambda tmp: tmp.write_text(text))
     return summary
+
+
+def _push(model, repo_id: str, summary: RunSummary, dtype: torch.dtype | None) -> str:
+    """Upload the run's best adapter with its scores; a failed upload leaves the finished run as it is."""
+    try:
+        return sharing.push_to_hub(model, repo_id, scores=summary.scores(), dtype=dtype).commit_url
+    except (HfHubHTTPError, OSError) as err:
+        raise RunError(
+            f"the run in {summary.run_dir} finished, but pushing it to {repo_id} failed: {err}\n"
+            f"push it again: softprompt.PromptedModel.from_pretrained(base, {summary.run_dir!r})"
+            f".push_to_hub({repo_id!r})"
+        ) from None
 
 
 def score_split(
@@ -351,7 +397,8 @@ def _start_run_dir(run_dir: Path, config: RunConfig, resume: bool, is_main: bool
     if resume and config_path.exists() and config_path.read_text() != resolved:
         logger.warning("the config differs from the one the run started with; the result may differ")
     if not resume:
-        for name in (ADAPTER_NAME, SUMMARY_NAME, PLOT_NAME, CHECKPOINT_NAME):
+        earlier = (ADAPTER_NAME, SUMMARY_NAME, PLOT_NAME, CHECKPOINT_NAME, CARD_NAME, *PEFT_NAMES)
+        for name in earlier:
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
     atomic_write(config_path, lambda tmp: tmp.write_text(resolved))  # --resume and eval read it
@@ -375,6 +422,8 @@ def format_summary(summary: RunSummary) -> str:
         f"time         {_duration(summary.train_seconds)} training loop (dev evaluations included), "
         f"{_duration(summary.total_seconds)} total"
     )
+    if summary.hub_commit:
+        lines.append(f"pushed       {summary.hub_commit}")
     table = _score_table(summary)
     if table:
         lines += ["", *table]
