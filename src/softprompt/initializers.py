@@ -19,8 +19,11 @@ import os
 import torch
 from torch import nn
 
+from softprompt.families import ModelShape
 from softprompt.files.adapter import read_adapter
-from softprompt.sharding import whole_parameters
+from softprompt.injection.capture import site_states
+from softprompt.kinds import Site
+from softprompt.sharding import whole_parameters, whole_while_running
 
 
 def repeat_to_length(ids: torch.Tensor, length: int) -> torch.Tensor:
@@ -71,6 +74,21 @@ def embeddings_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     embedding = model.get_input_embeddings()
     with torch.no_grad(), whole_parameters(embedding) as (weight, *_):
         return embedding(ids.to(weight.device)).float().detach().clone()
+
+
+def states_of(model: nn.Module, shape: ModelShape, ids: torch.Tensor) -> dict[Site, list]:
+    """The frozen model's keys/values of ``ids`` (P,) at every attention site (prefix text and vocab
+    inits): :func:`softprompt.injection.capture.site_states`, each sharded module gathered while it
+    runs (a ZeRO-3 base is partitioned from the moment it loads, before DeepSpeed's own hooks exist).
+
+    Examples:
+        >>> shape = softprompt.families.model_shape(base_model)
+        >>> keys, values = states_of(base_model, shape, torch.tensor([3, 4, 5]))["self"][0]
+        >>> tuple(keys.shape)                                     # layer 0: (H, P, D)
+        (2, 3, 8)
+    """
+    with whole_while_running(model):
+        return site_states(model, shape, ids)
 
 
 def rows_from_file(path: str | os.PathLike, name: str, length: int, width: int) -> torch.Tensor:

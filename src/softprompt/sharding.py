@@ -115,11 +115,18 @@ def _own_parameters_whole(module: nn.Module) -> Iterator[None]:
 
 
 def _zero3_gathered(params: list[torch.Tensor]):
+    """Gather the ZeRO-3 ``params`` that are partitioned now. Those already whole (an outer gather,
+    or DeepSpeed's own forward hooks) are left to whoever gathered them: DeepSpeed refuses nested
+    gathers of one parameter, and releasing it here would partition it under its owner."""
     if not params:
         return contextlib.nullcontext()
     import deepspeed  # only a ZeRO-3 parameter gets here, so DeepSpeed is installed
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    partitioned = [p for p in params if p.ds_status == ZeroParamStatus.NOT_AVAILABLE]
+    if not partitioned:
+        return contextlib.nullcontext()
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
 
 
 _Swapped = list[tuple[nn.Module, str, nn.Parameter]]

@@ -52,15 +52,13 @@ def global_batches(vocab: int, steps: int = STEPS) -> list[dict[str, torch.Tenso
 def build(folder: str):
     """The frozen tiny GPT-2, its tokenizer, a prompt-tuning model (vocab init) and its objective.
 
-    Under ZeRO-3 the base loads partitioned (every weight has shape ``[0]``): the init reads it
-    through ``whole_while_running``, as ``softprompt.wrap`` will once it calls it itself."""
+    Under ZeRO-3 the base loads partitioned (every weight has shape ``[0]``, peft #206): the vocab
+    init gathers the embedding itself (``softprompt.initializers.embeddings_of``)."""
     from softprompt.hub import load_base_model
-    from softprompt.sharding import whole_while_running
 
     base, tokenizer = load_base_model(folder)
     config = softprompt.PromptTuningConfig(num_virtual_tokens=4, init="vocab", vocab_top_k=50)
-    with whole_while_running(base):
-        model = softprompt.wrap(base, config)
+    model = softprompt.wrap(base, config)
     label_ids = [tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in LABEL_WORDS]
     return base, tokenizer, model, ClassificationObjective(model, label_token_ids=label_ids)
 
@@ -69,18 +67,22 @@ def optimizer_for(model) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.prompt.parameters(), lr=0.05)
 
 
-def train(objective, optimizer, batches, accelerator=None) -> list[float]:
+def train(objective, optimizer, batches, accelerator=None, micro_batch_size: int | None = 2) -> list[float]:
     """The steps every run takes: micro-batches of 2 (3 rows per process of 2: uneven), clipping."""
     return [
-        step(objective, optimizer, batch, micro_batch_size=2, max_grad_norm=1.0, accelerator=accelerator)
+        step(
+            objective, optimizer, batch, micro_batch_size=micro_batch_size, max_grad_norm=1.0,
+            accelerator=accelerator,
+        )
         for batch in batches
-    ]
+    ]  # fmt: skip
 
 
 def reference(folder: str, out: Path) -> dict[str, torch.Tensor]:
     """One process, no accelerator: the prompt after STEPS steps, its checkpoint after CHECKPOINT_AT,
     and the inits of an unsharded base."""
     base, tokenizer, model, objective = build(folder)
+    initial_prompt = model.prompt.embeddings.detach().clone()
     inits = init_reference(base, tokenizer)
     optimizer = optimizer_for(model)
     batches = global_batches(base.config.vocab_size)
@@ -88,7 +90,12 @@ def reference(folder: str, out: Path) -> dict[str, torch.Tensor]:
     train(objective, optimizer, batches[CHECKPOINT_AT:])
     with torch.no_grad():
         scores = objective.scores(batches[0]["input_ids"], batches[0]["attention_mask"])
-    return {"prompt": model.prompt.embeddings.detach().clone(), "scores": scores, **inits}
+    return {
+        "prompt": model.prompt.embeddings.detach().clone(),
+        "initial_prompt": initial_prompt,
+        "scores": scores,
+        **inits,
+    }
 
 
 def init_ids(tokenizer) -> torch.Tensor:
@@ -99,33 +106,39 @@ def init_reference(base, tokenizer) -> dict[str, torch.Tensor]:
     """What text init reads of the base: the embeddings of the init text, and its keys/values."""
     shape = softprompt.families.model_shape(base)
     ids = init_ids(tokenizer)
+    wrapped = wrap_on_sharded(base, tokenizer)
     return {
         "text_embeddings": initializers.embeddings_of(base, ids),
         "text_keys": site_states(base, shape, ids)["self"][0][0],
+        "prefix_text": wrapped["prefix"],
     }
 
 
 def sharded_inits(base, tokenizer) -> dict[str, torch.Tensor]:
-    """The same, read from the sharded base through softprompt.sharding."""
-    from softprompt.sharding import whole_parameters, whole_while_running
-
+    """The same, read from the sharded base by the initializers (each gathers what it reads)."""
     shape = softprompt.families.model_shape(base)
     ids = init_ids(tokenizer)
-    with whole_parameters(base.get_input_embeddings()):
-        embeddings = initializers.embeddings_of(base, ids)
-    with whole_while_running(base):
-        keys = site_states(base, shape, ids)["self"][0][0]
-    return {"text_embeddings": embeddings, "text_keys": keys}
+    return {
+        "text_embeddings": initializers.embeddings_of(base, ids),
+        "text_keys": initializers.states_of(base, shape, ids)["self"][0][0],
+    }
 
 
 def wrap_on_sharded(base, tokenizer) -> dict:
-    """``softprompt.wrap`` with text init on the sharded base, as a user calls it (needs the gathering call
-    in softprompt.initializers / api.wrap); an error is recorded, not raised."""
-    try:
-        config = softprompt.PromptTuningConfig(num_virtual_tokens=4, init="text", init_text=INIT_TEXT)
-        return {"embeddings": softprompt.wrap(base, config, tokenizer=tokenizer).prompt.embeddings.detach()}
-    except Exception as err:  # noqa: BLE001 — the test reports what went wrong
-        return {"error": f"{type(err).__name__}: {err}"}
+    """``softprompt.wrap`` with text init on the sharded base, as a user calls it: prompt tuning (reads
+    the embedding) and prefix tuning (runs the layers). Returns each one's tensor, or its error as text
+    (recorded for the test, not raised)."""
+    configs = {
+        "embeddings": softprompt.PromptTuningConfig(num_virtual_tokens=4, init="text", init_text=INIT_TEXT),
+        "prefix": softprompt.PrefixTuningConfig(num_virtual_tokens=4, init="text", init_text=INIT_TEXT),
+    }
+    found = {}
+    for name, config in configs.items():
+        try:
+            found[name] = getattr(softprompt.wrap(base, config, tokenizer=tokenizer).prompt, name).detach()
+        except Exception as err:  # noqa: BLE001 — the test reports what went wrong
+            found[name] = f"{type(err).__name__}: {err}"
+    return found
 
 
 def make_accelerator(engine: str):
@@ -165,6 +178,11 @@ def main() -> None:
     accelerator = make_accelerator(args.engine)
     rank = accelerator.process_index
     base, tokenizer, model, objective = build(args.folder)
+    tensors = {"initial_prompt": model.prompt.embeddings.detach().clone()}
+    facts = {"embedding_shape_at_rest": list(base.get_input_embeddings().weight.shape)}
+    if args.engine == "zero3" and not args.resume:
+        # Partitioned since it loaded, before DeepSpeed's hooks exist: what peft #206 / #1633 hit.
+        wrapped_init = wrap_on_sharded(base, tokenizer)
     optimizer = optimizer_for(model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     checkpoint = args.out / "checkpoint.safetensors"
@@ -175,26 +193,30 @@ def main() -> None:
         progress = load_checkpoint(checkpoint, model, optimizer, scheduler)
         batches = batches[progress.step :]
     wrapped, optimizer = prepare(accelerator, objective, optimizer)
-    facts = {
+    facts |= {
         "world": accelerator.num_processes,
         "prompt_sharded": is_sharded(model.prompt.embeddings),
         "base": {name: [list(_whole_shape(p)), _local_numel(p)] for name, p in base.named_parameters()},
         "base_sharded": all(is_sharded(p) for p in base.parameters()),
     }
-    tensors = {}
+    # ZeRO-3 steps its optimiser inside every backward pass that core.step does not mark as a
+    # non-last micro-batch (accelerate's sync_gradients): one micro-batch per process there.
+    micro_batch_size = 2 if args.engine == "fsdp2" else None
     if not args.resume:
         tensors |= {f"sharded_{k}": v for k, v in sharded_inits(base, tokenizer).items()}
-        wrapped_init = wrap_on_sharded(base, tokenizer)
-        facts["wrap_error"] = wrapped_init.get("error")
-        if "embeddings" in wrapped_init:
-            tensors["wrapped_text_embeddings"] = wrapped_init["embeddings"]
-        facts["losses"] = train(wrapped, optimizer, batches[:checkpoint_at], accelerator)
+        if args.engine == "fsdp2":  # FSDP2 shards at prepare
+            wrapped_init = wrap_on_sharded(base, tokenizer)
+        for name, found in wrapped_init.items():
+            facts[f"wrap_{name}_error"] = found if isinstance(found, str) else None
+            if not isinstance(found, str):
+                tensors[f"wrapped_text_{name}"] = found
+        facts["losses"] = train(wrapped, optimizer, batches[:checkpoint_at], accelerator, micro_batch_size)
         batches = batches[len(facts["losses"]) :]
         if checkpoint_at is not None:
             if accelerator.is_main_process:
                 save_checkpoint(checkpoint, model, optimizer, scheduler, Progress(step=checkpoint_at))
             accelerator.wait_for_everyone()
-    facts["losses_after_checkpoint"] = train(wrapped, optimizer, batches, accelerator)
+    facts["losses_after_checkpoint"] = train(wrapped, optimizer, batches, accelerator, micro_batch_size)
     first = global_batches(base.config.vocab_size)[0]
     with torch.no_grad(), unsharded(wrapped):  # scoring does not go through the sharded forward
         tensors["scores"] = objective.scores(first["input_ids"], first["attention_mask"])
@@ -203,6 +225,10 @@ def main() -> None:
         tensors["prompt"] = model.prompt.embeddings.detach().clone()
         if accelerator.is_main_process:
             model.save(args.out / f"{name}-adapter.safetensors")  # once
+    if args.engine == "zero3":  # how many optimiser steps DeepSpeed takes in one step of 2 micro-batches
+        before = wrapped.global_steps
+        train(wrapped, optimizer, [first], accelerator, micro_batch_size=2)
+        facts["engine_steps_per_step_of_two_micro_batches"] = wrapped.global_steps - before
     save_file(
         {k: v.contiguous() for k, v in tensors.items()}, str(args.out / f"{name}-rank{rank}.safetensors")
     )
