@@ -403,19 +403,21 @@ def model_shape(model: nn.Module) -> ModelShape:
     kind = kind_of(config, head)
     probed = _probe(model, kind)
     quirk = family_of(config)[1].quirk
+    # Multimodal models (Gemma 3, Fuyu...) keep the language model's sizes in their text config.
+    text = config.get_text_config(decoder=True)
     embeddings = model.get_input_embeddings()
     return ModelShape(
         family=config.model_type,
         kind=kind,
         name_or_path=str(getattr(config, "_name_or_path", "") or ""),
-        hidden_size=_config_value(config, "hidden_size", "d_model", "n_embd"),
+        hidden_size=_config_value(text, "hidden_size", "d_model", "n_embd"),
         # The width virtual tokens must have: OPT, ELECTRA and ALBERT embed narrower and project up.
         embed_dim=embeddings.embedding_dim,
-        vocab_size=getattr(config, "vocab_size", None) or embeddings.num_embeddings,
+        vocab_size=getattr(text, "vocab_size", None) or embeddings.num_embeddings,
         # (none in a stack of state-space layers only: Mamba)
-        num_attention_heads=_config_value(config, "num_attention_heads", "n_head", "num_heads")
+        num_attention_heads=_config_value(text, "num_attention_heads", "n_head", "num_heads")
         if probed.layers
-        else getattr(config, "num_attention_heads", 0),
+        else getattr(text, "num_attention_heads", 0),
         layers=probed.layers,
         takes_position_ids="position_ids" in inspect.signature(model.forward).parameters,
         # Read by the output head code until it uses the model's own logits; generic config fields.

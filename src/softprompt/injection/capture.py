@@ -237,6 +237,17 @@ def attention_modules(stack: nn.Module) -> list[nn.Module]:
     return list(dict.fromkeys(module for module, _, _ in _attention_calls(stack)))
 
 
+def prefix_attention_modules(model: nn.Module, stack: nn.Module) -> list[nn.Module]:
+    """Switch ``model`` to softprompt's attention and list the modules encoder ``stack`` calls.
+
+    The probe forward may run in training mode (at the first training step): it runs on a forked
+    random state, so it draws no dropout randomness of the run's and a resumed run stays exact.
+    """
+    use_prefix_attention(model)
+    with torch.random.fork_rng():
+        return attention_modules(stack)
+
+
 def _self_states(model: nn.Module, shape: ModelShape, ids: torch.Tensor) -> list:
     """A causal decoder's keys/values per prefix layer, captured through its cache."""
     cache = RecordingCache(model.config)

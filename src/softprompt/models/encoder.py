@@ -46,8 +46,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from softprompt.families import ModelShape, UnsupportedModelError
 from softprompt.files.adapter import HEAD_PREFIX, AdapterFileError
 from softprompt.injection import RowPrompts
-from softprompt.injection.attention import use_prefix_attention
-from softprompt.injection.capture import attention_modules
+from softprompt.injection.capture import prefix_attention_modules
 from softprompt.injection.encoder_input import EncoderBatch, arrange
 from softprompt.kinds import KINDS, supported_heads
 from softprompt.methods import SoftPrompt
@@ -112,8 +111,7 @@ class EncoderSoftPromptModel(PromptedModel):
         if row_prompts is None:
             row_prompts = self.own_prompts(tokens.shape[0], tokens.device)
         if "encoder" in row_prompts.sites and self._attention is None:
-            use_prefix_attention(self.base_model)
-            self._attention = attention_modules(self.base_model.base_model)
+            self._attention = prefix_attention_modules(self.base_model, self.base_model.base_model)
         return arrange(
             self.base_model.get_input_embeddings(),
             self.shape,

@@ -29,11 +29,11 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from softprompt.compat import cache_kwargs
 from softprompt.families import ModelShape, UnsupportedModelError
-from softprompt.injection import CompiledPrompt, RowPrompts
-from softprompt.injection.attention import use_prefix_attention
+from softprompt.injection import IGNORE_INDEX, CompiledPrompt, RowPrompts
 from softprompt.injection.caches import encoder_decoder_generation_cache, encoder_decoder_prefix_cache
-from softprompt.injection.capture import attention_modules
+from softprompt.injection.capture import prefix_attention_modules
 from softprompt.injection.encoder_input import arrange
+from softprompt.integrations.streaming import real_text_streamer
 from softprompt.kinds import supported_heads
 from softprompt.methods import SoftPrompt
 from softprompt.models.base import PromptedModel
@@ -91,8 +91,7 @@ class Seq2SeqSoftPromptModel(PromptedModel):
         if row_prompts is None:
             row_prompts = self.own_prompts(tokens.shape[0], tokens.device)
         if "encoder" in row_prompts.sites and self._attention is None:
-            use_prefix_attention(self.base_model)
-            self._attention = attention_modules(self.base_model.get_encoder())
+            self._attention = prefix_attention_modules(self.base_model, self.base_model.get_encoder())
         encoder = self.base_model.get_encoder()
         batch = arrange(
             self.base_model.get_input_embeddings(),
@@ -122,6 +121,16 @@ class Seq2SeqSoftPromptModel(PromptedModel):
             mask = torch.ones(batch, length, dtype=torch.long, device=device)
         return torch.cat([prefix.sites["decoder"].mask, mask.long()], dim=-1)
 
+    def _decoder_inputs_from(self, labels: torch.Tensor) -> torch.Tensor:
+        """The decoder's input for ``labels`` (B, T): the model's own shift where it has one, else the
+        labels shifted right after ``decoder_start_token_id``, ignored places padded (M2M-100)."""
+        if hasattr(self.base_model, "prepare_decoder_input_ids_from_labels"):
+            return self.base_model.prepare_decoder_input_ids_from_labels(labels=labels)
+        config = self.base_model.config
+        start = torch.full_like(labels[:, :1], config.decoder_start_token_id)
+        shifted = torch.cat([start, labels[:, :-1]], dim=-1)
+        return shifted.masked_fill(shifted == IGNORE_INDEX, config.pad_token_id)
+
     # -------------------------------------------------------------------------------------- forward
     def forward(
         self,
@@ -145,7 +154,7 @@ class Seq2SeqSoftPromptModel(PromptedModel):
         encoded, encoder_mask, prefix = self.encode(input_ids, attention_mask, inputs_embeds, row_prompts)
         batch = encoded.shape[0]
         if decoder_input_ids is None and labels is not None:
-            decoder_input_ids = self.base_model.prepare_decoder_input_ids_from_labels(labels=labels)
+            decoder_input_ids = self._decoder_inputs_from(labels)
         cache = None
         if "decoder" in prefix.sites or "cross" in prefix.sites:
             cache = encoder_decoder_prefix_cache(
@@ -211,6 +220,8 @@ class Seq2SeqSoftPromptModel(PromptedModel):
             kwargs["decoder_attention_mask"] = self._decoder_mask(prefix, None, batch, 1, encoded.device)
             if "max_length" in kwargs:
                 kwargs["max_length"] += virtual
+            if "streamer" in kwargs:  # the start tokens in the prefix's places are no text
+                kwargs["streamer"] = real_text_streamer(kwargs["streamer"], virtual)
         output = self.base_model.generate(
             encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
             attention_mask=self._cross_mask(prefix, encoder_mask),
