@@ -68,17 +68,20 @@ def left_align(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[t
 class Alignment:
     """A re-ordering of every row's columns, and its inverse (``order=None``: the batch is kept as it is).
 
-    ``order`` (B, T): column ``j`` of a re-ordered row is column ``order[b, j]`` of the caller's.
+    ``order`` (B, T): column ``j`` of a re-ordered row is column ``order[b, j]`` of the caller's;
+    ``leading``: columns put in front of the re-ordered rows (virtual tokens), dropped on the way back.
     """
 
     order: torch.Tensor | None = None
+    leading: int = 0
 
     def apply(self, batch: torch.Tensor | None) -> torch.Tensor | None:
         """(B, T, ...) in the caller's layout -> the re-ordered layout."""
         return batch if batch is None or self.order is None else _gather_columns(batch, self.order)
 
     def undo(self, batch: torch.Tensor) -> torch.Tensor:
-        """(B, T, ...) in the re-ordered layout -> the caller's."""
+        """(B, leading + T, ...) in the re-ordered layout -> (B, T, ...) in the caller's."""
+        batch = batch[:, self.leading :]
         return batch if self.order is None else _gather_columns(batch, self.order.argsort(-1))
 
     def undo_selected(self, selected: torch.Tensor, where: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ Examples:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +25,7 @@ from transformers.utils import ModelOutput
 
 from softprompt import compat
 from softprompt.compat import cache_kwargs
-from softprompt.families import ModelShape
+from softprompt.families import ModelShape, UnsupportedModelError
 from softprompt.injection import IGNORE_INDEX, BatchPrefix, CompiledPrompt, RowPrompts
 from softprompt.injection.attention import use_grouped_attention
 from softprompt.injection.caches import generation_cache, prefix_cache
@@ -38,6 +40,7 @@ from softprompt.injection.positions import (
 from softprompt.injection.prompts import no_prefix
 from softprompt.integrations.streaming import real_text_streamer
 from softprompt.methods import SoftPrompt
+from softprompt.methods.base import VirtualTokens
 from softprompt.models.base import PromptedModel
 
 
@@ -60,15 +63,45 @@ class SoftPromptModel(PromptedModel):
     # -------------------------------------------------------------------------------------- prompts
     def compile_prompt(self, prompt: SoftPrompt) -> CompiledPrompt:
         """A task's prompt as the per-layer ``self`` prefix it amounts to: virtual tokens run once
-        through the frozen model (they never attend to the input in a causal decoder)."""
-        return CompiledPrompt(sites={"self": virtual_tokens_prefix(self.base_model, prompt())})
+        through the frozen model (they never attend to the input in a causal decoder).
 
-    def _prefix(self, row_prompts: RowPrompts | None, batch: int, device: torch.device) -> BatchPrefix:
-        """The rows' ``self`` prefix (the model's own prompt without ``row_prompts``); P = 0 for none."""
-        if row_prompts is None:
-            row_prompts = self.own_prompts(batch, device)
-        if "self" in row_prompts.sites:
-            return row_prompts.sites["self"]
+        On models with recurrent layers (linear attention, Mamba) virtual tokens stay tokens: the
+        recurrent state must read them, which keys/values cannot give it. They then enter every
+        forward as input embeddings before the row's tokens.
+        """
+        output = prompt()
+        if isinstance(output, VirtualTokens) and self.shape.recurrent_layers:
+            return CompiledPrompt(tokens=output.embeddings)
+        return CompiledPrompt(sites={"self": virtual_tokens_prefix(self.base_model, output)})
+
+    def row_prompts(
+        self, compiled: list[CompiledPrompt], rows: torch.Tensor, device: torch.device
+    ) -> RowPrompts:
+        """Per-row prompts from compiled ones: ``rows`` (B,) indexes ``compiled``, -1 for none.
+
+        Virtual tokens that enter as embeddings (models with recurrent layers) cannot be padded with
+        masked slots — a recurrent state reads every column — so such rows must all carry virtual
+        tokens of one length; other mixes are refused with the reason.
+        """
+        prompts = super().row_prompts(compiled, rows, device)
+        if prompts.tokens is not None and ("self" in prompts.sites or not bool(prompts.tokens_mask.all())):
+            raise UnsupportedModelError(
+                f"{self.shape.family} reads virtual tokens in its recurrent layers "
+                f"{list(self.shape.recurrent_layers)}, so prompt-tuning and P-tuning prompts enter it as input "
+                "embeddings, where a masked slot would still reach the recurrent state: rows of one batch "
+                "must then all carry virtual tokens of the same length (no rows without a prompt, no "
+                "prefix-tuning rows beside them). Batch such rows by prompt length"
+            )
+        return prompts
+
+    def _prompts(self, row_prompts: RowPrompts | None, batch: int, device: torch.device) -> RowPrompts:
+        """The rows' prompts: ``row_prompts``, or the model's own prompt in every row."""
+        return self.own_prompts(batch, device) if row_prompts is None else row_prompts
+
+    def _prefix(self, prompts: RowPrompts, batch: int, device: torch.device) -> BatchPrefix:
+        """The rows' ``self`` prefix; P = 0 for none."""
+        if "self" in prompts.sites:
+            return prompts.sites["self"]
         return no_prefix(self.shape, batch, self.base_model.dtype, device)
 
     # -------------------------------------------------------------------------------------- forward
@@ -103,7 +136,25 @@ class SoftPromptModel(PromptedModel):
             align.apply(t) for t in (input_ids, inputs_embeds, attention_mask, position_ids, where)
         )
         with compat.checkpointing_keeps_cache(self.base_model):
-            prefix = self._prefix(row_prompts, batch, device)
+            prompts = self._prompts(row_prompts, batch, device)
+            prefix = self._prefix(prompts, batch, device)
+            if prompts.tokens is not None:  # virtual tokens as embeddings, before the caller's tokens
+                virtual = prompts.tokens.shape[1]
+                if attention_mask.dim() != 2:
+                    raise ValueError(
+                        f"{self.shape.family} takes virtual tokens as input embeddings: pass a (batch, seq) "
+                        "attention_mask, not a 4-D one"
+                    )
+                if inputs_embeds is None:
+                    inputs_embeds = self.base_model.get_input_embeddings()(input_ids)
+                inputs_embeds = torch.cat([prompts.tokens.to(inputs_embeds.dtype), inputs_embeds], dim=1)
+                input_ids = None
+                if position_ids is not None:  # the caller's positions, after the virtual tokens
+                    count = prompts.tokens_mask.sum(-1, keepdim=True)
+                    position_ids = torch.cat([prompts.tokens_mask.cumsum(-1) - 1, position_ids + count], -1)
+                attention_mask = with_prefix_columns(attention_mask, prompts.tokens_mask)
+                where = None if where is None else F.pad(where, (virtual, 0))
+                align = replace(align, leading=virtual)
             full_mask = with_prefix_columns(attention_mask, prefix.mask)  # checks the mask's rank
             if self.shape.takes_position_ids:
                 if position_ids is None and attention_mask.dim() == 4:
@@ -119,12 +170,14 @@ class SoftPromptModel(PromptedModel):
                 kwargs["softprompt_grouped"] = True
             if where is not None:
                 kwargs["logits_to_keep"] = where
+            if cache is None and prefix.mask.shape[1]:
+                cache = prefix_cache(prefix.layers, self.base_model.config, self.shape.layer_indices)
             outputs = module(
                 input_ids=input_ids,
                 inputs_embeds=inputs_embeds,
                 attention_mask=full_mask,
-                use_cache=True,
-                **cache_kwargs(module, prefix_cache(prefix.layers) if cache is None else cache),
+                use_cache=cache is not None,  # no prefix: no cache (a recurrent layer needs its own)
+                **(cache_kwargs(module, cache) if cache is not None else {}),
                 **kwargs,
             )
         return outputs, align
@@ -251,38 +304,99 @@ class SoftPromptModel(PromptedModel):
             kwargs.get("num_beams") or config.num_beams or 1,
             kwargs.get("num_return_sequences") or config.num_return_sequences or 1,
         )
-        prefix = self._prefix(row_prompts, batch, input_ids.device)
+        prompts = self._prompts(row_prompts, batch, input_ids.device)
+        if prompts.tokens is not None:
+            return self._generate_after_embeddings(input_ids, attention_mask, prompts, expand, **kwargs)
+        prefix = self._prefix(prompts, batch, input_ids.device)
         virtual = prefix.mask.shape[1]
-        states = self._prefilled_states(input_ids, attention_mask, prefix)  # per layer (B, H, P + T - 1, D)
+        if self.shape.recurrent_layers:  # a recurrent state cannot be re-ordered: generate's own layout
+            states, layout = (
+                prefix.layers,
+                torch.arange(virtual + length, device=input_ids.device).expand(batch, -1),
+            )
+        else:
+            states = self._prefilled_states(
+                input_ids, attention_mask, prefix
+            )  # per layer (B, H, P + T - 1, D)
+            layout = _pads_first(attention_mask, virtual)  # (B, P + T): [pads][prompt][tokens]
         cache = generation_cache(
             self.base_model.config,
             [(k.repeat_interleave(expand, 0), v.repeat_interleave(expand, 0)) for k, v in states],
+            self.shape.layer_indices,
         )
 
         # `generate` skips the input ids the cache already covers: stand-ins take the prefix's places.
         pad = self.base_model.generation_config.pad_token_id or 0
         stand_ins = torch.full((batch, virtual), pad, dtype=input_ids.dtype, device=input_ids.device)
-        pads_first = _pads_first(attention_mask, virtual)  # (B, P + T): [pads][prompt][tokens]
         if self.shape.takes_position_ids:
             positions = positions_after_prefix(attention_mask, prefix.lengths)
             kwargs["position_ids"] = torch.cat([torch.zeros_like(prefix.mask), positions], -1).gather(
-                -1, pads_first
+                -1, layout
             )
         if "max_length" in kwargs:
             kwargs["max_length"] += virtual
         if "streamer" in kwargs:
             kwargs["streamer"] = real_text_streamer(kwargs["streamer"], virtual)
         output = self.base_model.generate(
-            input_ids=torch.cat([stand_ins, input_ids], dim=-1).gather(-1, pads_first),
-            attention_mask=with_prefix_columns(attention_mask, prefix.mask).gather(-1, pads_first),
+            input_ids=torch.cat([stand_ins, input_ids], dim=-1).gather(-1, layout),
+            attention_mask=with_prefix_columns(attention_mask, prefix.mask).gather(-1, layout),
             **cache_kwargs(self.base_model, cache),
             **kwargs,
         )
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
-        # Back to [prompt][left-padded input], then without the prompt's stand-ins.
-        undo = pads_first.argsort(-1).repeat_interleave(sequences.shape[0] // batch, 0)
-        given = sequences[:, : virtual + length].gather(-1, undo)
-        return torch.cat([given[:, virtual:], sequences[:, virtual + length :]], dim=-1)
+        return _without_stand_ins(sequences, layout, virtual, length)
+
+    def _generate_after_embeddings(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompts: RowPrompts,
+        expand: int,
+        **kwargs,
+    ) -> torch.Tensor:
+        """``generate`` after virtual tokens that enter as input embeddings (models whose recurrent layers
+        must read them), each row ``[pads][virtual tokens][tokens]``.
+
+        softprompt runs all but the last column itself — a recurrent state cannot be re-ordered
+        afterwards, so the run keeps generation's layout — and ``generate`` continues from that cache
+        with stand-in ids for the virtual tokens (some models' ``generate`` takes no embeddings). The run
+        already repeats each row ``expand`` times, as ``generate`` will (a recurrent state cannot be
+        repeated afterwards).
+        """
+        batch, length = input_ids.shape
+        virtual = prompts.tokens.shape[1]
+        pads_first = _pads_first(attention_mask, virtual)  # (B, P + T)
+        embeds = self.base_model.get_input_embeddings()(input_ids)  # (B, T, E)
+        embeds = torch.cat([prompts.tokens.to(embeds.dtype), embeds], dim=1)
+        embeds = embeds.gather(1, pads_first[..., None].expand_as(embeds))  # (B, P + T, E)
+        mask = with_prefix_columns(attention_mask, prompts.tokens_mask).gather(-1, pads_first)
+        pad = self.base_model.generation_config.pad_token_id or 0
+        stand_ins = torch.full((batch, virtual), pad, dtype=input_ids.dtype, device=input_ids.device)
+        ids = torch.cat([stand_ins, input_ids], dim=-1).gather(-1, pads_first)
+        if self.shape.takes_position_ids:
+            kwargs["position_ids"] = positions_after_prefix(mask, torch.zeros_like(mask[:, 0]))
+
+        cache = generation_cache(self.base_model.config, [])
+        backbone = compat.backbone(self.base_model)
+        positions = {}
+        if self.shape.takes_position_ids:
+            positions["position_ids"] = kwargs["position_ids"][:, :-1].repeat_interleave(expand, 0)
+        backbone(
+            inputs_embeds=embeds[:, :-1].repeat_interleave(expand, 0),
+            attention_mask=mask[:, :-1].repeat_interleave(expand, 0),
+            use_cache=True,
+            **cache_kwargs(backbone, cache),
+            **positions,
+        )
+        if "max_length" in kwargs:
+            kwargs["max_length"] += virtual
+        if "streamer" in kwargs:
+            kwargs["streamer"] = real_text_streamer(kwargs["streamer"], virtual)
+        output = self.base_model.generate(
+            input_ids=ids, attention_mask=mask, **cache_kwargs(self.base_model, cache), **kwargs
+        )
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        return _without_stand_ins(sequences, pads_first, virtual, length)
 
     def _prefilled_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: BatchPrefix
@@ -291,7 +405,8 @@ class SoftPromptModel(PromptedModel):
         out ``[pads][prompt][tokens]``: each (B, H, P + T - 1, D)."""
         if input_ids.shape[1] == 1:
             return prefix.layers
-        cache = generation_cache(None, prefix.layers)  # grows by the tokens; no window drops any column yet
+        # Grows by the tokens; no window drops a column yet (plain layers, not the model's sliding ones).
+        cache = generation_cache(None, prefix.layers, self.shape.layer_indices)
         _, align = self._run(
             compat.backbone(self.base_model),
             input_ids[:, :-1],
@@ -301,9 +416,8 @@ class SoftPromptModel(PromptedModel):
         )
         # The run's columns were [prompt][tokens][pads]; move every row's pads in front.
         order = _pads_first(align.apply(attention_mask[:, :-1]), prefix.mask.shape[1])
-        return [
-            (_gather_slots(layer.keys, order), _gather_slots(layer.values, order)) for layer in cache.layers
-        ]
+        layers = [cache.layers[i] for i in self.shape.layer_indices]
+        return [(_gather_slots(layer.keys, order), _gather_slots(layer.values, order)) for layer in layers]
 
 
 def _pads_first(attention_mask: torch.Tensor, virtual: int) -> torch.Tensor:
@@ -311,6 +425,16 @@ def _pads_first(attention_mask: torch.Tensor, virtual: int) -> torch.Tensor:
     slots = torch.ones(attention_mask.shape[0], virtual, dtype=torch.long, device=attention_mask.device)
     content = with_prefix_columns(attention_mask, slots)
     return torch.argsort(content, dim=-1, stable=True)
+
+
+def _without_stand_ins(
+    sequences: torch.Tensor, pads_first: torch.Tensor, virtual: int, length: int
+) -> torch.Tensor:
+    """``generate``'s rows ``[pads][stand-ins][tokens][new]`` (each input row repeated for beams and
+    samples) as the caller's left-padded rows followed by the new tokens."""
+    undo = pads_first.argsort(-1).repeat_interleave(sequences.shape[0] // pads_first.shape[0], 0)
+    given = sequences[:, : virtual + length].gather(-1, undo)  # [stand-ins][left-padded input]
+    return torch.cat([given[:, virtual:], sequences[:, virtual + length :]], dim=-1)
 
 
 def _gather_slots(states: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
