@@ -36,10 +36,12 @@ def test_every_method_passes_every_check_on_a_sample_of_the_matrix(model_type, h
     assert result.outcomes == dict.fromkeys(METHODS, WORKS)
 
 
-def test_a_head_softprompt_does_not_adapt_is_refused_with_the_heads_it_does():
-    result = run_case("bert", "causal-lm")
-    assert {o.status for o in result.outcomes.values()} == {"refused"}
-    assert all("sequence-classification" in o.detail for o in result.outcomes.values())
+def test_a_refused_method_is_refused_with_its_reason_and_the_others_still_run():
+    result = run_case("deberta-v2", "sequence-classification")
+    refused = result.outcomes.pop("prefix_tuning")
+    assert (refused.status, refused.check) == ("refused", "wrap")
+    assert refused.detail.startswith("deberta-v2 encoders cannot take a key/value prefix")
+    assert result.outcomes == {name: WORKS for name in METHODS if name != "prefix_tuning"}
 
 
 @pytest.mark.slow
