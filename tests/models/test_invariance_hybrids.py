@@ -1,0 +1,206 @@
+"""Models with recurrent layers beside attention (Qwen3-Next linear attention; Jamba, Falcon-H1, Zamba2
+Mamba layers): prompt tuning and P-tuning enter as input embeddings (a recurrent state must read the
+virtual tokens), prefix tuning fills the attention layers.
+
+Checked against the model's own numbers — the prompt's embeddings prepended to the input, greedy
+decoding by full forwards — and for batch invariance: a row computes the same alone, left- or
+right-padded. Task-bank mixes that would feed masked slots to a recurrent state are refused with the
+reason.
+"""
+
+import pytest
+import torch
+import transformers as T
+from tiny import padded_batch, random_ids
+
+import softprompt
+
+SMALL = dict(
+    vocab_size=96, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+    num_hidden_layers=2, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+)  # fmt: skip
+CONFIGS = {
+    "qwen3_next": lambda: T.Qwen3NextConfig(
+        **SMALL,
+        head_dim=8,
+        layer_types=["linear_attention", "full_attention"],
+        linear_num_value_heads=2,
+        linear_num_key_heads=2,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+        num_experts=2,
+        num_experts_per_tok=1,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=16,
+    ),  # fmt: skip
+    "jamba": lambda: T.JambaConfig(
+        **SMALL,
+        attn_layer_period=2,
+        attn_layer_offset=1,
+        expert_layer_period=2,
+        expert_layer_offset=1,
+        num_experts=2,
+        num_experts_per_tok=1,
+        mamba_d_state=8,
+        mamba_dt_rank=4,
+    ),  # fmt: skip
+    "falcon_h1": lambda: T.FalconH1Config(
+        **SMALL,
+        head_dim=8,
+        mamba_d_ssm=32,
+        mamba_n_heads=4,
+        mamba_d_head=8,
+        mamba_d_state=8,
+        mamba_n_groups=1,
+        mamba_chunk_size=8,
+    ),  # fmt: skip
+    "zamba2": lambda: T.Zamba2Config(
+        **SMALL,
+        layers_block_type=["mamba", "hybrid"],
+        mamba_d_state=8,
+        mamba_headdim=8,
+        n_mamba_heads=8,
+        attention_head_dim=8,
+        hybrid_layer_ids=[1],
+    ),  # fmt: skip
+}
+METHODS = {
+    "prompt_tuning": lambda n: softprompt.PromptTuningConfig(num_virtual_tokens=n, init="vocab"),
+    "p_tuning": lambda n: softprompt.PTuningConfig(
+        num_virtual_tokens=n, encoder="mlp", encoder_hidden_size=8
+    ),
+    "prefix_tuning": lambda n: softprompt.PrefixTuningConfig(num_virtual_tokens=n, init="vocab"),
+}
+LENGTHS = (6, 3, 4)
+
+
+def wrapped(family: str, method: str, virtual: int = 3):
+    torch.manual_seed(0)
+    base = T.AutoModelForCausalLM.from_config(CONFIGS[family]()).eval()
+    model = softprompt.wrap(base, METHODS[method](virtual)).eval()
+    with torch.no_grad():  # a prompt away from its init
+        for p in model.prompt.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
+    return model
+
+
+def greedy(model, ids, mask=None, **kwargs):
+    out = model.generate(
+        ids, attention_mask=mask, max_new_tokens=3, min_new_tokens=3, do_sample=False, **kwargs
+    )
+    return out[:, ids.shape[1] :]
+
+
+def prepended(model, ids: torch.Tensor) -> torch.Tensor:
+    """(1, P + T, E): the prompt's embeddings before the row's own."""
+    embed = model.base_model.get_input_embeddings()
+    return torch.cat([model.prompt().embeddings[None], embed(ids[None])], dim=1)
+
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_the_shape_names_the_recurrent_layers(family):
+    shape = wrapped(family, "prefix_tuning").shape
+    assert shape.recurrent_layers and len(shape.layers) == len(shape.layer_indices) >= 1
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_virtual_tokens_reach_the_recurrent_state_as_prepended_embeddings(family, method):
+    model = wrapped(family, method)
+    base, row = model.base_model, random_ids(1, 6, seed=6)[0]
+    compiled = model.compile_prompt(model.prompt)
+    assert compiled.tokens is not None and not compiled.sites  # embeddings, not a key/value prefix
+    with torch.no_grad():
+        expected = base(inputs_embeds=prepended(model, row)).logits[0, 3:]
+        torch.testing.assert_close(model(input_ids=row[None]).logits[0], expected, atol=1e-5, rtol=1e-5)
+        tokens, sequence = [], row
+        for _ in range(3):  # greedy decoding by full forwards, no cache
+            tokens.append(int(base(inputs_embeds=prepended(model, sequence)).logits[0, -1].argmax()))
+            sequence = torch.cat([sequence, torch.tensor(tokens[-1:])])
+        assert greedy(model, row[None])[0].tolist() == tokens
+    # The prompt's gradient is the one through the prepended embeddings.
+    model.zero_grad()
+    model(input_ids=row[None], labels=row[None]).loss.backward()
+    got = [p.grad.clone() for p in model.prompt.parameters()]
+    model.zero_grad()
+    logits = base(inputs_embeds=prepended(model, row)).logits[0, 3:-1]
+    torch.nn.functional.cross_entropy(logits, row[1:]).backward()
+    for g, e in zip(got, [p.grad for p in model.prompt.parameters()], strict=True):
+        torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_a_row_computes_the_same_alone_and_padded_in_a_batch(family, method):
+    model = wrapped(family, method)
+    rows = [random_ids(1, n, seed=n)[0] for n in LENGTHS]
+    with torch.no_grad():
+        alone = [model(input_ids=r[None]).logits[0] for r in rows]
+        alone_tokens = [greedy(model, r[None])[0].tolist() for r in rows]
+        for side in ("left", "right"):
+            ids, mask = padded_batch(rows, side)
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            tokens = greedy(model, ids, mask)
+            for i in range(len(rows)):
+                torch.testing.assert_close(logits[i][mask[i].bool()], alone[i], atol=1e-5, rtol=1e-5)
+                assert tokens[i].tolist() == alone_tokens[i], f"row {i}, {side} padding"
+
+
+def test_beams_and_samples_after_virtual_tokens_match_the_embeddings_run():
+    model = wrapped("qwen3_next", "prompt_tuning")
+    row = random_ids(1, 5, seed=5)[0]
+    with torch.no_grad():
+        embeds = prepended(model, row)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+        for decoding in (
+            dict(num_beams=2, num_return_sequences=2),
+            dict(do_sample=True, num_return_sequences=2),
+        ):
+            torch.manual_seed(3)
+            expected = model.base_model.generate(
+                inputs_embeds=embeds, attention_mask=mask, max_new_tokens=3, **decoding
+            )
+            torch.manual_seed(3)
+            got = model.generate(row[None], max_new_tokens=3, **decoding)
+            assert got[:, :5].tolist() == [row.tolist()] * 2
+            assert got[:, 5:].tolist() == expected.tolist(), decoding
+
+
+def test_prefix_tuning_tasks_of_other_lengths_share_a_batch():
+    long, short = wrapped("jamba", "prefix_tuning", 4), wrapped("jamba", "prefix_tuning", 2)
+    short.base_model = long.base_model
+    compiled = [long.compile_prompt(long.prompt), short.compile_prompt(short.prompt)]
+    which = torch.tensor([0, 1, -1])
+    rows = [random_ids(1, n, seed=n)[0] for n in LENGTHS]
+    ids, mask = padded_batch(rows, "left")
+    with torch.no_grad():
+        logits = long(
+            input_ids=ids, attention_mask=mask, row_prompts=long.row_prompts(compiled, which, ids.device)
+        ).logits
+        for i, row in enumerate(rows):
+            own = long.row_prompts(compiled, which[i : i + 1], ids.device)
+            expected = long(input_ids=row[None], row_prompts=own).logits[0]
+            torch.testing.assert_close(logits[i][mask[i].bool()], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_virtual_token_tasks_of_one_length_share_a_batch_and_other_mixes_are_refused():
+    first, second = wrapped("zamba2", "prompt_tuning"), wrapped("zamba2", "p_tuning")
+    second.base_model = first.base_model
+    compiled = [first.compile_prompt(first.prompt), second.compile_prompt(second.prompt)]
+    rows = [random_ids(1, n, seed=n)[0] for n in LENGTHS[:2]]
+    ids, mask = padded_batch(rows, "left")
+    with torch.no_grad():
+        batch = first.row_prompts(compiled, torch.tensor([1, 0]), ids.device)
+        logits = first(input_ids=ids, attention_mask=mask, row_prompts=batch).logits
+        for i, (row, task) in enumerate(zip(rows, (second, first), strict=True)):
+            expected = first.base_model(inputs_embeds=prepended(task, row)).logits[0, 3:]
+            torch.testing.assert_close(logits[i][mask[i].bool()], expected, atol=1e-5, rtol=1e-5)
+    shorter = wrapped("zamba2", "prompt_tuning", 2)
+    shorter.base_model = first.base_model
+    mixes = [  # (tasks, rows): prompts of another length; a row without a prompt
+        ([compiled[0], shorter.compile_prompt(shorter.prompt)], [0, 1]),
+        (compiled[:1], [0, -1]),
+    ]
+    for tasks, which in mixes:
+        with pytest.raises(softprompt.UnsupportedModelError, match="recurrent layers .* same length"):
+            first.row_prompts(tasks, torch.tensor(which), ids.device)
