@@ -5,21 +5,12 @@ no prefix (MPNet, RoFormer, Megatron-BERT), Pegasus and M2M-100 — each against
 import pytest
 import torch
 import transformers as T
-from tiny import random_ids
+from tiny import _BART, _ENCODER, random_ids
 
 import softprompt
 from softprompt.families import model_shape
 
-VOCAB = 96
-_ENCODER = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    intermediate_size=48,
-    max_position_embeddings=128,
-    pad_token_id=0,
-)
+_ENCODER = {**_ENCODER, "num_hidden_layers": 3}
 ENCODERS = {
     "electra": lambda: T.ElectraConfig(**_ENCODER, embedding_size=16),  # embeds 16 wide, projects to 32
     "albert": lambda: T.AlbertConfig(**_ENCODER, embedding_size=16),  # and one layer shared by all 3
@@ -30,21 +21,7 @@ ENCODERS = {
     "bert": lambda: T.BertConfig(**_ENCODER),
 }
 NO_ENCODER_PREFIX = ["mpnet", "roformer", "megatron-bert"]
-_SEQ2SEQ = dict(
-    vocab_size=VOCAB,
-    d_model=32,
-    encoder_layers=2,
-    decoder_layers=2,
-    encoder_attention_heads=4,
-    decoder_attention_heads=4,
-    encoder_ffn_dim=48,
-    decoder_ffn_dim=48,
-    max_position_embeddings=128,
-    pad_token_id=0,
-    eos_token_id=1,
-    bos_token_id=2,
-    decoder_start_token_id=2,
-)
+_SEQ2SEQ = {**_BART, "encoder_layers": 2, "decoder_layers": 2}
 SEQ2SEQ = {
     "pegasus": lambda: T.PegasusConfig(**_SEQ2SEQ),
     "m2m_100": lambda: T.M2M100Config(**_SEQ2SEQ),

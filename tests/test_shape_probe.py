@@ -8,7 +8,7 @@ hybrid stacks (recurrent layers beside attention), a state-space-only stack.
 import pytest
 import torch
 import transformers as T
-from tiny import random_ids
+from tiny import _COMMON, VOCAB, random_ids
 
 import softprompt
 from softprompt.compat import cache_kwargs
@@ -17,24 +17,18 @@ from softprompt.injection.caches import generation_cache, prefix_cache
 from softprompt.injection.capture import site_states
 from softprompt.methods.base import PrefixStates, flatten_prefix
 
-VOCAB = 96
-_SMALL = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    intermediate_size=48,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=128,
-    pad_token_id=0,
-    eos_token_id=1,
-    bos_token_id=2,
-)
+
+def small(config_class, layers: int, **fields):
+    """A tiny config of ``config_class``: tiny.py's common sizes, 2 key/value heads, ``layers`` layers."""
+    return config_class(**{**_COMMON, "num_key_value_heads": 2, "num_hidden_layers": layers, **fields})
+
 
 CONFIGS = {
     # latent attention: the cache holds a 16-wide latent as "keys" and the 4-wide rotary key part as "values"
-    "deepseek_v3": lambda: T.DeepseekV3Config(
-        **{**_SMALL, "num_key_value_heads": 4},
-        num_hidden_layers=2,
+    "deepseek_v3": lambda: small(
+        T.DeepseekV3Config,
+        2,
+        num_key_value_heads=4,
         kv_lora_rank=16,
         q_lora_rank=None,
         qk_rope_head_dim=4,
@@ -48,9 +42,9 @@ CONFIGS = {
         topk_group=1,
     ),
     # KV sharing: the last 2 of 5 layers read the keys/values of earlier layers
-    "gemma3n_text": lambda: T.Gemma3nTextConfig(
-        **_SMALL,
-        num_hidden_layers=5,
+    "gemma3n_text": lambda: small(
+        T.Gemma3nTextConfig,
+        5,
         num_kv_shared_layers=2,
         head_dim=8,
         hidden_size_per_layer_input=8,
@@ -62,9 +56,9 @@ CONFIGS = {
         activation_sparsity_pattern=[0.0] * 5,
     ),
     # per-layer head sizes (sliding layers 8 wide, full-attention layers 16) and KV sharing
-    "gemma4_text": lambda: T.Gemma4TextConfig(
-        **_SMALL,
-        num_hidden_layers=4,
+    "gemma4_text": lambda: small(
+        T.Gemma4TextConfig,
+        4,
         num_kv_shared_layers=2,
         head_dim=8,
         global_head_dim=16,
@@ -73,9 +67,9 @@ CONFIGS = {
         hidden_size_per_layer_input=8,
         vocab_size_per_layer_input=VOCAB,
     ),
-    "qwen3_next": lambda: T.Qwen3NextConfig(
-        **_SMALL,
-        num_hidden_layers=4,
+    "qwen3_next": lambda: small(
+        T.Qwen3NextConfig,
+        4,
         head_dim=8,
         layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
         linear_num_key_heads=2,
@@ -87,9 +81,9 @@ CONFIGS = {
         moe_intermediate_size=16,
         shared_expert_intermediate_size=16,
     ),
-    "jamba": lambda: T.JambaConfig(
-        **_SMALL,
-        num_hidden_layers=4,
+    "jamba": lambda: small(
+        T.JambaConfig,
+        4,
         attn_layer_period=4,
         attn_layer_offset=1,
         expert_layer_period=4,
@@ -100,9 +94,9 @@ CONFIGS = {
         use_mamba_kernels=False,
     ),
     # attention and a Mamba mixer side by side in every layer
-    "falcon_h1": lambda: T.FalconH1Config(
-        **_SMALL,
-        num_hidden_layers=2,
+    "falcon_h1": lambda: small(
+        T.FalconH1Config,
+        2,
         head_dim=8,
         mamba_d_state=8,
         mamba_n_heads=8,
