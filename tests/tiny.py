@@ -360,6 +360,10 @@ def small_config_kwargs(config_class, multi_head: bool = False) -> dict:
         for name in ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_group_num"):
             if name in kwargs:
                 kwargs[name] = GENERIC_HEADS
+    if "pad_token_id" in fields and _default(fields["pad_token_id"]) is None:
+        kwargs["pad_token_id"] = _SPECIAL_IDS[
+            "pad_token_id"
+        ]  # a classifier finds each row's last token by it
     top_ids = iter(range(VOCAB - 1, VOCAB // 2, -1))
     for name, field in fields.items():
         if name.endswith(("_token_id", "_token_index")):
