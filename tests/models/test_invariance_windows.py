@@ -132,3 +132,43 @@ def test_rows_with_prompts_of_other_lengths_compute_what_they_compute_alone(fami
             expected = long(input_ids=row[None], row_prompts=own).logits[0]
             torch.testing.assert_close(logits[i][mask[i].bool()], expected, atol=1e-5, rtol=1e-5)
             assert tokens[i].tolist() == greedy(long, row[None], row_prompts=own)[0].tolist(), f"row {i}"
+
+
+def gemma3n_text():
+    """Gemma 3n: sliding windows, the last 2 of 4 layers reading earlier layers' keys/values, and a
+    second, per-layer embedding of every token id (which virtual tokens have none of)."""
+    torch.manual_seed(0)
+    config = T.Gemma3nTextConfig(
+        **{**SMALL, "num_hidden_layers": 4}, vocab_size_per_layer_input=96, hidden_size_per_layer_input=8,
+        num_kv_shared_layers=2, head_dim=8, sliding_window=WINDOW, laurel_rank=4, altup_num_inputs=2,
+        layer_types=["sliding_attention", "full_attention"] * 2, activation_sparsity_pattern=[0.0] * 4,
+    )  # fmt: skip
+    base = T.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # zero-initialised norms and gates would hide the per-layer inputs
+        for p in base.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(2)) * 0.05)
+    return base
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_gemma3n_keeps_each_real_tokens_per_layer_input(method):
+    base = gemma3n_text()
+    model = softprompt.wrap(base, METHODS[method](3)).eval()
+    assert len(model.shape.layers) == 2  # the layers reading another layer's keys/values take no prefix
+    rows = [random_ids(1, n, seed=n)[0] for n in LENGTHS]
+    with torch.no_grad():
+        alone = [model(input_ids=r[None]).logits[0] for r in rows]
+        if method == "prompt_tuning":  # the real tokens' per-layer inputs, none for the virtual ones
+            per_layer = base.model.get_per_layer_inputs(rows[0][None])  # (1, T, L, D)
+            per_layer = torch.cat([torch.zeros(1, 3, *per_layer.shape[2:]), per_layer], dim=1)
+            embeds = torch.cat(
+                [model.prompt().embeddings[None], base.get_input_embeddings()(rows[0][None])], 1
+            )
+            expected = base(inputs_embeds=embeds, per_layer_inputs=per_layer).logits[0, 3:]
+            torch.testing.assert_close(alone[0], expected, atol=1e-4, rtol=1e-4)
+        ids, mask = padded_batch(rows, "left")
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        tokens = greedy(model, ids, mask)
+        for i, row in enumerate(rows):
+            torch.testing.assert_close(logits[i][mask[i].bool()], alone[i], atol=1e-5, rtol=1e-5)
+            assert tokens[i].tolist() == greedy(model, row[None])[0].tolist(), f"row {i}"
