@@ -29,6 +29,7 @@ QUICK_RUNS = {
     "example_task_probe.py": ["--quick"],  # tiny random Llama over GPT-2's tokenizer, the example's rows
     "precision.py": ["--quick"],  # tiny random GPT-2, fp32 vs bf16, a few rows of the real data sets
     "time_to_quality.py": ["--quick", "--target", "0"],  # tiny random GPT-2: any trained score reaches 0 %
+    "quantized_base.py": ["--quick"],  # a small random Llama stored fp32 / bf16 / int8 / nf4
 }
 needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no {SHARED_DATA}")
 
@@ -188,6 +189,30 @@ def test_time_to_quality_quick_run_races_both_contestants_to_the_target(tmp_path
     ratio = ours["reached_at"]["train_seconds"] / theirs["reached_at"]["train_seconds"]
     assert result["result"]["softprompt_vs_peft_time"] == pytest.approx(ratio)
     assert result["result"]["relation"] == "="
+
+
+@needs_shared_data
+def test_quantized_base_quick_run_measures_every_base(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    stdout, result = run_quick("quantized_base.py", tmp_path / "quantized.json")
+    assert "Training memory and step time" in stdout and "Dev accuracy" in stdout
+    assert result["model"] == "small random Llama (--quick)" and "bitsandbytes" in result["machine"]
+    bases = result["bases"]
+    assert list(bases) == ["fp32", "bf16", "int8", "nf4"]
+    for name, row in bases.items():
+        assert row["weight_bytes"] > 0 and row["peak_step_bytes"] > 0
+        assert len(row["step_seconds"]["values"]) == 2  # --quick: 2 timed steps
+        assert set(row["tasks"]) == (set() if name == "bf16" else {"sst2", "rte"})  # bf16: timed only
+        for scores in row["tasks"].values():
+            assert len(scores["trained"]) == 2 and all(0 <= a <= 100 for a in scores["trained"])
+    assert bases["bf16"]["weight_bytes"] < bases["fp32"]["weight_bytes"]
+
+
+def test_quantized_base_quick_run_never_writes_the_results_file():
+    module = importlib.import_module("quantized_base")
+    assert module.parse_args([]).out == module.DEFAULT_OUT
+    quick = module.parse_args(["--quick"]).out
+    assert quick != module.DEFAULT_OUT and BENCHMARKS not in quick.parents
 
 
 def test_quality_help_lists_the_selection_flags(capsys):
