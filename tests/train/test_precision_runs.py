@@ -1,5 +1,6 @@
 """A run's frozen base: ``model.dtype: auto`` follows the hardware (printed at load), a dtype name
-overrides it, ``model.quantization`` loads the base quantized; the trained file stores fp32."""
+overrides it (the run's line says which and why), ``model.quantization`` loads the base quantized; the
+trained file stores fp32."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from train_helpers import build_tokenizer, classification_config, save_tiny_bert
 
 from softprompt import precision
 from softprompt.train import ConfigError, load_config, train
-from softprompt.train.build import load_base, make_task
+from softprompt.train.build import dtype_choice, load_base, make_task
 
 NATIVE = frozenset({"avx512f", "avx512_bf16"})
 EMULATED = frozenset({"avx2"})
@@ -46,33 +47,44 @@ def test_model_dtype_defaults_to_auto_and_names_its_choices(tiny_gpt2, cls_data,
         config_for(tiny_gpt2, cls_data, tmp_path, quantization="int4")
 
 
-@pytest.mark.parametrize(("flags", "expected"), [(NATIVE, torch.bfloat16), (EMULATED, torch.float32)])
+@pytest.mark.parametrize(
+    ("flags", "expected", "line"),
+    [
+        (NATIVE, torch.bfloat16, "base dtype: bfloat16 (this CPU computes bf16 natively: avx512_bf16; "
+         "set model.dtype: float32 to override)"),
+        (EMULATED, torch.float32, "base dtype: float32 (this CPU has no native bf16 arithmetic; "
+         "set model.dtype: bfloat16 to override)"),
+    ],
+)  # fmt: skip
 def test_auto_loads_bf16_where_the_cpu_computes_it_and_says_so(
-    tiny_gpt2, cls_data, tmp_path, cpu_flags, caplog, flags, expected
+    tiny_gpt2, cls_data, tmp_path, cpu_flags, caplog, flags, expected, line
 ):
     cpu_flags(flags)
     config = config_for(tiny_gpt2, cls_data, tmp_path)
-    with caplog.at_level(logging.INFO, logger="softprompt"):
-        base, _ = load_base(config, make_task(config.task))
+    task = make_task(config.task)
+    assert dtype_choice(config, task).message() == line
+    with caplog.at_level(logging.DEBUG, logger="softprompt"):
+        base, _ = load_base(config, task)
     assert {p.dtype for p in base.parameters()} == {expected}
-    assert precision.choose_dtype("auto").message() in caplog.messages
-    assert caplog.messages[-1].startswith(f"base dtype: {str(expected).removeprefix('torch.')} (this CPU")
+    assert line in caplog.messages
 
 
-def test_a_dtype_name_overrides_the_hardware(tiny_gpt2, cls_data, tmp_path, cpu_flags, caplog):
+def test_a_dtype_name_overrides_the_hardware(tiny_gpt2, cls_data, tmp_path, cpu_flags):
     cpu_flags(NATIVE)
     config = config_for(tiny_gpt2, cls_data, tmp_path, dtype="float32")
-    with caplog.at_level(logging.INFO, logger="softprompt"):
-        base, _ = load_base(config, make_task(config.task))
+    task = make_task(config.task)
+    assert dtype_choice(config, task).message() == "base dtype: float32 (set in model.dtype)"
+    base, _ = load_base(config, task)
     assert base.dtype == torch.float32
-    assert "base dtype: float32 (set in model.dtype)" in caplog.messages
 
 
 def test_an_encoders_new_head_keeps_the_base_fp32_under_auto(cls_data, tmp_path, cpu_flags):
     cpu_flags(NATIVE)
     raw = classification_config(save_tiny_bert(tmp_path / "bert"), cls_data, tmp_path / "run")
     config = load_config(None, base=raw)
-    base, _ = load_base(config, make_task(config.task))
+    task = make_task(config.task)
+    assert dtype_choice(config, task).reason == "a new task head trains inside the base model"
+    base, _ = load_base(config, task)
     assert base.dtype == torch.float32
 
 

@@ -165,11 +165,17 @@ def load_base(config: RunConfig, task: Task) -> tuple[Any, Any]:
     """The frozen ``(model, tokenizer)`` the run adapts, with the head its kind trains for the task
     (see :mod:`softprompt.kinds`): a causal or seq2seq LM, or an encoder with a new head of
     ``task.num_outputs`` outputs (classes, labels, 1 for a number, tags). Its dtype is
-    ``model.dtype`` (``auto``: :func:`softprompt.precision.choose_dtype`, logged at INFO), its linear
-    layers quantized if ``model.quantization`` says so."""
+    :func:`dtype_choice`'s, its linear layers quantized if ``model.quantization`` says so."""
     return load_base_for(
         config.model.name_or_path, task, dtype=config.model.dtype, quantization=config.model.quantization
     )
+
+
+def dtype_choice(config: RunConfig, task: Task) -> DtypeChoice:
+    """The dtype :func:`load_base` gives the run's base and why: ``model.dtype``, or for ``auto``
+    :func:`softprompt.precision.choose_dtype`'s choice; its ``message()`` is the line a run prints."""
+    head = run_head(config.model.name_or_path, task)
+    return base_dtype(config.model.dtype, trains_base_head=head in HEADS_WITH_LABELS)
 
 
 def load_base_for(
@@ -181,12 +187,10 @@ def load_base_for(
 ) -> tuple[Any, Any]:
     """:func:`load_base` for a model name and a task (e.g. the task an adapter file carries);
     ``dtype`` is a dtype, a ``model.dtype`` name, or None for ``"auto"``."""
-    kind = KINDS[family_kind(name)]
-    kind.objective(task.kind)  # refuses, with the reason, a task this kind cannot train
-    head = kind.head_for(task.kind)
+    head = run_head(name, task)
     new_head = head in HEADS_WITH_LABELS
     choice = base_dtype(dtype, trains_base_head=new_head)
-    logger.info(choice.message())
+    logger.debug(choice.message())
     if quantization is not None:
         if new_head:
             raise ValueError(
@@ -196,6 +200,14 @@ def load_base_for(
         return load_quantized(name, quantization, head=head, compute_dtype=choice.dtype)
     labels = {"num_labels": task.num_outputs} if new_head else {}
     return load_base_model(name, head=head, dtype=choice.dtype, **labels)
+
+
+def run_head(name: str, task: Task) -> str:
+    """The head a run of ``task`` loads on the model ``name`` (refusing, with the reason, a task its
+    kind cannot train); read from the model's config alone."""
+    kind = KINDS[family_kind(name)]
+    kind.objective(task.kind)
+    return kind.head_for(task.kind)
 
 
 def base_dtype(dtype: torch.dtype | DtypeName | None, *, trains_base_head: bool = False) -> DtypeChoice:
