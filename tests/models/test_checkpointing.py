@@ -5,18 +5,11 @@ switches softprompt makes for a forward are put back after it."""
 
 import pytest
 import torch
+from test_causal import CONFIGS
 from tiny import random_ids, tiny_causal_lm, tiny_seq2seq_lm
 
 import softprompt
 
-CONFIGS = {
-    "prompt_tuning": lambda: softprompt.PromptTuningConfig(num_virtual_tokens=3, init="vocab"),
-    "prefix_tuning": lambda: softprompt.PrefixTuningConfig(num_virtual_tokens=3, init="vocab"),
-    "prefix_mlp": lambda: softprompt.PrefixTuningConfig(
-        num_virtual_tokens=3, init="random", projection_hidden_size=16
-    ),
-    "p_tuning": lambda: softprompt.PTuningConfig(num_virtual_tokens=3, encoder="mlp", encoder_hidden_size=8),
-}
 # How checkpointing is switched on: None (the reference run) or one of these.
 WAYS = {
     "wrapper": lambda base, model: model.gradient_checkpointing_enable(

@@ -11,6 +11,7 @@ reason.
 import pytest
 import torch
 import transformers as T
+from test_invariance_windows import METHODS, assert_batch_invariant, greedy, prepended, prompted
 from tiny import padded_batch, random_ids
 
 import softprompt
@@ -64,37 +65,11 @@ CONFIGS = {
         hybrid_layer_ids=[1],
     ),  # fmt: skip
 }
-METHODS = {
-    "prompt_tuning": lambda n: softprompt.PromptTuningConfig(num_virtual_tokens=n, init="vocab"),
-    "p_tuning": lambda n: softprompt.PTuningConfig(
-        num_virtual_tokens=n, encoder="mlp", encoder_hidden_size=8
-    ),
-    "prefix_tuning": lambda n: softprompt.PrefixTuningConfig(num_virtual_tokens=n, init="vocab"),
-}
 LENGTHS = (6, 3, 4)
 
 
 def wrapped(family: str, method: str, virtual: int = 3):
-    torch.manual_seed(0)
-    base = T.AutoModelForCausalLM.from_config(CONFIGS[family]()).eval()
-    model = softprompt.wrap(base, METHODS[method](virtual)).eval()
-    with torch.no_grad():  # a prompt away from its init
-        for p in model.prompt.parameters():
-            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
-    return model
-
-
-def greedy(model, ids, mask=None, **kwargs):
-    out = model.generate(
-        ids, attention_mask=mask, max_new_tokens=3, min_new_tokens=3, do_sample=False, **kwargs
-    )
-    return out[:, ids.shape[1] :]
-
-
-def prepended(model, ids: torch.Tensor) -> torch.Tensor:
-    """(1, P + T, E): the prompt's embeddings before the row's own."""
-    embed = model.base_model.get_input_embeddings()
-    return torch.cat([model.prompt().embeddings[None], embed(ids[None])], dim=1)
+    return prompted(CONFIGS[family](), method, virtual)
 
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))
@@ -114,7 +89,7 @@ def test_virtual_tokens_reach_the_recurrent_state_as_prepended_embeddings(family
         expected = base(inputs_embeds=prepended(model, row)).logits[0, 3:]
         torch.testing.assert_close(model(input_ids=row[None]).logits[0], expected, atol=1e-5, rtol=1e-5)
         tokens, sequence = [], row
-        for _ in range(3):  # greedy decoding by full forwards, no cache
+        for _ in range(4):  # greedy decoding by full forwards, no cache
             tokens.append(int(base(inputs_embeds=prepended(model, sequence)).logits[0, -1].argmax()))
             sequence = torch.cat([sequence, torch.tensor(tokens[-1:])])
         assert greedy(model, row[None])[0].tolist() == tokens
@@ -132,18 +107,7 @@ def test_virtual_tokens_reach_the_recurrent_state_as_prepended_embeddings(family
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("family", sorted(CONFIGS))
 def test_a_row_computes_the_same_alone_and_padded_in_a_batch(family, method):
-    model = wrapped(family, method)
-    rows = [random_ids(1, n, seed=n)[0] for n in LENGTHS]
-    with torch.no_grad():
-        alone = [model(input_ids=r[None]).logits[0] for r in rows]
-        alone_tokens = [greedy(model, r[None])[0].tolist() for r in rows]
-        for side in ("left", "right"):
-            ids, mask = padded_batch(rows, side)
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            tokens = greedy(model, ids, mask)
-            for i in range(len(rows)):
-                torch.testing.assert_close(logits[i][mask[i].bool()], alone[i], atol=1e-5, rtol=1e-5)
-                assert tokens[i].tolist() == alone_tokens[i], f"row {i}, {side} padding"
+    assert_batch_invariant(wrapped(family, method), [random_ids(1, n, seed=n)[0] for n in LENGTHS])
 
 
 def test_beams_and_samples_after_virtual_tokens_match_the_embeddings_run():

@@ -73,14 +73,18 @@ METHODS = {
 LENGTHS = (9, 4, 6)  # up to three windows long
 
 
-def wrapped(family: str, method: str, virtual: int = 4):
+def prompted(config: T.PretrainedConfig, method: str, virtual: int = 4):
+    """A tiny random model of ``config`` wrapped with ``method``, its prompt moved away from its init."""
     torch.manual_seed(0)
-    base = T.AutoModelForCausalLM.from_config(CONFIGS[family]()).eval()
-    model = softprompt.wrap(base, METHODS[method](virtual)).eval()
-    with torch.no_grad():  # a prompt away from its init
+    model = softprompt.wrap(T.AutoModelForCausalLM.from_config(config).eval(), METHODS[method](virtual))
+    with torch.no_grad():
         for p in model.prompt.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
-    return model
+    return model.eval()
+
+
+def wrapped(family: str, method: str, virtual: int = 4):
+    return prompted(CONFIGS[family](), method, virtual)
 
 
 def greedy(model, ids, mask=None, **kwargs):
@@ -90,28 +94,38 @@ def greedy(model, ids, mask=None, **kwargs):
     return out[:, ids.shape[1] :]
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-@pytest.mark.parametrize("family", sorted(CONFIGS))
-def test_a_row_computes_the_same_alone_and_padded_in_a_batch(family, method):
-    model = wrapped(family, method)
-    rows = [random_ids(1, n, seed=n)[0] for n in LENGTHS]
+def prepended(model, ids: torch.Tensor) -> torch.Tensor:
+    """(1, P + T, E): the prompt's embeddings before the row's own."""
+    embed = model.base_model.get_input_embeddings()
+    return torch.cat([model.prompt().embeddings[None], embed(ids[None])], dim=1)
+
+
+def assert_batch_invariant(model, rows: list[torch.Tensor], sides=("left", "right")) -> None:
+    """Each row's logits and greedy tokens are the same alone and padded on each side in one batch."""
     with torch.no_grad():
         alone = [model(input_ids=r[None]).logits[0] for r in rows]
         alone_tokens = [greedy(model, r[None])[0].tolist() for r in rows]
-        if method == "prompt_tuning":  # the model's own numbers for the longest row
-            base = model.base_model
-            embeds = torch.cat(
-                [model.prompt().embeddings[None], base.get_input_embeddings()(rows[0][None])], 1
-            )
-            expected = base(inputs_embeds=embeds).logits[0, 4:]
-            torch.testing.assert_close(alone[0], expected, atol=1e-5, rtol=1e-5)
-        for side in ("left", "right"):
+        for side in sides:
             ids, mask = padded_batch(rows, side)
             logits = model(input_ids=ids, attention_mask=mask).logits
             tokens = greedy(model, ids, mask)
             for i in range(len(rows)):
                 torch.testing.assert_close(logits[i][mask[i].bool()], alone[i], atol=1e-5, rtol=1e-5)
                 assert tokens[i].tolist() == alone_tokens[i], f"row {i}, {side} padding"
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_a_row_computes_the_same_alone_and_padded_in_a_batch(family, method):
+    model = wrapped(family, method)
+    rows = [random_ids(1, n, seed=n)[0] for n in LENGTHS]
+    if method == "prompt_tuning":  # the model's own numbers for the longest row
+        with torch.no_grad():
+            expected = model.base_model(inputs_embeds=prepended(model, rows[0])).logits[0, 4:]
+            torch.testing.assert_close(
+                model(input_ids=rows[0][None]).logits[0], expected, atol=1e-5, rtol=1e-5
+            )
+    assert_batch_invariant(model, rows)
 
 
 @pytest.mark.parametrize("family", ["mistral", "gemma2", "olmo3", "mpt", "gpt_neo"])
@@ -156,19 +170,12 @@ def test_gemma3n_keeps_each_real_tokens_per_layer_input(method):
     model = softprompt.wrap(base, METHODS[method](3)).eval()
     assert len(model.shape.layers) == 2  # the layers reading another layer's keys/values take no prefix
     rows = [random_ids(1, n, seed=n)[0] for n in LENGTHS]
-    with torch.no_grad():
-        alone = [model(input_ids=r[None]).logits[0] for r in rows]
-        if method == "prompt_tuning":  # the real tokens' per-layer inputs, none for the virtual ones
+    if method == "prompt_tuning":  # the real tokens' per-layer inputs, none for the virtual ones
+        with torch.no_grad():
             per_layer = base.model.get_per_layer_inputs(rows[0][None])  # (1, T, L, D)
             per_layer = torch.cat([torch.zeros(1, 3, *per_layer.shape[2:]), per_layer], dim=1)
-            embeds = torch.cat(
-                [model.prompt().embeddings[None], base.get_input_embeddings()(rows[0][None])], 1
+            expected = base(inputs_embeds=prepended(model, rows[0]), per_layer_inputs=per_layer).logits[0, 3:]
+            torch.testing.assert_close(
+                model(input_ids=rows[0][None]).logits[0], expected, atol=1e-4, rtol=1e-4
             )
-            expected = base(inputs_embeds=embeds, per_layer_inputs=per_layer).logits[0, 3:]
-            torch.testing.assert_close(alone[0], expected, atol=1e-4, rtol=1e-4)
-        ids, mask = padded_batch(rows, "left")
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        tokens = greedy(model, ids, mask)
-        for i, row in enumerate(rows):
-            torch.testing.assert_close(logits[i][mask[i].bool()], alone[i], atol=1e-5, rtol=1e-5)
-            assert tokens[i].tolist() == greedy(model, row[None])[0].tolist(), f"row {i}"
+    assert_batch_invariant(model, rows, sides=("left",))
