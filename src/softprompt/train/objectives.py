@@ -284,9 +284,9 @@ class MultipleChoiceObjective(_Scoring):
         present = mask.any(-1)  # (B * C,): empty slots are not run
         ids, mask = batch["input_ids"].view(-1, width)[present], mask[present]
         targets = batch["labels"].view(-1, width)[present][:, 1:]  # position t predicts token t + 1
-        hidden = self.model.hidden_states(ids, mask)  # (N, T, H)
         scored = targets != IGNORE_INDEX  # (N, T - 1)
-        logits = self.model.logits(hidden[:, :-1][scored]).float()  # (M, V): choice positions only
+        where = F.pad(scored, (0, 1))  # (N, T): the positions that predict a choice's tokens
+        logits = self.model.logits_where(ids, mask, where).float()  # (M, V): the model's own, there only
         token_logp = logits.log_softmax(-1).gather(-1, targets[scored][:, None]).squeeze(-1)  # (M,)
         sequence = scored.nonzero()[:, 0]  # which of the N sequences each position belongs to
         totals = torch.zeros(ids.shape[0], device=logits.device).index_add(0, sequence, token_logp)
