@@ -1,8 +1,16 @@
 """``SoftPromptModel``: a frozen causal LM plus one trainable soft prompt.
 
-Every method enters a causal decoder as a key/value prefix in every layer (``self`` site): a
-prefix-tuning prompt already is one, and virtual tokens (prompt tuning, P-tuning) are run once
+Every method enters a causal decoder as a key/value prefix in its attention layers (``self`` site):
+a prefix-tuning prompt already is one, and virtual tokens (prompt tuning, P-tuning) are run once
 through the frozen model to the keys/values they leave (:func:`~softprompt.injection.capture.virtual_tokens_prefix`).
+On models with recurrent layers (linear attention, Mamba) virtual tokens enter as input embeddings
+instead: a recurrent state must read them.
+
+The logits are the model's own — its head with its scaling, soft-capping or head transform — asked
+for only where they are needed (``logits_to_keep``). A forward pass runs every row with its pads
+after its tokens, and ``generate`` lays rows out ``[pads][prompt][tokens]``, so a row computes the
+same alone or in any batch, also where the model counts distances in key columns (sliding windows,
+chunked attention, MPT's ALiBi).
 
 Examples:
     >>> model = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=4))
