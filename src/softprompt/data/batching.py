@@ -168,10 +168,16 @@ def make_dataloader(
     For evaluation in data order use `shuffle=False, group_by_length=False`.
 
     Examples:
-        >>> loader = make_dataloader(examples, 8, tokenizer.pad_token_id, "right", seed=1)  # doctest: +SKIP
-        >>> for epoch in range(3):  # doctest: +SKIP
+        >>> from softprompt.data import ClassificationTask, encode_dataset
+        >>> task = ClassificationTask("review {text} sentiment", "label", ["negative", "positive"], 16)
+        >>> rows = [{"text": "a " * n + "gem", "label": n % 2} for n in range(8)]
+        >>> examples, _ = encode_dataset(task, rows, tokenizer)
+        >>> loader = make_dataloader(examples, 4, tokenizer.pad_token_id, "right", seed=1)
+        >>> for epoch in range(2):
         ...     loader.batch_sampler.set_epoch(epoch)
-        ...     for batch in loader: ...
+        ...     print([tuple(batch["input_ids"].shape) for batch in loader])  # rows of like length, a new order
+        [(4, 9), (4, 10)]
+        [(4, 10), (4, 7)]
     """
     sampler = LengthGroupedSampler(
         [len(ex.input_ids) for ex in examples],

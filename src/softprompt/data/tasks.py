@@ -86,10 +86,10 @@ class ClassificationTask:
         format: the text as is, or inside the tokenizer's chat template (:class:`TextFormat`).
 
     Examples:
-        >>> task = ClassificationTask("Review: {sentence}\\nSentiment:", "label", ["negative", "positive"], 128)
-        >>> ex = task.encode({"sentence": "great film", "label": 1}, tokenizer)  # doctest: +SKIP
-        >>> ex.label, task.label_token_ids(tokenizer)  # doctest: +SKIP
-        (1, [4633, 3967])
+        >>> task = ClassificationTask("review {sentence} sentiment", "label", ["negative", "positive"], 128)
+        >>> ex = task.encode({"sentence": "a gem", "label": 1}, tokenizer)
+        >>> tokenizer.decode(ex.input_ids), ex.label, task.label_token_ids(tokenizer)
+        ('review a gem sentiment', 1, [5, 4])
     """
 
     kind: ClassVar[str] = "classification"
@@ -190,8 +190,8 @@ class GenerationTask:
 
     Examples:
         >>> task = GenerationTask("Table: {mr}\\nText:", " {ref}", max_length=256, max_target_length=64)
-        >>> ex = task.encode({"mr": "name[Aromi]", "ref": "Aromi is a pub."}, tokenizer)  # doctest: +SKIP
-        >>> ex.labels[: len(ex.prompt_ids)] == [-100] * len(ex.prompt_ids)  # doctest: +SKIP
+        >>> ex = task.encode({"mr": "name[Aromi]", "ref": "Aromi is a pub."}, tokenizer)
+        >>> ex.labels[: len(ex.prompt_ids)] == [-100] * len(ex.prompt_ids)  # the loss covers the target only
         True
     """
 
@@ -328,7 +328,10 @@ def encode_dataset(
     """Encode every row; return the examples and how many were truncated (warned about if any).
 
     Examples:
-        >>> examples, n_truncated = encode_dataset(task, load_rows("dev.tsv"), tokenizer)  # doctest: +SKIP
+        >>> task = ClassificationTask("review {text} sentiment", "label", ["negative", "positive"], 4)
+        >>> examples, n_truncated = encode_dataset(task, [{"text": "a gem", "label": 1}, {"text": "a dull film", "label": 0}], tokenizer)
+        >>> [len(ex.input_ids) for ex in examples], n_truncated  # the longer row keeps its last 4 tokens
+        ([4, 4], 1)
     """
     if isinstance(rows, datasets.Dataset):
         # Fail once, up front, rather than on the first row.

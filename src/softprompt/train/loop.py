@@ -12,9 +12,14 @@ at every evaluation (or every ``save_every`` steps), at the end, and when Ctrl-C
 loop then finishes the current step first, so the checkpoint is exact.
 
 Examples:
-    >>> result = fit(objective, optimizer, scheduler, data.train, hooks, train=config.train,
-    ...              accelerator=accelerator, pad_token_id=tok.pad_token_id, total_steps=300,
-    ...              progress=Progress())  # doctest: +SKIP
+    >>> from softprompt.train.config import TrainSection
+    >>> total_steps(TrainSection(max_steps=300), batches_per_epoch=100)
+    300
+    >>> total_steps(TrainSection(epochs=2.5, batch_size=8), batches_per_epoch=100)  # epochs win over max_steps
+    250
+
+    :func:`softprompt.train.run.train` calls :func:`fit` with hooks that evaluate on dev, save the best
+    adapter, write checkpoints and log (``tests/train`` runs it on tiny models).
 """
 
 from __future__ import annotations

@@ -13,9 +13,21 @@ The run folder (``output.dir``) ends up holding:
   writes, so ``PromptedModel.from_pretrained`` and peft load it, and ``push_to_hub=`` uploads it.
 
 Examples:
-    >>> from softprompt.train import load_config, train
-    >>> summary = train(load_config("configs/sst2.yaml"))  # doctest: +SKIP
-    >>> print(format_summary(summary))  # doctest: +SKIP
+    >>> from softprompt.train import load_config
+    >>> task = {"kind": "classification", "template": "review {text} sentiment", "label_words": ["negative", "positive"]}
+    >>> config = load_config(None, [f"output.dir={tmp_dir / 'run'}", "train.max_steps=4", "train.batch_size=4",
+    ...                             "train.eval_every=4", "train.report_to=[]"],
+    ...                      base={"prompt": {"method": "prompt_tuning", "num_virtual_tokens": 4}, "task": task})
+    >>> rows = [{"text": "a gem", "label": 1}, {"text": "dull film", "label": 0}] * 4
+    >>> summary = train(config, base=(base_model, tokenizer), data={"train": rows, "validation": rows})
+    ... # doctest: +ELLIPSIS
+    prompt_tuning: 128 trainable parameters, 8 training rows, 4 steps of 4
+    scoring the frozen model without a prompt (zero-shot) on dev ...
+    zero-shot dev accuracy: 50.00
+    step 4: dev accuracy 50.00 (best 50.00 at step 4)
+    >>> summary.finished, summary.best_step, sorted(path.name for path in Path(summary.run_dir).iterdir())
+    (True, 4, ['README.md', 'adapter_config.json', 'adapter_model.safetensors', 'checkpoint.safetensors', \
+'config.yaml', 'curves.png', 'metrics.csv', 'metrics.jsonl', 'softprompt.safetensors', 'summary.json'])
 """
 
 from __future__ import annotations
@@ -138,7 +150,19 @@ def train(
             ``HF_TOKEN``); the run folder is complete before the upload starts.
 
     Examples:
-        >>> summary = train(load_config("run.yaml"), resume=True)  # doctest: +SKIP
+        >>> from softprompt.train import load_config
+        >>> task = {"kind": "classification", "template": "review {text} sentiment", "label_words": ["no", "yes"]}
+        >>> config = load_config(None, [f"output.dir={tmp_dir / 'run'}", "train.max_steps=4", "train.batch_size=4",
+        ...                             "train.report_to=[]", "output.plot=false"],
+        ...                      base={"prompt": {"method": "prompt_tuning", "num_virtual_tokens": 4}, "task": task})
+        >>> rows = [{"text": "a gem", "label": 1}, {"text": "dull film", "label": 0}] * 4
+        >>> train(config, base=(base_model, tokenizer), data={"train": rows}, stop_after=2).finished  # as Ctrl-C
+        prompt_tuning: 128 trainable parameters, 8 training rows, 4 steps of 4
+        False
+        >>> train(config, base=(base_model, tokenizer), data={"train": rows}, resume=True).steps
+        resuming at step 2 of 4
+        prompt_tuning: 128 trainable parameters, 8 training rows, 4 steps of 4
+        4
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
