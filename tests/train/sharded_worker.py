@@ -35,6 +35,32 @@ INIT_TEXT = " good bad"
 LABEL_WORDS = (" good", " bad")
 
 
+ROOT = HERE.parents[1]
+CONFIGS = ROOT / "configs" / "accelerate"
+
+
+def launch(
+    config: str, folder: Path, out: Path, *extra: str, options: tuple[str, ...] = (), env: dict | None = None
+) -> None:
+    """Run this script (arguments ``folder out *extra``) on 2 CPU processes under ``accelerate launch``
+    with the shipped ``config`` (``fsdp2`` or ``zero3``) and launcher ``options``, in fp32; fails with
+    the processes' output if they do."""
+    import os
+    import subprocess
+
+    from test_distributed import free_port
+
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [
+        str(accelerate), "launch", "--config_file", str(CONFIGS / f"{config}.yaml"), "--num_processes", "2",
+        "--mixed_precision", "no", "--main_process_port", str(free_port()), *options,
+        __file__, str(folder), str(out), *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", **(env or {})}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
 def global_batches(vocab: int, steps: int = STEPS) -> list[dict[str, torch.Tensor]]:
     """``steps`` global batches of 6 rows, left-padded to different lengths (every process builds all)."""
     generator = torch.Generator().manual_seed(0)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,24 +16,16 @@ import pytest
 import sharded_worker
 import torch
 from safetensors.torch import load_file
-from test_distributed import free_port
 
 import softprompt
 
-ROOT = Path(__file__).resolve().parents[2]
 ACCELERATE = Path(sys.executable).with_name("accelerate")
-CONFIG = ROOT / "configs" / "accelerate" / "fsdp2.yaml"
 
 
 def launch(folder: Path, out: Path, *extra: str) -> None:
-    command = [
-        str(ACCELERATE), "launch", "--config_file", str(CONFIG), "--num_processes", "2",
-        "--mixed_precision", "no", "--fsdp_transformer_layer_cls_to_wrap", "GPT2Block",
-        "--main_process_port", str(free_port()), str(Path(sharded_worker.__file__)), str(folder), str(out), *extra,
-    ]  # fmt: skip
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    sharded_worker.launch(
+        "fsdp2", folder, out, *extra, options=("--fsdp_transformer_layer_cls_to_wrap", "GPT2Block")
+    )
 
 
 @pytest.fixture(scope="module")
