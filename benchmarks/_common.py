@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import itertools
 import json
@@ -77,6 +78,28 @@ def _cpu_model() -> str | None:
     except OSError:
         pass
     return None
+
+
+def benchmark_parser(doc: str, default_out: Path, quick: str) -> argparse.ArgumentParser:
+    """The flags of a benchmark on the shared data: ``--quick`` (its ``quick`` run, for the tests),
+    ``--out`` (the JSON), ``--threads`` and ``--data``; the description is ``doc``'s first paragraph."""
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--out", type=Path, default=default_out, help="where the JSON goes")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA, help="the shared data folder")
+    return parser
+
+
+def quiet_libraries() -> None:
+    """No progress bars or info lines from datasets and transformers: they would bury the tables."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
 
 
 # -------------------------------------------------------------------------------------- base models

@@ -39,16 +39,15 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would bury the tables
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common and quality, when run from anywhere
 
-import datasets  # noqa: E402
 import torch  # noqa: E402
-import transformers  # noqa: E402
 from _common import (  # noqa: E402
-    SHARED_DATA,
+    benchmark_parser,
     encode_file,
     machine_info,
     markdown_table,
     parameter_bytes,
     peak_memory,
+    quiet_libraries,
     set_threads,
     summary,
     write_json,
@@ -311,13 +310,7 @@ def panel_table(rows: Sequence[PanelRow], summaries: Sequence[dict]) -> str:
 
 # ------------------------------------------------------------------------------------------- main
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny random models, a few rows (the test)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JSON goes")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--data", type=Path, default=SHARED_DATA, help="the shared data folder")
+    parser = benchmark_parser(__doc__, DEFAULT_OUT, quick="tiny random models, a few rows (the test)")
     parser.add_argument("--tasks", default=",".join(TASKS), help="panel tasks, comma-separated")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated")
     parser.add_argument("--skip-panel", action="store_true", help="only the step table")
@@ -328,8 +321,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     set_threads(args.threads)
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
+    quiet_libraries()
     machine = machine_info()
     started = time.perf_counter()
     budget, setup = (QUICK_PANEL, QUICK_STEP) if args.quick else (PANEL, StepSetup())

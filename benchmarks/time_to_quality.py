@@ -36,13 +36,12 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would bury the tables
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common and quality, when run from anywhere
 
-import datasets  # noqa: E402
-import transformers  # noqa: E402
 from _common import (  # noqa: E402
-    SHARED_DATA,
+    benchmark_parser,
     encode_file,
     machine_info,
     markdown_table,
+    quiet_libraries,
     set_threads,
     training_steps,
     write_json,
@@ -169,13 +168,7 @@ def table(races: Sequence[Race], result: dict) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny random GPT-2, a few rows (the test)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JSON goes")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--data", type=Path, default=SHARED_DATA, help="the shared data folder")
+    parser = benchmark_parser(__doc__, DEFAULT_OUT, quick="tiny random GPT-2, a few rows (the test)")
     parser.add_argument("--target", type=float, default=82.0, help="dev accuracy to reach (%%)")
     parser.add_argument("--every", type=int, default=10, help="steps between evaluations")
     parser.add_argument("--max-steps", type=int, default=100, help="each contestant's step budget")
@@ -190,8 +183,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     set_threads(args.threads)
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
+    quiet_libraries()
     machine = machine_info()
     started = time.perf_counter()
     if args.quick:
