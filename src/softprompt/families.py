@@ -299,7 +299,7 @@ def _layer_shape(model_type: str, index: int, keys: torch.Size, values: torch.Si
 
 
 def _decoder_probe(model: nn.Module) -> _Probed:
-    """A causal decoder's layers from one token through a recording cache (see ``capture.read_cache``)."""
+    """A causal decoder's layers from one token through a recording cache (see :func:`softprompt.injection.capture.read_decoder_cache`)."""
     from softprompt.injection.capture import read_decoder_cache  # above families in the import order
 
     model_type = model.config.model_type
@@ -317,9 +317,9 @@ def _encoder_layers(model: nn.Module, stack: nn.Module, config: Any) -> tuple[tu
     calls, refusal = read_attention_calls(model, stack)
     if refusal:
         # Not readable, so no prefix: the layers are the config's, for the adapter fingerprint only.
-        heads = config.num_attention_heads
-        layer = LayerShape(num_kv_heads=heads, head_dim=config.hidden_size // heads)
-        return tuple(layer for _ in range(config.num_hidden_layers)), refusal
+        heads = _config_value(config, "num_attention_heads")
+        layer = LayerShape(num_kv_heads=heads, head_dim=_config_value(config, "hidden_size") // heads)
+        return tuple(layer for _ in range(_config_value(config, "num_hidden_layers"))), refusal
     # A module called for several layers (ALBERT's shared layer group) reads one prefix in every
     # call: it gets one layer of prefix, never slots that no call reads.
     return tuple(_layer_shape(config.model_type, i, k, v) for i, (k, v) in enumerate(calls)), ""
@@ -335,18 +335,15 @@ def _seq2seq_probe(model: nn.Module) -> _Probed:
             f"{model_type}'s decoder layers {sorted(decoder.keys)} wrote self-attention keys/values and "
             f"{sorted(cross.keys)} cross-attention ones; softprompt needs both in every decoder layer"
         )
-    for site in (decoder, cross):
-        for i in site.keys:
-            if _layer_shape(model_type, i, site.keys[i], site.values[i]) != _layer_shape(
-                model_type, i, decoder.keys[i], decoder.values[i]
-            ):
-                raise UnsupportedModelError(
-                    f"{model_type}'s decoder layer {i} has cross-attention keys/values of another shape than "
-                    "its self-attention ones; softprompt needs them alike"
-                )
     decoder_layers = tuple(
         _layer_shape(model_type, i, decoder.keys[i], decoder.values[i]) for i in sorted(decoder.keys)
     )
+    for i, layer in enumerate(decoder_layers):
+        if _layer_shape(model_type, i, cross.keys[i], cross.values[i]) != layer:
+            raise UnsupportedModelError(
+                f"{model_type}'s decoder layer {i} has cross-attention keys/values of another shape than "
+                "its self-attention ones; softprompt needs them alike"
+            )
     layers, refusal = _encoder_layers(model, model.get_encoder(), model.config)
     return _Probed(
         layers=layers,
