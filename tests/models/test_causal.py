@@ -302,3 +302,23 @@ def test_the_loss_type_is_causal_whatever_the_base_class_is_named():
     # "ForCausalLM", and softprompt's loss is shifted for every causal LM.
     assert tiny_causal_lm("gpt2").loss_type is None
     assert wrapped("gpt2", "prompt_tuning").loss_type == "ForCausalLM"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_streamer_gets_what_generate_returns_without_stand_ins(method):
+    from transformers.generation.streamers import BaseStreamer
+
+    class Recorder(BaseStreamer):
+        def __init__(self):
+            self.ids: list[int] = []
+
+        def put(self, value):
+            self.ids += value.flatten().tolist()
+
+        def end(self):
+            pass
+
+    model, recorder = wrapped("llama", method), Recorder()
+    ids = random_ids(1, 4)
+    output = model.generate(ids, max_new_tokens=3, do_sample=False, streamer=recorder)
+    assert recorder.ids == output[0].tolist()  # the input, then each new token; no virtual-token places
