@@ -111,6 +111,20 @@ def test_train_eval_inspect_generate_convert(setup):
     assert again.exit_code == 2 and "--resume" in again.output
 
 
+def test_a_shared_folder_with_both_layouts_converts_to_peft_and_names_its_base_from_softprompts_file(
+    setup, tmp_path
+):
+    root, model, config = setup
+    assert invoke("train", config, "--set", f"output.dir={tmp_path / 'run'}").exit_code == 0
+    shared = tmp_path / "shared"  # what save_pretrained / the Hub hold: no config.yaml
+    shared.mkdir()
+    for name in ("softprompt.safetensors", "adapter_config.json", "adapter_model.safetensors", "README.md"):
+        shutil.copy(tmp_path / "run" / name, shared / name)
+    result = invoke("convert", shared, tmp_path / "peft")  # the base: the file's record names the folder
+    assert result.exit_code == 0 and f"wrote peft adapter folder {tmp_path / 'peft'}" in result.output
+    assert (tmp_path / "peft" / "adapter_config.json").is_file()
+
+
 def test_config_errors_name_the_key_and_exit_2(setup):
     _, _, config = setup
     result = invoke("train", config, "--set", "train.lrr=1", "--set", "data.dev=missing.jsonl")

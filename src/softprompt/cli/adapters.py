@@ -105,11 +105,13 @@ def convert(
     peft's PeftModel.from_pretrained loads the folders this writes; softprompt reads peft's folders
     without running anything from their configs.
     """
+    from softprompt.files import ADAPTER_FILENAME
     from softprompt.files import peft as peft_files
 
     quiet_libraries()
     model, _, _ = load_adapter(source, base)
-    if peft_files.is_peft_folder(source):
+    # A run folder holds both layouts (softprompt's file and peft's): it converts to peft, as a file does.
+    if peft_files.is_peft_folder(source) and not (source / ADAPTER_FILENAME).is_file():
         written = guard(lambda: model.save(destination))
         typer.echo(f"wrote softprompt adapter {written}")
     else:

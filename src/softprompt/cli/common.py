@@ -46,6 +46,7 @@ def example_config_path() -> Path:
 def load_adapter(path: Path, base: str | None):
     """(prompted model, tokenizer, run config or None) for an adapter file, run folder or peft folder."""
     import softprompt
+    from softprompt.files import ADAPTER_FILENAME
     from softprompt.files import peft as peft_files
     from softprompt.files.adapter import adapter_file, read_adapter
     from softprompt.hub import family_kind, load_base_model
@@ -58,7 +59,7 @@ def load_adapter(path: Path, base: str | None):
     if base is None:
         if run_config is not None:
             base = run_config.model.name_or_path
-        elif peft_files.is_peft_folder(path):
+        elif peft_files.is_peft_folder(path) and not (path / ADAPTER_FILENAME).is_file():
             base = guard(lambda: peft_files.read_peft_config(path)).get("base_model_name_or_path")
         else:
             record, _ = guard(lambda: read_adapter(adapter_file(path)))
