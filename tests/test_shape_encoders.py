@@ -5,7 +5,7 @@ no prefix (MPNet, RoFormer, Megatron-BERT), Pegasus and M2M-100 — each against
 import pytest
 import torch
 import transformers as T
-from tiny import _BART, _ENCODER, random_ids
+from tiny import _BART, _ENCODER, VOCAB, random_ids
 
 import softprompt
 from softprompt.families import model_shape
@@ -142,3 +142,33 @@ def test_encoder_decoders_with_no_table_entry(model_type):
     torch.testing.assert_close(got.loss, expected.loss)
     prefix = softprompt.wrap(base, softprompt.PrefixTuningConfig(num_virtual_tokens=2)).eval()
     assert prefix.generate(ids, max_new_tokens=3, min_new_tokens=3).shape == (2, 4)
+
+
+def test_a_mixture_of_experts_encoder_decoder_keeps_its_router_outputs():
+    # Switch Transformers' loss reads the encoder's router probabilities: its own encoder output is passed on
+    torch.manual_seed(0)
+    base = T.SwitchTransformersForConditionalGeneration(
+        T.SwitchTransformersConfig(
+            vocab_size=VOCAB,
+            d_model=32,
+            d_kv=8,
+            d_ff=48,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            num_experts=2,
+            encoder_sparse_step=1,
+            decoder_sparse_step=1,
+            relative_attention_num_buckets=8,
+            decoder_start_token_id=0,
+        )
+    ).eval()
+    model = softprompt.wrap(base, PROMPT).eval()
+    ids, labels = random_ids(2, 5), random_ids(2, 4, seed=1)
+    embeds = torch.cat(
+        [model.prompt().embeddings[None].expand(2, -1, -1), base.get_input_embeddings()(ids)], 1
+    )
+    with torch.no_grad():
+        got, expected = model(input_ids=ids, labels=labels), base(inputs_embeds=embeds, labels=labels)
+    torch.testing.assert_close(got.loss, expected.loss)
+    torch.testing.assert_close(got.logits, expected.logits)

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.modeling_outputs import Seq2SeqLMOutput
+from transformers.utils import ModelOutput
 
 from softprompt.compat import cache_kwargs
 from softprompt.families import ModelShape, UnsupportedModelError
@@ -81,11 +82,13 @@ class Seq2SeqSoftPromptModel(PromptedModel):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         row_prompts: RowPrompts | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, RowPrompts]:
-        """Run the encoder with the prompts: ``(states (B, P + T, H), mask (B, P + T), row prompts)``.
+    ) -> tuple[ModelOutput, torch.Tensor, RowPrompts]:
+        """Run the encoder with the prompts: ``(its output, mask (B, P + T), row prompts)``.
 
-        The states include the virtual tokens' (cross-attention reads them) and are in the encoder's
-        row order (right-aligned), which cross-attention does not depend on.
+        The output is the encoder's own (MoE encoders such as Switch Transformers' carry router
+        probabilities the decoder's loss reads); its ``last_hidden_state`` (B, P + T, H) includes the
+        virtual tokens' states (cross-attention reads them), in the encoder's row order
+        (right-aligned), which cross-attention does not depend on.
         """
         tokens = input_ids if input_ids is not None else inputs_embeds
         if row_prompts is None:
@@ -102,8 +105,7 @@ class Seq2SeqSoftPromptModel(PromptedModel):
             attention_mask,
             inputs_embeds,
         )
-        states = encoder(**batch.kwargs).last_hidden_state
-        return states, batch.kwargs["attention_mask"], row_prompts
+        return encoder(**batch.kwargs), batch.kwargs["attention_mask"], row_prompts
 
     @staticmethod
     def _cross_mask(prefix: RowPrompts, encoder_mask: torch.Tensor) -> torch.Tensor:
@@ -151,7 +153,10 @@ class Seq2SeqSoftPromptModel(PromptedModel):
                 (shifted right after the decoder start token).
             labels: (B, T_dec) target ids, -100 ignored.
         """
-        encoded, encoder_mask, prefix = self.encode(input_ids, attention_mask, inputs_embeds, row_prompts)
+        encoder_outputs, encoder_mask, prefix = self.encode(
+            input_ids, attention_mask, inputs_embeds, row_prompts
+        )
+        encoded = encoder_outputs.last_hidden_state
         batch = encoded.shape[0]
         if decoder_input_ids is None and labels is not None:
             decoder_input_ids = self._decoder_inputs_from(labels)
@@ -164,7 +169,7 @@ class Seq2SeqSoftPromptModel(PromptedModel):
                 prefix, decoder_attention_mask, batch, decoder_input_ids.shape[1], encoded.device
             )
         outputs = self.base_model(
-            encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
+            encoder_outputs=encoder_outputs,
             attention_mask=self._cross_mask(prefix, encoder_mask),
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
@@ -191,7 +196,8 @@ class Seq2SeqSoftPromptModel(PromptedModel):
         The encoder runs once with the prompt; decoder prefixes enter the cache once, before the first
         token. Returns the decoder's sequences (start token first), as ``generate`` does.
         """
-        encoded, encoder_mask, prefix = self.encode(input_ids, attention_mask, None, row_prompts)
+        encoder_outputs, encoder_mask, prefix = self.encode(input_ids, attention_mask, None, row_prompts)
+        encoded = encoder_outputs.last_hidden_state
         batch = encoded.shape[0]
         config = kwargs.get("generation_config") or self.base_model.generation_config
         # `generate` repeats each row for beams / returned sequences, but cannot repeat a cache.
@@ -223,7 +229,7 @@ class Seq2SeqSoftPromptModel(PromptedModel):
             if "streamer" in kwargs:  # the start tokens in the prefix's places are no text
                 kwargs["streamer"] = real_text_streamer(kwargs["streamer"], virtual)
         output = self.base_model.generate(
-            encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
+            encoder_outputs=encoder_outputs,
             attention_mask=self._cross_mask(prefix, encoder_mask),
             **kwargs,
         )
