@@ -6,6 +6,7 @@ import pytest
 import torch
 from tiny import SEQ2SEQ_FAMILIES, random_ids, tiny_causal_lm, tiny_encoder, tiny_seq2seq_lm
 from transformers import DynamicCache, EncoderDecoderCache
+from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import BaseModelOutput
 
 import softprompt
@@ -403,3 +404,22 @@ def test_prefix_attention_is_attention_over_prefix_and_keys(mask_kind):
     scores = scores.masked_fill(~visible, float("-inf"))
     expected = (scores.softmax(-1) @ torch.cat([pv, v], -2)).transpose(1, 2)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+class _Collect(BaseStreamer):
+    def __init__(self):
+        self.pieces = []
+
+    def put(self, value):
+        self.pieces.append(value.reshape(-1))
+
+    def end(self):
+        pass
+
+
+@pytest.mark.parametrize("method", ["prefix_tuning", "prompt_tuning"])
+def test_a_streamer_sees_the_generated_sequence_not_the_decoder_prefix_stand_ins(method):
+    model = wrapped("bart", method)
+    streamer = _Collect()
+    out = model.generate(random_ids(1, 5), max_new_tokens=4, min_new_tokens=4, streamer=streamer)
+    assert torch.cat(streamer.pieces).tolist() == out[0].tolist()  # start token, then the new tokens
