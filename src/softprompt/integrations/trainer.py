@@ -11,8 +11,8 @@ record, so each checkpoint's ``model.safetensors`` is the prompt, not the frozen
 where a label is (``forward(..., logits_at="labels")``) whenever the loss is all that is used —
 training steps, and evaluation with ``prediction_loss_only``. A plain ``Trainer`` calls
 ``model(..., labels=...)``, which computes (B, T, V) logits at every position for a loss that reads a
-few of them; on SmolLM2 with the loss on one token per row that is 1.3x the step time
-(``benchmarks/precision.py``). Evaluation that hands logits to ``compute_metrics`` keeps full logits.
+few of them: on SmolLM2 with the loss on one token per row, 1.4x the step time of logits at the
+labelled positions on an fp32 base, 1.2x on bf16 (``benchmarks/precision.py``). Evaluation that hands logits to ``compute_metrics`` keeps full logits.
 
 Examples:
     >>> from transformers import TrainingArguments
