@@ -6,7 +6,7 @@ import transformers as T
 from tiny import FAMILIES, MORE_FAMILIES, random_ids, tiny_causal_lm
 
 import softprompt
-from softprompt.families import LayerShape, model_shape
+from softprompt.families import LayerShape, kind_of, model_shape
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -105,3 +105,12 @@ def test_more_families_shapes_padding_invariance_and_generation(family):
             model.generate(ids, attention_mask=mask, max_new_tokens=3, min_new_tokens=3)[0, 6:].tolist()
             == alone.tolist()
         )
+
+
+def test_the_kind_comes_from_transformers_auto_mappings():
+    assert (
+        kind_of(T.CONFIG_MAPPING["mistral4"]()) == "causal"
+    )  # an image-text-to-text decoder, no causal LM class
+    assert kind_of(T.XLMRobertaConfig()) == "encoder"  # has a causal LM class, and a masked LM
+    assert kind_of(T.XLMRobertaConfig(), head="causal-lm") == "causal"
+    assert kind_of(T.PegasusConfig()) == "seq2seq"

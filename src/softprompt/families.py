@@ -230,6 +230,10 @@ class ModelShape:
         return facts
 
 
+# transformers' auto mappings of models that write text token by token.
+_GENERATING_MAPPINGS = ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES")
+
+
 def kind_of(config: Any, head: ModelHead | None = None) -> ModelKind:
     """Causal decoder, encoder-decoder or encoder, from a config (and the model's head, when known)
     and ``transformers``' own auto mappings — no table.
@@ -243,11 +247,13 @@ def kind_of(config: Any, head: ModelHead | None = None) -> ModelKind:
         return "seq2seq"
     if head == "causal-lm":
         return "causal"
-    # A classifier, bare backbone or config: a decoder when its type has a causal LM and no masked
-    # LM (Llama, Qwen...), an encoder otherwise (BERT has both, ALBERT only a masked LM).
-    causal = config.model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    masked = config.model_type in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
-    return "causal" if causal and not masked else "encoder"
+    # A classifier, bare backbone or config: a decoder when its type has a causal LM (Llama, Qwen...)
+    # or generates text from images (Mistral 4) and has no masked LM; an encoder otherwise (BERT
+    # has both, ALBERT only a masked LM).
+    model_type = config.model_type
+    generates = any(model_type in getattr(modeling_auto, table) for table in _GENERATING_MAPPINGS)
+    masked = model_type in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return "causal" if generates and not masked else "encoder"
 
 
 @dataclass(frozen=True)
@@ -409,8 +415,8 @@ def model_shape(model: nn.Module) -> ModelShape:
         name_or_path=str(getattr(config, "_name_or_path", "") or ""),
         hidden_size=_config_value(text, "hidden_size", "d_model", "n_embd"),
         # The width virtual tokens must have: OPT, ELECTRA and ALBERT embed narrower and project up.
-        embed_dim=embeddings.embedding_dim,
-        vocab_size=getattr(text, "vocab_size", None) or embeddings.num_embeddings,
+        embed_dim=embeddings.weight.shape[-1],
+        vocab_size=getattr(text, "vocab_size", None) or embeddings.weight.shape[0],
         # (none in a stack of state-space layers only: Mamba)
         num_attention_heads=_config_value(text, "num_attention_heads", "n_head", "num_heads")
         if probed.layers
