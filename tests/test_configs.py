@@ -77,8 +77,8 @@ def test_every_task_kind_but_generation_runs_on_a_bare_clone():
 def test_bare_clone_configs_train_two_steps(path, tmp_path):
     overrides = [
         f"output.dir={tmp_path / 'run'}", "output.plot=false", "train.report_to=[]",
-        "train.max_steps=2", "train.batch_size=4", "train.eval_every=2",
-        "data.train_limit=8", "data.dev_limit=4", "eval.batch_size=4", "eval.zero_shot=false",
+        "train.max_steps=2", "train.batch_size=2", "train.eval_every=2",
+        "data.train_limit=4", "data.dev_limit=2", "eval.batch_size=2", "eval.zero_shot=false",
     ]  # fmt: skip
     config = load_config(path, overrides)
     skip_without_model(config)
