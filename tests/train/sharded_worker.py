@@ -225,9 +225,6 @@ def main() -> None:
         "base": {name: [list(_whole_shape(p)), _local_numel(p)] for name, p in base.named_parameters()},
         "base_sharded": all(is_sharded(p) for p in base.parameters()),
     }
-    # ZeRO-3 steps its optimiser inside every backward pass that core.step does not mark as a
-    # non-last micro-batch (accelerate's sync_gradients): one micro-batch per process there.
-    micro_batch_size = 2 if args.engine == "fsdp2" else None
     if not args.resume:
         tensors |= {f"sharded_{k}": v for k, v in sharded_inits(base, tokenizer).items()}
         if args.engine == "fsdp2":  # FSDP2 shards at prepare
@@ -236,13 +233,13 @@ def main() -> None:
             facts[f"wrap_{name}_error"] = found if isinstance(found, str) else None
             if not isinstance(found, str):
                 tensors[f"wrapped_text_{name}"] = found
-        facts["losses"] = train(wrapped, optimizer, batches[:checkpoint_at], accelerator, micro_batch_size)
+        facts["losses"] = train(wrapped, optimizer, batches[:checkpoint_at], accelerator)
         batches = batches[len(facts["losses"]) :]
         if checkpoint_at is not None:
             if accelerator.is_main_process:
                 save_checkpoint(checkpoint, model, optimizer, scheduler, Progress(step=checkpoint_at))
             accelerator.wait_for_everyone()
-    facts["losses_after_checkpoint"] = train(wrapped, optimizer, batches, accelerator, micro_batch_size)
+    facts["losses_after_checkpoint"] = train(wrapped, optimizer, batches, accelerator)
     first = global_batches(base.config.vocab_size)[0]
     with torch.no_grad(), unsharded(wrapped):  # scoring does not go through the sharded forward
         tensors["scores"] = objective.scores(first["input_ids"], first["attention_mask"])

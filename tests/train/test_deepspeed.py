@@ -104,10 +104,6 @@ def test_wrap_with_prefix_text_init_on_a_partitioned_base(run, one_process):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs train/core.step to set accelerator.sync_gradients = False for non-last micro-batches",
-)
 def test_a_step_of_two_micro_batches_is_one_deepspeed_step(run):
     facts, _ = rank(run, 0)
     assert facts["engine_steps_per_step_of_two_micro_batches"] == 1

@@ -36,6 +36,7 @@ def test_two_processes_train_the_prompt_of_one(tiny_gpt2, gpt2_base, cls_data, t
             optimizer="adamw", lr=0.01, cpu=True,
         )  # fmt: skip
         raw["eval"]["zero_shot"] = False
+        raw["model"]["dtype"] = "float32"  # the one-process run trains gpt2_base, an fp32 model
         return raw
 
     one = train(load_config(None, base=config("one")), base=gpt2_base)

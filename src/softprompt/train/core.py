@@ -37,6 +37,7 @@ class _OneProcess:
     num_processes = 1
     process_index = 0
     optimizer_step_was_skipped = False
+    sync_gradients = True
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -92,7 +93,9 @@ def step(
         piece = _trim({k: v[start : start + micro] for k, v in share.items()})
         piece = {k: v.to(accelerator.device) for k, v in piece.items()}
         last = i == len(starts) - 1
-        # Only the last micro-batch all-reduces the gradients across processes.
+        # Only the last micro-batch all-reduces the gradients across processes (DDP: no_sync) and
+        # ends the accumulation (DeepSpeed steps its engine inside the backward that syncs).
+        accelerator.sync_gradients = last
         sync = contextlib.nullcontext() if last else accelerator.no_sync(objective)
         with sync:
             with accelerator.autocast():
