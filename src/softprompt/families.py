@@ -415,8 +415,9 @@ def model_shape(model: nn.Module) -> ModelShape:
         name_or_path=str(getattr(config, "_name_or_path", "") or ""),
         hidden_size=_config_value(text, "hidden_size", "d_model", "n_embd"),
         # The width virtual tokens must have: OPT, ELECTRA and ALBERT embed narrower and project up.
-        embed_dim=embeddings.weight.shape[-1],
-        vocab_size=getattr(text, "vocab_size", None) or embeddings.weight.shape[0],
+        # (the module's attribute: ZeRO-3 shards the weight itself to shape [0])
+        embed_dim=getattr(embeddings, "embedding_dim", None) or embeddings.weight.shape[-1],
+        vocab_size=getattr(text, "vocab_size", None) or getattr(embeddings, "num_embeddings", None),
         # (none in a stack of state-space layers only: Mamba)
         num_attention_heads=_config_value(text, "num_attention_heads", "n_head", "num_heads")
         if probed.layers

@@ -38,6 +38,7 @@ from softprompt.families import ModelShape, UnsupportedModelError, model_shape
 from softprompt.injection.attention import PREFIX_ATTENTION, AttentionCapture, use_prefix_attention
 from softprompt.kinds import Site
 from softprompt.methods.base import PrefixStates, PromptOutput
+from softprompt.sharding import whole_while_running
 
 
 class RecordingCache(DynamicCache):
@@ -102,11 +103,14 @@ def _probe_ids(model: nn.Module, length: int = 1) -> torch.Tensor:
 
 
 def _run_probe(model: nn.Module, what: str, forward) -> None:
-    """Run ``forward()`` in eval mode without gradients; a failure names the model and the probe."""
+    """Run ``forward()`` in eval mode without gradients; a failure names the model and the probe.
+
+    A base partitioned by ZeRO-3 before its engine exists is gathered module by module meanwhile.
+    """
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), whole_while_running(model):
             forward()
     except Exception as error:
         raise UnsupportedModelError(
@@ -192,7 +196,8 @@ def read_attention_calls(
         was_training = model.training
         model.eval()
         try:
-            calls = _attention_calls(stack)
+            with whole_while_running(model):
+                calls = _attention_calls(stack)
         finally:
             model.train(was_training)
     except Exception as error:
