@@ -10,7 +10,12 @@ give its layers' shapes. Per-layer head sizes (Gemma 4), keys and values of diff
 (latent attention: DeepSeek-V3), grouped and multi-query heads (Falcon), embedding projections
 (OPT, ELECTRA, ALBERT) and hybrid stacks (Jamba, Qwen3-Next) come out right with no table entry.
 
-:data:`FAMILIES` holds only what the probe cannot see, each entry saying why.
+What the probe finds decides what a prefix fills: a layer that reads another layer's keys/values
+(Gemma 3n / Gemma 4 KV sharing) gets no prefix slots of its own — it reads the prefix of the layer
+it shares; a recurrent layer (linear attention, Mamba) gets none either, and prefix tuning on a
+stack with no attention layer is refused with the reason. Models the probe cannot read (their
+own cache classes, layers run twice per token, sparse-attention indexers) are refused naming what
+failed. :data:`FAMILIES` holds only what the probe cannot see, each entry saying why (none today).
 
 A :class:`PrefixLayout` lists the attention sites (see :data:`softprompt.kinds.Site`) and layers
 one prefix fills, in the order its flat ``(P, F)`` table stores them.

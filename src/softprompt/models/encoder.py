@@ -8,7 +8,10 @@ How each method enters an encoder (arranged by :mod:`softprompt.injection.encode
 * **prefix tuning = deep prompts** (P-tuning v2) — a key/value prefix in every encoder layer,
   through :class:`softprompt.injection.attention.AttentionPrefix`. Where the model takes position
   ids the caller's tokens take the positions after the prefix (as in P-tuning v2 and ``peft``).
-  DeBERTa-v2 cannot take one (see ``families.py``).
+  One attention module that runs as several layers (ALBERT's shared layer group) takes one layer
+  of prefix, read in each of its runs. Encoders whose attention calls no replaceable function
+  (DeBERTa-v2, MPNet, RoFormer, Megatron-BERT) cannot take one: prefix tuning is refused there with
+  the reason, the probe in ``families.py`` finds them.
 
 Each row's prompt, tokens and positions are what they would be if it ran alone, whatever the
 padding side. Token outputs (hidden states,
