@@ -3,7 +3,7 @@
 import pytest
 import torch
 import transformers as T
-from tiny import FAMILIES, MORE_FAMILIES, random_ids, tiny_causal_lm
+from tiny import FAMILIES, MORE_FAMILIES, random_ids, tiny_causal_lm, tiny_seq2seq_lm
 
 import softprompt
 from softprompt.families import LayerShape, kind_of, model_shape
@@ -114,3 +114,16 @@ def test_the_kind_comes_from_transformers_auto_mappings():
     assert kind_of(T.XLMRobertaConfig()) == "encoder"  # has a causal LM class, and a masked LM
     assert kind_of(T.XLMRobertaConfig(), head="causal-lm") == "causal"
     assert kind_of(T.PegasusConfig()) == "seq2seq"
+
+
+def test_fingerprints_of_existing_families_are_what_files_saved_before_hold():
+    common = {"hidden_size": 32, "vocab_size": 96, "num_layers": 2, "num_attention_heads": 4}
+    assert model_shape(tiny_causal_lm("llama")).fingerprint() == {
+        "family": "llama", "embed_dim": 32, "layers": [[2, 8], [2, 8]], **common
+    }  # fmt: skip
+    assert model_shape(tiny_causal_lm("opt")).fingerprint() == {
+        "family": "opt", "embed_dim": 16, "layers": [[4, 8], [4, 8]], **common
+    }  # fmt: skip
+    assert model_shape(tiny_seq2seq_lm("t5v1.1")).fingerprint() == {
+        "family": "t5", "embed_dim": 32, "layers": [[4, 8], [4, 8]], "decoder_layers": [[4, 8]] * 3, **common
+    }  # fmt: skip
