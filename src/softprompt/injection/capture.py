@@ -124,7 +124,13 @@ def _run_probe(model: nn.Module, what: str, forward) -> None:
 def read_decoder_cache(model: nn.Module) -> CacheReading:
     """One token through a causal LM's backbone with a :class:`RecordingCache`: what each layer caches."""
     backbone = compat.backbone(model)
-    cache = RecordingCache(model.config)
+    try:
+        cache = RecordingCache(model.config)
+    except Exception as error:  # DynamicCache(config=...) reads per-layer fields the config may lack
+        raise UnsupportedModelError(
+            f"cannot read the shape of this {model.config.model_type} model: transformers builds no cache "
+            f"from its config ({type(error).__name__}: {error})"
+        ) from error
     before = len(cache.layers)
 
     def forward():
