@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from softprompt.compat import cache_kwargs
+from softprompt.compat import cache_kwargs, takes_argument
 from softprompt.injection import CompiledPrompt
 from softprompt.injection.attention import use_grouped_attention
 from softprompt.injection.caches import generation_cache
@@ -125,15 +125,21 @@ class Decoder:
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, full_mask, positions, cache) -> torch.Tensor:
-        """The backbone over ``ids`` (B, T), ``cache`` growing by T; logits of each row's last token (B, V)."""
+        """The model over ``ids`` (B, T), ``cache`` growing by T; its own logits of each row's last token (B, V).
+
+        The frozen causal LM runs whole, so its head's own transforms (scaling, soft-capping) apply;
+        ``logits_to_keep=1`` computes them for the last position only where the model takes it.
+        """
+        model = self.runner.base_model
         kwargs = {"position_ids": positions} if self.runner.shape.takes_position_ids else {}
         if self.grouped:
             kwargs["softprompt_grouped"] = True
-        backbone = self.runner.base_model.base_model
-        hidden = backbone(
-            input_ids=ids, attention_mask=full_mask, use_cache=True, **cache_kwargs(backbone, cache), **kwargs
-        ).last_hidden_state
-        return self.runner.logits(hidden[:, -1])
+        if takes_argument(model, "logits_to_keep"):
+            kwargs["logits_to_keep"] = 1
+        logits = model(
+            input_ids=ids, attention_mask=full_mask, use_cache=True, **cache_kwargs(model, cache), **kwargs
+        ).logits
+        return logits[:, -1]
 
 
 def _left_pad(states: torch.Tensor, columns: int) -> torch.Tensor:

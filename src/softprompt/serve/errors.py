@@ -6,7 +6,8 @@ read softprompt's errors the same way.
 
 Example:
     >>> err = not_found("no model 'x'; models: a, b")
-    >>> err.status, err.body()["error"]["type"]
+    >>> error = err.body()["error"]
+    >>> err.status, error["type"]
     (404, 'invalid_request_error')
 """
 

@@ -37,6 +37,7 @@ import threading
 from dataclasses import dataclass
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from softprompt.bank import TaskBank
 from softprompt.injection import CompiledPrompt
@@ -80,7 +81,7 @@ class LocalEngine:
     def __init__(
         self,
         bank: TaskBank,
-        tokenizer,
+        tokenizer: PreTrainedTokenizerBase,
         name: str,
         max_batch: int = 32,
         max_queue: int = 256,

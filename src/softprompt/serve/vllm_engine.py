@@ -39,6 +39,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from softprompt.bank import TaskBank
 from softprompt.methods import VirtualTokens
@@ -59,14 +60,15 @@ class VLLMEngine:
         name: the bare model's name; ``source``: where vLLM loads the model from (default: ``name``).
         url: an external vLLM server's base URL; None runs ``AsyncLLM`` here.
         max_in_flight: most requests at vLLM at once; one more is answered 429.
-        max_model_len, gpu_memory_utilization, engine_args: in-process vLLM's settings
-            (``engine_args`` go to ``AsyncEngineArgs``, e.g. ``tensor_parallel_size=2``).
+        max_model_len: in-process vLLM's context length (default: the model's, at most 4096).
+        gpu_memory_utilization: in-process vLLM's share of device memory (on CPU: of RAM) for its cache.
+        engine_args: further ``AsyncEngineArgs`` for in-process vLLM, e.g. ``tensor_parallel_size=2``.
     """
 
     def __init__(
         self,
         bank: TaskBank,
-        tokenizer,
+        tokenizer: PreTrainedTokenizerBase,
         name: str,
         url: str | None = None,
         source: str | None = None,
