@@ -6,10 +6,8 @@ validated run config), ``presets`` (the papers' recipes), ``build`` (config -> t
 objective), ``checkpoint`` (exact resume), ``logs`` (JSONL/CSV/TensorBoard and the PNG), ``loop``
 (the accelerate loop with evaluation, checkpoints and progress), ``run`` (a whole run).
 
-Examples:
-    >>> from softprompt.train import format_summary, load_config, train
-    >>> summary = train(load_config("configs/sst2.yaml", ["train.max_steps=200"]))  # doctest: +SKIP
-    >>> print(format_summary(summary))  # doctest: +SKIP
+``train(load_config("configs/sst2.yaml", ["train.max_steps=200"]))`` runs what ``softprompt train``
+runs; :mod:`softprompt.train.run` has a whole run as an example that runs.
 """
 
 from softprompt.train.config import ConfigError, RunConfig, load_config
