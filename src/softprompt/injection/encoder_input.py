@@ -73,7 +73,7 @@ def arrange(
     """Arrange a batch and its prompt for an encoder (see the module docstring).
 
     ``embed`` is the model's input embedding; ``modules`` the encoder's attention modules, one per
-    layer, which an ``encoder`` prefix enters (see :func:`softprompt.cache.attention_modules`).
+    layer, which an ``encoder`` prefix enters (see :func:`softprompt.injection.capture.attention_modules`).
     """
     tokens = input_ids if input_ids is not None else inputs_embeds
     batch, length = tokens.shape[:2]
