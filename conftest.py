@@ -6,12 +6,19 @@ example reads like user code (``softprompt.wrap(base_model, ...)``) and still ru
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import transformers as T
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import softprompt
+
+if not torch.cuda.is_available():
+    # DeepSpeed (where installed) otherwise announces its CPU fallback on stdout at first import,
+    # inside whichever example imports it first (accelerate imports it lazily).
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 _SPECIAL = ["<pad>", "</s>", "<s>", "<unk>"]
 _WORDS = ["positive", "negative", "yes", "no", "a", "gem", "dull", "film", "review", "sentiment"]
