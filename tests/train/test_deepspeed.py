@@ -93,10 +93,6 @@ def test_text_inits_read_the_partitioned_embedding_and_layers_whole(run, one_pro
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the call site: methods/prefix_tuning.initial_prefix to call initializers.states_of",
-)
 def test_wrap_with_prefix_text_init_on_a_partitioned_base(run, one_process):
     facts, tensors = rank(run, 0)
     assert facts["wrap_prefix_error"] is None, facts["wrap_prefix_error"]

@@ -81,10 +81,6 @@ def test_wrap_with_text_init_on_a_sharded_base(runs, one_process):
     assert torch.equal(tensors["wrapped_text_embeddings"], one_process["text_embeddings"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the call site: methods/prefix_tuning.initial_prefix to call initializers.states_of",
-)
 def test_wrap_with_prefix_text_init_on_a_sharded_base(runs, one_process):
     facts, tensors = rank(runs, "run", 0)
     assert facts["wrap_prefix_error"] is None, facts["wrap_prefix_error"]

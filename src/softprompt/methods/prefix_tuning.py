@@ -32,7 +32,6 @@ from torch import nn
 
 from softprompt import initializers
 from softprompt.families import ModelShape, PrefixLayout, UnsupportedModelError
-from softprompt.injection.capture import site_states
 from softprompt.methods.base import (
     Method,
     PrefixStates,
@@ -163,7 +162,7 @@ def initial_prefix(
     if config.init == "file":
         return initializers.rows_from_file(config.init_file, "prefix", length, width)
     # The keys/values the frozen model computes for real tokens, at every site the prefix fills.
-    states = site_states(model, shape, _init_ids(config, shape, tokenizer, generator))
+    states = initializers.states_of(model, shape, _init_ids(config, shape, tokenizer, generator))
     return flatten_prefix(PrefixStates([kv for site in layout.site_names for kv in states[site]])).clone()
 
 
