@@ -182,8 +182,9 @@ def build_softprompt(base: nn.Module, method: str, batch: Batch, virtual: int):
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         if k == 1:  # classification: logits at the one scored position only
-            hidden = model.hidden_states(batch.input_ids, batch.attention_mask)  # (B, T, H)
-            loss = scored_loss(model.logits(hidden[:, -2]), batch)  # logits (B, V)
+            where = torch.zeros(batch.input_ids.shape, dtype=torch.bool)
+            where[:, -2] = True  # the model's own logits at the scored position only: (B, V)
+            loss = scored_loss(model.logits_where(batch.input_ids, batch.attention_mask, where), batch)
         else:
             loss = model(batch.input_ids, batch.attention_mask, labels=batch.labels, logits_at="labels").loss
         loss.backward()

@@ -47,9 +47,11 @@ def test_last_token_index_with_either_padding():
 @pytest.mark.parametrize("family", ["llama", "gemma2", "opt"])  # gemma2 soft-caps its logits
 def test_label_word_logits_equal_the_full_heads_columns(family):
     model = wrapped(family)
-    hidden = torch.randn(4, model.base_model.get_output_embeddings().weight.shape[1])
-    ids = torch.tensor(LABEL_IDS)
-    torch.testing.assert_close(label_word_logits(model, hidden, ids), model.logits(hidden)[:, ids])
+    input_ids, mask = pad(random_ids(3, 7), [7, 4, 5], "left")
+    label_ids = torch.tensor(LABEL_IDS)
+    full = model(input_ids=input_ids, attention_mask=mask).logits  # (B, T, V), the model's own head
+    expected = full[torch.arange(3), last_token_index(mask)][:, label_ids]
+    torch.testing.assert_close(label_word_logits(model, input_ids, mask, label_ids), expected)
 
 
 def test_classification_loss_is_the_same_with_left_and_right_padding():
