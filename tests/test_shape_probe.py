@@ -5,6 +5,8 @@ different widths), KV sharing (layers that read another layer's keys/values), pe
 hybrid stacks (recurrent layers beside attention), a state-space-only stack.
 """
 
+import re
+
 import pytest
 import torch
 import transformers as T
@@ -248,3 +250,14 @@ def test_a_state_space_only_model_has_no_prefix_layers_and_prefix_tuning_says_wh
         softprompt.UnsupportedModelError, match="has no attention layer with keys/values of its own"
     ):
         shape.layout()
+
+
+@pytest.mark.parametrize(
+    "model_type, reason",
+    [("deepseek_v3", "needs keys and values of one width"), ("jamba", "takes a prefix in layers [1] only")],
+)
+def test_a_prefix_peft_cannot_hold_is_not_exported(model_type, reason, tmp_path):
+    model = softprompt.wrap(tiny(model_type), softprompt.PrefixTuningConfig(num_virtual_tokens=2))
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        model.export_peft(tmp_path / "peft")
+    assert not (tmp_path / "peft").exists()  # nothing half-written

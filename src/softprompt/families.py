@@ -151,8 +151,6 @@ class ModelShape:
     layers: tuple[LayerShape, ...]
     # Whether the model's forward takes position_ids (Bloom derives ALiBi positions from the mask instead).
     takes_position_ids: bool
-    logit_softcap: float | None = None
-    logit_scale: float | None = None
     # Encoder-decoders: the decoder's layers (its self- and cross-attention share these shapes).
     decoder_layers: tuple[LayerShape, ...] = ()
     # What the model's class does (its ``AutoModelFor...``), see :func:`softprompt.kinds.head_of`.
@@ -429,9 +427,6 @@ def model_shape(model: nn.Module) -> ModelShape:
         else getattr(text, "num_attention_heads", 0),
         layers=probed.layers,
         takes_position_ids="position_ids" in inspect.signature(model.forward).parameters,
-        # Read by the output head code until it uses the model's own logits; generic config fields.
-        logit_softcap=getattr(config, "final_logit_softcapping", None),
-        logit_scale=getattr(config, "logit_scale", None),
         decoder_layers=probed.decoder_layers,
         head=head,
         encoder_prefix=probed.encoder_prefix and quirk.encoder_prefix,

@@ -359,6 +359,19 @@ def export_peft(model: PromptedModel, directory: str | os.PathLike) -> Path:
         if len(set(layout.layers)) != 1:
             raise ValueError("peft's prefix format needs the same key/value shape in every layer")
         layer = layout.layers[0]
+        if layer.value_head_dim != layer.head_dim:
+            raise ValueError(
+                f"peft's prefix format needs keys and values of one width; {shape.family} caches keys "
+                f"{layer.head_dim} and values {layer.value_head_dim} wide. Keep the softprompt file"
+            )
+        if shape.kind == "causal" and (
+            shape.recurrent_layers or shape.layer_indices != tuple(range(shape.num_layers))
+        ):
+            raise ValueError(
+                f"peft's prefix format fills every decoder layer; {shape.family} takes a prefix in layers "
+                f"{list(shape.layer_indices)} only (the others share keys/values or carry a recurrent state). "
+                "Keep the softprompt file"
+            )
         # peft views the prefix as (P, L * 2, heads, token_dim // heads): heads are key/value heads here.
         config |= {
             "num_attention_heads": layer.num_kv_heads,

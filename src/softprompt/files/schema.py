@@ -58,6 +58,8 @@ BASE_MODEL_FIELDS: dict[str, Any] = {
     "num_attention_heads": int,
     "layers": list[list[int]],
     "decoder_layers": list[list[int]],
+    "attention_layers": list[int],
+    "recurrent_layers": list[int],
 }
 Scalar = Union[str, int, float, bool, None]  # noqa: UP007 - a runtime value for matches()
 

@@ -175,8 +175,12 @@ def gather(
 
 def no_prefix(shape: ModelShape, batch: int, dtype: torch.dtype, device: torch.device) -> BatchPrefix:
     """An empty prefix (P = 0) for ``batch`` rows of a causal decoder: the bare model."""
+    # Keys and values may differ in width (latent attention): (B, kv_heads, 0, D_k) and (..., D_v).
     layers = [
-        (torch.zeros(batch, s.num_kv_heads, 0, s.head_dim, dtype=dtype, device=device),) * 2
+        (
+            torch.zeros(batch, s.num_kv_heads, 0, s.head_dim, dtype=dtype, device=device),
+            torch.zeros(batch, s.num_kv_heads, 0, s.value_head_dim, dtype=dtype, device=device),
+        )
         for s in shape.layers
     ]
     return BatchPrefix(layers, torch.zeros(batch, 0, dtype=torch.long, device=device))
