@@ -208,7 +208,27 @@ def head_of(model: nn.Module) -> ModelHead | None:
     for name, head in HEADS.items():
         if classes & head.class_names(model_type):
             return name
+    # A class in no mapping (remote code): a model that generates is an LM of its config's shape.
+    if not classes & _mapped_class_names() and _generates(model):
+        return "seq2seq-lm" if getattr(model.config, "is_encoder_decoder", False) else "causal-lm"
     return None
+
+
+def _generates(model: nn.Module) -> bool:
+    can_generate = getattr(model, "can_generate", None)
+    return callable(can_generate) and bool(can_generate())
+
+
+@functools.cache
+def _mapped_class_names() -> frozenset[str]:
+    """Every class name in any of ``transformers``' ``..._MAPPING_NAMES`` tables."""
+    names: set[str] = set()
+    for table_name in dir(modeling_auto):
+        table = getattr(modeling_auto, table_name)
+        if table_name.endswith("_MAPPING_NAMES") and isinstance(table, dict):
+            for value in table.values():
+                names.update([value] if isinstance(value, str) else value)
+    return frozenset(names)
 
 
 def supported_heads(kind: ModelKind) -> str:

@@ -3,13 +3,17 @@ trains (with the adapter record), Trainer's loss keywords, checkpointing argumen
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers as T
 from safetensors.torch import load_file, save_file
 from tiny import random_ids, tiny_causal_lm, tiny_encoder, tiny_seq2seq_lm
 
 import softprompt
+from softprompt.families import UnsupportedModelError
 from softprompt.files.adapter import read_adapter
 
 PROMPT = softprompt.PromptTuningConfig(num_virtual_tokens=4)
@@ -243,3 +247,23 @@ def test_activation_checkpointing_takes_transformers_arguments():
 def test_reentrant_checkpointing_is_refused():
     with pytest.raises(ValueError, match=r"non-reentrant checkpointing \(use_reentrant=False\)"):
         wrapped("causal").activation_checkpointing_enable({"use_reentrant": True})
+
+
+SMALL_LLAMA = dict(
+    hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=64
+)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: T.LlamaForSequenceClassification(T.LlamaConfig(**SMALL_LLAMA, pad_token_id=0)),
+         "cannot adapt a LlamaForSequenceClassification: on llama causal LMs it supports causal-lm"),
+        (lambda: T.BertForMaskedLM(T.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                intermediate_size=32, vocab_size=64)),
+         "cannot adapt a BertForMaskedLM: on bert encoders it supports sequence-classification"),
+    ],
+)  # fmt: skip
+def test_a_head_its_kind_does_not_adapt_is_refused_with_the_ones_it_does(build, message):
+    with pytest.raises(UnsupportedModelError, match=re.escape(message)):
+        softprompt.wrap(build(), softprompt.PromptTuningConfig(num_virtual_tokens=2))

@@ -33,10 +33,11 @@ import torch
 from torch import nn
 
 from softprompt import compat, sharing
-from softprompt.families import ModelShape
+from softprompt.families import ModelShape, UnsupportedModelError
 from softprompt.files import peft as peft_files
 from softprompt.files.adapter import AdapterFileError, write_adapter
 from softprompt.injection import IGNORE_INDEX, CompiledPrompt, RowPrompts, gather, place
+from softprompt.kinds import KINDS, supported_heads
 from softprompt.methods import SoftPrompt, method_of
 
 if TYPE_CHECKING:
@@ -89,6 +90,12 @@ class PromptedModel(nn.Module, ABC):
     accepts_loss_kwargs = True
 
     def __init__(self, base_model: nn.Module, prompt: SoftPrompt | None, shape: ModelShape) -> None:
+        kind = KINDS[shape.kind]
+        if shape.head not in kind.heads:  # e.g. a decoder with a classification head, a masked LM
+            raise UnsupportedModelError(
+                f"softprompt cannot adapt a {type(base_model).__name__}: on {shape.family} {kind.label} it "
+                f"supports {supported_heads(shape.kind)}"
+            )
         super().__init__()
         self.base_model = base_model.requires_grad_(False)
         self.prompt = prompt

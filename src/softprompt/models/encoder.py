@@ -51,7 +51,6 @@ from softprompt.files.adapter import HEAD_PREFIX, AdapterFileError
 from softprompt.injection import RowPrompts
 from softprompt.injection.capture import prefix_attention_modules
 from softprompt.injection.encoder_input import EncoderBatch, arrange
-from softprompt.kinds import KINDS, supported_heads
 from softprompt.methods import SoftPrompt
 from softprompt.models.base import PromptedModel
 
@@ -83,11 +82,6 @@ class EncoderSoftPromptModel(PromptedModel):
     def __init__(
         self, base_model: nn.Module, prompt: SoftPrompt | None, shape: ModelShape, pooling: Pooling = "model"
     ) -> None:
-        if shape.head not in KINDS[shape.kind].heads:
-            raise UnsupportedModelError(
-                f"softprompt cannot adapt a {type(base_model).__name__}: on {shape.family} encoders it supports "
-                f"{supported_heads(shape.kind)}"
-            )
         if pooling not in ("model", "mean"):
             raise ValueError(f"pooling must be 'model' or 'mean', got {pooling!r}")
         if pooling == "mean" and shape.head != "sequence-classification":

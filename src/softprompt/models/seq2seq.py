@@ -35,7 +35,6 @@ from softprompt.injection.caches import encoder_decoder_generation_cache, encode
 from softprompt.injection.capture import prefix_attention_modules
 from softprompt.injection.encoder_input import arrange
 from softprompt.integrations.streaming import real_text_streamer
-from softprompt.kinds import supported_heads
 from softprompt.methods import SoftPrompt
 from softprompt.models.base import PromptedModel
 
@@ -44,11 +43,6 @@ class Seq2SeqSoftPromptModel(PromptedModel):
     """A frozen ``transformers`` encoder-decoder LM adapted by a trainable soft prompt."""
 
     def __init__(self, base_model: nn.Module, prompt: SoftPrompt | None, shape: ModelShape) -> None:
-        if shape.head != "seq2seq-lm":
-            raise UnsupportedModelError(
-                f"softprompt cannot adapt a {type(base_model).__name__}: on {shape.family} it supports "
-                f"conditional generation: {supported_heads(shape.kind)}"
-            )
         super().__init__(base_model, prompt, shape)
         self._attention: list[nn.Module] | None = None
 
