@@ -77,7 +77,7 @@ def test_train_eval_inspect_generate_convert(setup):
     ]:
         assert (run_dir / name).is_file(), name
     assert "zero-shot" in result.output and "trained" in result.output and "dev accuracy" in result.output
-    assert "trainable parameters" in result.output
+    assert "trainable parameters" in result.output and "base dtype: " in result.output
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["seed"] == 1
 
     result = invoke("eval", run_dir)

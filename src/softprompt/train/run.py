@@ -55,6 +55,7 @@ from softprompt.train.build import (
     DTYPES,
     InMemoryRows,
     bare_objective,
+    dtype_choice,
     load_base,
     load_data,
     make_objective,
@@ -197,6 +198,7 @@ def train(
     task = make_task(config.task)
     if base is None:
         say(f"loading {config.model.name_or_path} ...")
+        say(dtype_choice(config, task).message())
         base = load_base(config, task)
     base, tokenizer = base
     base.to(accelerator.device).eval()  # eval: the frozen model runs without dropout
