@@ -130,3 +130,10 @@ def test_a_fresh_run_removes_the_earlier_runs_card_and_peft_layout(tiny_gpt2, gp
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "checkpoint.safetensors", "config.yaml", "metrics.csv", "metrics.jsonl", "summary.json",
     ]  # fmt: skip
+
+
+def test_output_push_to_hub_in_the_config_uploads_the_run(uploads, tiny_gpt2, cls_data, tmp_path):
+    config = write_config(tiny_gpt2, cls_data, tmp_path)
+    result = runner.invoke(app, ["train", str(config), "--set", "output.push_to_hub=alice/from-config"])
+    assert result.exit_code == 0, result.output
+    assert "softprompt.safetensors" in uploads.repos["alice/from-config"]

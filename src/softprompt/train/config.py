@@ -11,9 +11,10 @@ paths given with ``--set`` and ``output.dir`` are relative to the current folder
 its key: ``train.lr: Input should be a valid number``.
 
 Examples:
-    >>> config = load_config("configs/sst2.yaml", ["train.max_steps=100"])  # doctest: +SKIP
-    >>> config.train.optimizer, config.prompt.to_config().num_virtual_tokens  # doctest: +SKIP
-    ('adamw', 20)
+    >>> from softprompt.cli import example_config_path         # the built-in example's config
+    >>> config = load_config(example_config_path(), ["train.max_steps=100"])
+    >>> config.train.optimizer, config.train.max_steps, config.prompt.num_virtual_tokens
+    ('adamw', 100, 20)
 """
 
 from __future__ import annotations
@@ -556,6 +557,10 @@ class OutputSection(Section):
     plot: bool = True
     """Draw the loss and dev-score curves into <dir>/curves.png."""
 
+    push_to_hub: str | None = None
+    """A Hub repo id ("user/name", created if needed) a finished run uploads its best adapter and model
+    card to; --push-to-hub on the command line wins."""
+
 
 # ------------------------------------------------------------------------------------------ run
 class RunConfig(Section):
@@ -636,7 +641,15 @@ def load_config(
         ConfigError: the file is missing or not YAML, or a key is unknown, mistyped or invalid.
 
     Examples:
-        >>> load_config("run.yaml", ["train.lr=0.1", "data.dev_limit=100"])  # doctest: +SKIP
+        >>> from softprompt.cli import example_config_path
+        >>> config = load_config(example_config_path(), ["train.lr=0.1", "data.dev_limit=100"])
+        >>> config.train.lr, config.data.dev_limit
+        (0.1, 100)
+        >>> try:
+        ...     load_config(example_config_path(), ["train.lr=fast"])
+        ... except ConfigError as err:                           # names the key, the problem, the value
+        ...     print(str(err).splitlines()[-1].strip())
+        train.lr: Input should be a valid number, unable to parse string as a number (got 'fast')
     """
     raw = dict(base or {})
     if path is not None:

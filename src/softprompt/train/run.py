@@ -171,6 +171,7 @@ def train(
 
     started = time.perf_counter()
     run_dir = Path(config.output.dir)
+    push_to_hub = push_to_hub or config.output.push_to_hub
     try:
         check_trackers(config.train.report_to)
         if push_to_hub is not None:
