@@ -367,7 +367,9 @@ def test_unsupported_combinations_say_what_is_supported():
         softprompt.PrefixTuningConfig(prefix_sites="cross")
     torch.manual_seed(0)
     classifier = __import__("transformers").T5ForSequenceClassification(tiny_seq2seq_lm("t5").config)
-    with pytest.raises(softprompt.UnsupportedModelError, match="on t5 encoder-decoders it supports seq2seq-lm"):
+    with pytest.raises(
+        softprompt.UnsupportedModelError, match="on t5 encoder-decoders it supports seq2seq-lm"
+    ):
         softprompt.wrap(classifier, softprompt.PromptTuningConfig(num_virtual_tokens=2))
 
 
