@@ -4,8 +4,9 @@ A crash (or ``kill -9``) at any moment leaves either the old target or the new o
 one: ``os.replace`` is atomic on one file system, and the file (then its folder) is fsynced so the
 rename survives a power cut too. Being polite about it:
 
-* a temp file is named ``.<target>.<host>-<pid>.<random>.tmp``; a failed write removes it, and the
-  next write to the same target removes those a killed process left (its pid no longer runs);
+* a file is written inside a temp folder named ``.<target>.<host>-<pid>.<random>.tmp``; a failed write
+  removes it, and the next write to the same target removes those a killed process left (its pid no
+  longer runs), with whatever the writer had put in them;
 * the new file keeps the mode of the file it replaces (a shared 0644 file stays 0644); a new file
   follows the umask, as ``open`` does;
 * a target that is a symlink is written through (the link stays, its file is replaced).
@@ -48,17 +49,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
     path = _through_links(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    tmp = _temp_name(path, ".tmp")
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # 0o666 & ~umask, as open() does
+    # The file is written inside a temp folder of its own: whatever the writer itself puts beside the
+    # file it writes (safetensors writes through a ``.tmpXXXXXX`` of its own) goes with that folder.
+    folder = _temp_name(path, ".tmp")
+    os.mkdir(folder, 0o700)
+    tmp = folder / path.name
     try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # 0o666 & ~umask, as open() does
         write(tmp)
         with contextlib.suppress(FileNotFoundError):
             os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))  # the replaced file's mode stays
         _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     _fsync(path.parent)
 
 
