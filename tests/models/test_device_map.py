@@ -94,11 +94,6 @@ def test_the_forward_prefix_joins_each_layer_on_its_keys_device():
     assert keys.shape == values.shape == (1, 2, 8, 4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs injection/caches.generation_cache to move each layer's prefix to the device of its "
-    "first keys (transformers' DynamicLayer concatenates onto the device it was filled on)",
-)
 def test_the_generation_prefix_joins_each_layer_on_its_keys_device():
     prefix = torch.randn(1, 2, 3, 4)
     keys, _ = layer_on_another_device(generation_cache(CONFIG, [(prefix, prefix.clone())] * 2))

@@ -22,6 +22,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -106,12 +107,28 @@ def prefix_cache(states: LayerStates, config=None, layer_indices: Sequence[int] 
 
 def generation_cache(config, states: LayerStates, layer_indices: Sequence[int] | None = None) -> DynamicCache:
     """An ordinary ``DynamicCache`` (sliding-window and recurrent layers where the config has them)
-    holding the prefix in the layers ``layer_indices`` (default: the first ``len(states)``)."""
+    holding the prefix in the layers ``layer_indices`` (default: the first ``len(states)``).
+
+    A prefix layer follows the device of the keys it is first given: a model split over devices
+    (``device_map``) runs each layer where its weights are, and the prefix joins it there.
+    """
     cache = DynamicCache(config=config)
     indices = range(len(states)) if layer_indices is None else layer_indices
     for layer_idx, (keys, values) in zip(indices, states, strict=True):
         cache.update(keys, values, layer_idx)
+        layer = cache.layers[layer_idx]
+        # The layer's own update (full, sliding window...), after moving what it holds to the new keys.
+        layer.update = functools.partial(_update_on_keys_device, layer, layer.update)
     return cache
+
+
+def _update_on_keys_device(
+    layer, update, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+):
+    if layer.is_initialized and layer.keys.device != key_states.device:
+        layer.keys, layer.values = layer.keys.to(key_states.device), layer.values.to(value_states.device)
+        layer.device = key_states.device
+    return update(key_states, value_states, *args, **kwargs)
 
 
 # ------------------------------------------------------------------------------- encoder-decoders
