@@ -8,10 +8,8 @@ import logging
 
 import pytest
 import torch
-import transformers as T
 from safetensors.torch import load_file
-from tiny import VOCAB
-from train_helpers import build_tokenizer, classification_config, save_tiny_bert
+from train_helpers import classification_config, save_small_llama, save_tiny_bert
 
 from softprompt import precision
 from softprompt.train import ConfigError, load_config, train
@@ -100,16 +98,7 @@ def test_a_run_on_a_bf16_base_trains_and_saves_an_fp32_prompt(tiny_gpt2, cls_dat
 # ------------------------------------------------------------------------------------ quantization
 @pytest.fixture(scope="module")
 def llama64(tmp_path_factory):
-    """A small Llama folder 64 wide (bitsandbytes' CPU kernels need rows of at least one 64-value block)."""
-    path = tmp_path_factory.mktemp("llama64")
-    torch.manual_seed(0)
-    config = T.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=2,
-    )  # fmt: skip
-    T.LlamaForCausalLM(config).save_pretrained(path)
-    build_tokenizer().save_pretrained(path)
-    return path
+    return save_small_llama(tmp_path_factory.mktemp("llama64"))
 
 
 def test_model_quantization_loads_the_base_quantized(llama64, cls_data, tmp_path):

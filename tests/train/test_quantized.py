@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers as T
-from tiny import VOCAB, random_ids, tiny_causal_lm
-from train_helpers import build_tokenizer
+from tiny import random_ids, tiny_causal_lm
+from train_helpers import save_small_llama
 
 import softprompt
 from softprompt.train.core import step
@@ -28,17 +27,8 @@ LABEL_IDS = [5, 6]
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """A small grouped-query Llama saved as a folder (quantization happens when it loads); 64 wide,
-    as bitsandbytes' CPU kernels need rows of at least one 64-value block."""
-    path = tmp_path_factory.mktemp("small-llama")
-    torch.manual_seed(0)
-    config = T.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=2,
-    )  # fmt: skip
-    T.LlamaForCausalLM(config).save_pretrained(path)
-    build_tokenizer().save_pretrained(path)
-    return str(path)
+    """A small grouped-query Llama saved as a folder (quantization happens when it loads)."""
+    return str(save_small_llama(tmp_path_factory.mktemp("small-llama")))
 
 
 def batch(rows: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import transformers as T
+from tiny import VOCAB
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 LABEL_WORDS = {"pos": "good", "neg": "bad"}
@@ -65,6 +66,17 @@ def _save(model: torch.nn.Module, folder: Path) -> Path:
     model.save_pretrained(folder)
     build_tokenizer().save_pretrained(folder)
     return folder
+
+
+def save_small_llama(folder: Path, seed: int = 0) -> Path:
+    """A random 2-layer grouped-query Llama 64 wide (bitsandbytes' CPU kernels need rows of at least one
+    64-value block) with the test tokenizer, loadable with from_pretrained."""
+    torch.manual_seed(seed)
+    config = T.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )  # fmt: skip
+    return _save(T.LlamaForCausalLM(config), folder)
 
 
 def save_tiny_gpt2(folder: Path, seed: int = 0) -> Path:
