@@ -562,6 +562,50 @@ class OutputSection(Section):
     card to; --push-to-hub on the command line wins."""
 
 
+# --------------------------------------------------------------------------------------- search
+# The grid a search tries where the search section leaves a list out, per method: learning rates around
+# the measured default (presets.DEFAULTS), and the three inits of Lester et al. §3.2 (class labels,
+# sampled vocabulary, random). "text" is left out of tasks that have no words to start from.
+SEARCH_LRS: dict[str, list[float]] = {
+    "prompt_tuning": [3e-3, 1e-2, 3e-2, 1e-1],
+    "prefix_tuning": [1e-3, 3e-3, 1e-2, 3e-2],
+    "p_tuning": [1e-3, 3e-3, 1e-2, 3e-2],
+}
+SEARCH_INITS = ["text", "vocab", "random"]
+PROMPT_SEARCH_KEYS = ("num_virtual_tokens", "init")  # a trial's prompt settings; "lr" is a train setting
+
+
+class SearchSection(Section):
+    """A budgeted search (softprompt.train.search): learning rate x init x prompt length by successive
+    halving on dev. All settings train a short rung, the best 1/eta by the dev score train on, ...
+    until one is left; it becomes the run's adapter and its setting the run folder's config.yaml."""
+
+    lr: list[Annotated[float, Field(gt=0)]] | None = Field(None, min_length=1)
+    """Learning rates to try; null: the method's grid (prompt tuning 3e-3, 1e-2, 3e-2, 0.1; prefix tuning and
+    P-tuning 1e-3, 3e-3, 1e-2, 3e-2)."""
+
+    init: list[str] | None = Field(None, min_length=1)
+    """Inits to try (the method's init choices); null: text (the labels' words; only where the task has
+    words or prompt.init_text is set), vocab and random."""
+
+    num_virtual_tokens: list[Annotated[int, Field(gt=0)]] | None = Field(None, min_length=1)
+    """Prompt lengths to try; null: prompt.num_virtual_tokens alone."""
+
+    budget: float = Field(4.0, gt=0)
+    """Training steps of the whole search, as a multiple of one run's train.max_steps (4: four runs' worth),
+    split evenly over the rungs; the search prints the split before it starts."""
+
+    eta: int = Field(3, ge=2)
+    """After each rung the best 1/eta of the trials (by the dev score of train.best_metric) go on."""
+
+    @field_validator("lr", "init", "num_virtual_tokens")
+    @classmethod
+    def _distinct(cls, values: list | None) -> list | None:
+        if values is not None and len(set(values)) < len(values):
+            raise ValueError(f"each value once, got {values}")
+        return values
+
+
 # ------------------------------------------------------------------------------------------ run
 class RunConfig(Section):
     """A whole training run."""
@@ -591,6 +635,10 @@ class RunConfig(Section):
     output: OutputSection = OutputSection()
     """What the run writes, and where."""
 
+    search: SearchSection | None = None
+    """Search learning rate x init (x prompt length) within a budget instead of training one setting
+    (`softprompt train --search` adds this section with its defaults); null trains the config as it is."""
+
     @model_validator(mode="after")
     def _check_run(self):
         names = [*self.metric_names(), "loss"]
@@ -604,7 +652,54 @@ class RunConfig(Section):
             )
         if self.data.streaming and self.train.epochs is not None:
             raise ValueError("data.streaming: a stream has no length for train.epochs; set train.max_steps")
+        if self.search is not None:
+            self._check_search()
         return self
+
+    def _check_search(self) -> None:
+        """Every trial's prompt section validates, and the budget gives each trial a step per rung."""
+        from softprompt.train.search import plan_rungs  # search runs configs: it imports this module
+
+        if self.train.epochs is not None:
+            raise ValueError("search: one run's budget is train.max_steps; set it instead of train.epochs")
+        choices = typing.get_args(type(self.prompt).model_fields["init"].annotation)
+        worded = self.task.kind in ("classification", "multi_label") or bool(self.prompt.init_text)
+        for init in self.search.init or ():
+            if init not in choices:
+                raise ValueError(
+                    f"search.init: {init!r} is not an init of {self.prompt.method}: {list(choices)}"
+                )
+            if init == "text" and not worded:
+                raise ValueError(
+                    "search.init: 'text' needs prompt.init_text on this task (or leave 'text' out)"
+                )
+        for setting in self.search_settings():
+            prompt = {key: setting[key] for key in PROMPT_SEARCH_KEYS}
+            try:
+                type(self.prompt).model_validate({**self.prompt.model_dump(), **prompt})
+            except ValidationError as err:
+                message = err.errors()[0]["msg"].removeprefix("Value error, ")
+                raise ValueError(
+                    f"search: the prompt of the trial {setting} is not valid: {message}"
+                ) from None
+        try:
+            plan_rungs(len(self.search_settings()), self.train.max_steps, self.search.budget, self.search.eta,
+                       self.train.eval_every)  # fmt: skip
+        except ValueError as err:
+            raise ValueError(f"search.budget: {err}") from None
+
+    def search_settings(self) -> list[dict[str, Any]]:
+        """The prompt and train settings the search tries, in trial order (prompt length, then init, then
+        learning rate); the search section's lists, or the method's grid where it leaves one out."""
+        search = self.search or SearchSection()
+        worded = self.task.kind in ("classification", "multi_label") or bool(self.prompt.init_text)
+        inits = search.init or [init for init in SEARCH_INITS if worded or init != "text"]
+        return [
+            {"num_virtual_tokens": length, "init": init, "lr": lr}
+            for length in search.num_virtual_tokens or [self.prompt.num_virtual_tokens]
+            for init in inits
+            for lr in search.lr or SEARCH_LRS[self.prompt.method]
+        ]
 
     def metric_names(self) -> list[str]:
         """The names of the scores evaluation reports ("rouge" gives three)."""
