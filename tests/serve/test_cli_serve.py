@@ -41,11 +41,12 @@ def test_serve_answers_with_its_tasks_and_stops_on_sigterm(model_folder, adapter
         assert found, "".join(log)
         url = found.group(1)
         assert "task prefix: prefix_tuning, 3 virtual tokens" in "".join(log)
-        names = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
+        names = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=60).json()["data"]]
         assert names == [str(model_folder), "prefix", "prompt"]
         reply = httpx.post(
             f"{url}/v1/completions",
             json={"model": "prefix", "prompt": "hello", "max_tokens": 3, "temperature": 0},
+            timeout=60,  # httpx's 5 s default is short for a first request on a loaded machine
         )
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1
     finally:

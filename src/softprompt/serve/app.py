@@ -170,6 +170,8 @@ class _Service:
     async def complete(self, body: CompletionRequest | ChatCompletionRequest, request: Request, chat: bool):
         self.keys.check(request.headers.get("authorization"))
         prompt = _task_prompt(self.registry, body.model)
+        if self.engine.is_full():  # before tokenizing: under overload a refusal must come back at once
+            raise self.engine.queue_full()
         virtual = self.engine.prompt_length(prompt)
         if chat:
             prompts = [self._chat_ids(body)]
@@ -182,7 +184,9 @@ class _Service:
         for ids in prompts:
             self._check_context(len(ids), virtual, params.max_tokens)
         task = None if body.model == self.engine.name else body.model
-        handles = [RequestHandle(GenerationRequest(ids, task, params, prompt)) for ids in prompts]
+        handles = [
+            RequestHandle(GenerationRequest(ids, task, params, prompt, stream=body.stream)) for ids in prompts
+        ]
         try:
             for handle in handles:
                 self.engine.submit(handle)

@@ -37,12 +37,15 @@ class GenerationRequest:
     """Token ids to continue, the task whose prompt goes first (``None``: the bare model), and how.
 
     ``prompt`` is what the engine prepared for the task when it was added (see :meth:`Engine.prepare`).
+    ``stream`` says whether the client reads the text as it comes; an engine that pays per piece (one
+    HTTP event each, for a remote vLLM) may send the whole text as one piece when it does not.
     """
 
     prompt_ids: list[int]
     task: str | None
     params: SamplingParams
     prompt: Any = None
+    stream: bool = True
     arrived: float = field(default_factory=time.monotonic)
 
 

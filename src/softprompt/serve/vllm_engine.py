@@ -154,7 +154,10 @@ class VLLMEngine:
         request = handle.request
         try:
             async for piece in self.backend.stream(
-                self.inputs(request.prompt_ids, request.prompt), request.params, uuid.uuid4().hex
+                self.inputs(request.prompt_ids, request.prompt),
+                request.params,
+                uuid.uuid4().hex,
+                stream=request.stream,
             ):
                 handle.put(piece)
         except APIError as err:
@@ -196,8 +199,9 @@ class _InProcess:
             self.engine = None
 
     async def stream(
-        self, inputs: dict[str, Any], params: SamplingParams, request_id: str
+        self, inputs: dict[str, Any], params: SamplingParams, request_id: str, stream: bool = True
     ) -> AsyncIterator[Piece]:
+        """vLLM's output as pieces; in this process each costs nothing, so ``stream`` changes nothing."""
         from vllm import SamplingParams as VLLMParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -238,8 +242,12 @@ class _Remote:
             await self.client.aclose()
 
     async def stream(
-        self, inputs: dict[str, Any], params: SamplingParams, request_id: str
+        self, inputs: dict[str, Any], params: SamplingParams, request_id: str, stream: bool = True
     ) -> AsyncIterator[Piece]:
+        """vLLM's reply as pieces: its server-sent events, or (``stream=False``) one piece per choice.
+
+        Not streaming when the client does not saves an HTTP event and a JSON parse per token.
+        """
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": params.max_tokens,
@@ -249,7 +257,7 @@ class _Remote:
             "stop": list(params.stop) or None,
             "seed": params.seed,
             "ignore_eos": params.ignore_eos,
-            "stream": True,
+            "stream": stream,
             "return_token_ids": True,
         }
         if "prompt_embeds" in inputs:
@@ -265,17 +273,25 @@ class _Remote:
                 if reply.status_code < 500:
                     raise bad_request(f"vLLM refused the request: {message}")
                 raise unavailable(f"vLLM failed the request: {message}")
+            if not stream:
+                for choice in json.loads(await reply.aread())["choices"]:
+                    yield _piece(choice)
+                return
             async for line in reply.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
-                event = json.loads(line.removeprefix("data: "))
-                for choice in event.get("choices", []):
-                    yield Piece(
-                        choice["index"],
-                        choice.get("text", ""),
-                        list(choice.get("token_ids") or []),
-                        _finish(choice.get("finish_reason")),
-                    )
+                for choice in json.loads(line.removeprefix("data: ")).get("choices", []):
+                    yield _piece(choice)
+
+
+def _piece(choice: dict[str, Any]) -> Piece:
+    """One choice of a vLLM completion (a whole reply or one streamed event) as a piece."""
+    return Piece(
+        choice["index"],
+        choice.get("text", ""),
+        list(choice.get("token_ids") or []),
+        _finish(choice.get("finish_reason")),
+    )
 
 
 def _base64_tensor(tensor: torch.Tensor) -> str:
