@@ -6,6 +6,13 @@ A :class:`DecodingBatch` holds the running sequences' caches side by side, left-
 with a mask of the real slots — so sequences of different tasks, prompt lengths and ages decode in
 one forward pass, and sequences can join (after their prefill) and leave between any two steps.
 
+Layout: every row is ``[pads][prompt][tokens]``, its real slots one run at the right end, as
+:meth:`~softprompt.models.SoftPromptModel.generate` lays rows out — the prefill *is* that method's
+(``_prefilled_states``), so the engine computes what ``generate`` computes. Sliding windows and
+MPT's ALiBi count key columns: a pad between a prompt and its tokens would move the prompt out of
+the window. The cache keeps every column (no layer drops what falls out of a window), so rows can be
+cut and joined column for column; the attention mask applies the window.
+
 Positions: a sequence's next token sits at the number of real slots it holds (prompt slots count, as
 in :func:`~softprompt.injection.positions.positions_after_prefix`), whatever padding the batch adds.
 So every sequence computes what it would compute alone, in a batch of one.
@@ -31,22 +38,27 @@ import torch
 from torch import nn
 
 from softprompt.compat import cache_kwargs, takes_argument
-from softprompt.injection import CompiledPrompt
+from softprompt.families import UnsupportedModelError
+from softprompt.injection import BatchPrefix, CompiledPrompt
 from softprompt.injection.attention import use_grouped_attention
 from softprompt.injection.caches import generation_cache
-from softprompt.injection.positions import positions_after_prefix, with_prefix_columns
 from softprompt.injection.prompts import no_prefix
 from softprompt.models import SoftPromptModel
 
-LayerStates = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each (B, H, L, D)
+LayerStates = list[tuple[torch.Tensor, torch.Tensor]]  # per attention layer (keys, values), each (B, H, L, D)
 
 
 class DecodingBatch:
-    """Running sequences' caches, left-padded to one length ``L``: per layer (B, H, L, D), mask (B, L)."""
+    """Running sequences' caches, left-padded to one length ``L``: per layer (B, H, L, D), mask (B, L).
 
-    def __init__(self, config, layers: LayerStates, mask: torch.Tensor) -> None:
-        self.config = config  # the model's config: which cache layers it takes
-        self.cache = generation_cache(config, layers)
+    ``layer_indices`` are the model's cache index of each layer of ``layers``
+    (:attr:`~softprompt.families.ModelShape.layer_indices`): KV-shared layers (Gemma 3n) hold none.
+    """
+
+    def __init__(self, layer_indices: Sequence[int], layers: LayerStates, mask: torch.Tensor) -> None:
+        self.layer_indices = tuple(layer_indices)
+        # Plain growing layers (config None): a sliding-window layer would drop columns the mask still counts.
+        self.cache = generation_cache(None, layers, self.layer_indices)
         self.mask = mask
 
     @property
@@ -54,7 +66,7 @@ class DecodingBatch:
         return self.mask.shape[0]
 
     def layers(self) -> LayerStates:
-        return [(layer.keys, layer.values) for layer in self.cache.layers]
+        return [(self.cache.layers[i].keys, self.cache.layers[i].values) for i in self.layer_indices]
 
     def step(self, decoder: Decoder, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token to every sequence, ``tokens`` (B,); returns the next-token logits (B, V)."""
@@ -69,7 +81,7 @@ class DecodingBatch:
         used = mask.any(0).nonzero()
         start = int(used[0]) if len(used) else mask.shape[1]
         layers = [(k[index, :, start:], v[index, :, start:]) for k, v in self.layers()]
-        return DecodingBatch(self.config, layers, mask[:, start:])
+        return DecodingBatch(self.layer_indices, layers, mask[:, start:])
 
     @staticmethod
     def join(batches: Sequence[DecodingBatch]) -> DecodingBatch:
@@ -84,15 +96,21 @@ class DecodingBatch:
             keys = [_left_pad(k, pad) for (k, _), pad in zip(per_batch, pads, strict=True)]
             values = [_left_pad(v, pad) for (_, v), pad in zip(per_batch, pads, strict=True)]
             layers.append((torch.cat(keys), torch.cat(values)))
-        return DecodingBatch(batches[0].config, layers, mask)
+        return DecodingBatch(batches[0].layer_indices, layers, mask)
 
 
 class Decoder:
     """The frozen causal LM a batch runs on: the task bank's runner, called with a growing cache."""
 
     def __init__(self, runner: SoftPromptModel) -> None:
+        if runner.shape.recurrent_layers:
+            raise UnsupportedModelError(
+                f"softprompt's local engine keeps each sequence as keys/values it can cut and join between "
+                f"steps; {runner.shape.family} carries a recurrent state in its layers "
+                f"{list(runner.shape.recurrent_layers)}, which it cannot. Generate with the library "
+                "(softprompt.load(...).generate, TaskBank.generate) on this model"
+            )
         self.runner = runner
-        self.config = runner.base_model.config
         self.device = runner.base_model.device
         # Whether calls ask the attention to keep grouped key/value heads (softprompt.injection.attention).
         self.grouped = use_grouped_attention(runner.base_model, runner.shape)
@@ -103,9 +121,9 @@ class Decoder:
     ) -> tuple[DecodingBatch, torch.Tensor]:
         """Run new sequences' tokens after their tasks' prompts: their batch, and next-token logits (B, V).
 
-        ``compiled[i]`` is row ``i``'s task prompt (``None``: the bare model). Rows are left-padded, and
-        each task's prefix is gathered per row by the model's own
-        :meth:`~softprompt.models.PromptedModel.row_prompts`.
+        ``compiled[i]`` is row ``i``'s task prompt (``None``: the bare model); each task's prefix is
+        gathered per row by the model's own :meth:`~softprompt.models.PromptedModel.row_prompts`. As in
+        ``generate``, the model runs all but each row's last token, and the last one is the first step.
         """
         width = max(len(p) for p in prompts)
         ids = torch.zeros(len(prompts), width, dtype=torch.long, device=self.device)
@@ -113,15 +131,25 @@ class Decoder:
         for row, prompt in enumerate(prompts):
             ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             mask[row, width - len(prompt) :] = 1
+        prefix = self._prefix(compiled)
+        # Per layer (B, H, P + T - 1, D), each row [pads][prompt][tokens] but its last token.
+        states = self.runner._prefilled_states(ids, mask, prefix)
+        real = prefix.lengths + mask.sum(-1) - 1  # (B,): real slots before the last token
+        columns = prefix.mask.shape[1] + width - 1
+        slots = torch.arange(columns, device=self.device).expand(len(prompts), -1)  # (B, P + T - 1)
+        batch = DecodingBatch(
+            self.runner.shape.layer_indices, states, (slots >= columns - real[:, None]).long()
+        )
+        return batch, batch.step(self, ids[:, -1])
+
+    def _prefix(self, compiled: Sequence[CompiledPrompt | None]) -> BatchPrefix:
+        """Each row's ``self`` prefix (B, P), shorter ones left-padded; P = 0 when no row has a prompt."""
         used = list({id(c): c for c in compiled if c is not None}.values())
         rows = torch.tensor([-1 if c is None else [id(u) for u in used].index(id(c)) for c in compiled])
         sites = self.runner.row_prompts(used, rows, self.device).sites if used else {}
-        prefix = sites.get("self") or no_prefix(
-            self.runner.shape, len(prompts), self.runner.base_model.dtype, self.device
-        )
-        batch = DecodingBatch(self.config, prefix.layers, with_prefix_columns(mask, prefix.mask))
-        positions = positions_after_prefix(mask, prefix.lengths)
-        return batch, self.forward(ids, batch.mask, positions, batch.cache)
+        if "self" in sites:
+            return sites["self"]
+        return no_prefix(self.runner.shape, len(compiled), self.runner.base_model.dtype, self.device)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, full_mask, positions, cache) -> torch.Tensor:

@@ -1,0 +1,86 @@
+"""The local engine on models that count key columns or share keys/values: mixed-task requests through
+the scheduler give each request the greedy tokens ``softprompt.load(base, adapter).generate`` gives it
+alone, for every method — sliding windows shorter than prompt + input (Mistral; Gemma 3 with sliding
+and full layers), MPT's ALiBi, and Gemma 3n (sliding windows, layers reading earlier layers' keys/values).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+import transformers as T
+from models.test_invariance_windows import CONFIGS as WINDOWED
+from models.test_invariance_windows import WINDOW, gemma3n_text
+from serve_helpers import TASKS, greedy_tokens, make_tokenizer
+from tiny import random_ids, tiny_hybrid_lm
+
+import softprompt
+from softprompt.bank import TaskBank
+from softprompt.serve.engine import GenerationRequest, RequestHandle
+from softprompt.serve.sampling import SamplingParams
+from softprompt.serve.scheduler import LocalEngine
+
+
+def windowed(family: str):
+    torch.manual_seed(0)
+    return T.AutoModelForCausalLM.from_config(WINDOWED[family]()).eval()
+
+
+BASES = {
+    "mistral": lambda: windowed("mistral"),
+    "gemma3_text": lambda: windowed("gemma3_text"),
+    "mpt": lambda: windowed("mpt"),
+    "gemma3n_text": gemma3n_text,
+}
+
+
+async def generated(handle: RequestHandle) -> list[int]:
+    return [t async for piece in handle.pieces() for t in piece.token_ids]
+
+
+def serve_together(engine: LocalEngine, requests) -> list[list[int]]:
+    """Submit every (ids, prepared task prompt or None, max_tokens) at once; each one's new tokens."""
+
+    async def main():
+        await engine.start()
+        try:
+            handles = [
+                RequestHandle(
+                    GenerationRequest(ids, None, SamplingParams(max_tokens=n, temperature=0.0), task)
+                )
+                for ids, task, n in requests
+            ]
+            for handle in handles:
+                engine.submit(handle)
+            return await asyncio.gather(*(generated(h) for h in handles))
+        finally:
+            await engine.stop()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("family", sorted(BASES))
+def test_mixed_tasks_through_the_scheduler_equal_each_task_generating_alone(family, tmp_path):
+    base = BASES[family]()
+    adapters = {
+        name: softprompt.wrap(base, config).save(tmp_path / f"{name}.safetensors")
+        for name, config in TASKS.items()
+    }
+    engine = LocalEngine(TaskBank(base), make_tokenizer(), name=family)
+    prepared = {name: engine.prepare(softprompt.load(base, path)) for name, path in adapters.items()}
+    tasks = [None, *TASKS, *reversed(TASKS)]
+    rows = [random_ids(1, 2 + (5 * i) % 9, seed=i)[0].tolist() for i in range(len(tasks))]
+    assert max(len(r) for r in rows) > 2 * WINDOW  # inputs past the window, prompts out of it
+    lengths = [4 + i % 3 for i in range(len(tasks))]
+    outputs = serve_together(
+        engine, [(r, prepared.get(t), n) for r, t, n in zip(rows, tasks, lengths, strict=True)]
+    )
+    for ids, task, n, out in zip(rows, tasks, lengths, outputs, strict=True):
+        assert out == greedy_tokens(base, adapters.get(task), ids, n), (task, ids)
+
+
+def test_a_model_with_recurrent_layers_is_refused_with_the_reason():
+    with pytest.raises(softprompt.UnsupportedModelError, match="recurrent state in its layers"):
+        LocalEngine(TaskBank(tiny_hybrid_lm("jamba")), make_tokenizer(), name="jamba")
