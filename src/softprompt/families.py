@@ -309,12 +309,21 @@ def _layer_shape(model_type: str, index: int, keys: torch.Size, values: torch.Si
 
 def _decoder_probe(model: nn.Module) -> _Probed:
     """A causal decoder's layers from one token through a recording cache (see :func:`softprompt.injection.capture.read_decoder_cache`)."""
-    from softprompt.injection.capture import read_decoder_cache  # above families in the import order
+    # (above families in the import order)
+    from softprompt.injection.capture import read_decoder_cache, unread_decoder_layers
 
     model_type = model.config.model_type
     reading = read_decoder_cache(model)
     attention = tuple(sorted(reading.keys))
     layers = tuple(_layer_shape(model_type, i, reading.keys[i], reading.values[i]) for i in attention)
+    # Prompt tuning enters a causal decoder through these prefixes too: one a layer ignores is wrong
+    # for every method, so the model is refused rather than given slots nothing reads.
+    unread = unread_decoder_layers(model, attention, reading) if attention else []
+    if unread:
+        raise UnsupportedModelError(
+            f"{model_type}'s layers {unread} write keys/values to the cache but do not read a prefix placed "
+            "there (a random one left the output as it was), so softprompt cannot prompt this model"
+        )
     return _Probed(layers=layers, attention_layers=attention, recurrent_layers=reading.recurrent)
 
 
@@ -326,6 +335,8 @@ def _encoder_layers(model: nn.Module, stack: nn.Module, config: Any) -> tuple[tu
     calls, refusal = read_attention_calls(model, stack)
     if refusal:
         # Not readable, so no prefix: the layers are the config's, for the adapter fingerprint only.
+        # (the stack's own config where it has one: T5Gemma nests its encoder's sizes)
+        config = getattr(stack, "config", config)
         heads = _config_value(config, "num_attention_heads")
         layer = LayerShape(num_kv_heads=heads, head_dim=_config_value(config, "hidden_size") // heads)
         return tuple(layer for _ in range(_config_value(config, "num_hidden_layers"))), refusal

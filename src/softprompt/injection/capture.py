@@ -5,6 +5,8 @@
   layers typed as the model expects them), so hybrid models run through it too;
 * :func:`read_decoder_cache`, :func:`read_encoder_decoder_cache` and :func:`read_attention_calls`
   are the probes :func:`softprompt.families.model_shape` reads a model's shape with;
+  :func:`unread_decoder_layers` and :func:`unread_encoder_modules` prove what they found: a random
+  prefix through the real injection path must reach the output from every layer it is laid out in;
 * :func:`virtual_tokens_prefix` turns a causal decoder's virtual tokens into the prefix they amount
   to: in a causal decoder the prompt never attends to the input, so running it once, alone, gives
   the keys/values it would leave in every row;
@@ -35,7 +37,13 @@ from transformers.cache_utils import DynamicIndexedLayer, LinearAttentionCacheLa
 from softprompt import compat
 from softprompt.compat import cache_kwargs
 from softprompt.families import ModelShape, UnsupportedModelError, model_shape
-from softprompt.injection.attention import PREFIX_ATTENTION, AttentionCapture, use_prefix_attention
+from softprompt.injection.attention import (
+    PREFIX_ATTENTION,
+    AttentionCapture,
+    AttentionPrefix,
+    use_prefix_attention,
+)
+from softprompt.injection.caches import prefix_cache
 from softprompt.kinds import Site
 from softprompt.methods.base import PrefixStates, PromptOutput
 from softprompt.sharding import whole_while_running
@@ -203,7 +211,8 @@ def read_attention_calls(
         model.eval()
         try:
             with whole_while_running(model):
-                calls = _attention_calls(stack)
+                first = _first_calls(_attention_calls(stack))
+                unread = unread_encoder_modules(stack, first) if first else []
         finally:
             model.train(was_training)
     except Exception as error:
@@ -214,12 +223,101 @@ def read_attention_calls(
     finally:
         if original != PREFIX_ATTENTION and compat.attention_implementation(model) != original:
             model.set_attn_implementation(original)
-    if not calls:
+    if not first:
         return [], "its attention never calls the attention function it is switched to"
-    first = {}
+    if unread:
+        names = {module: name for name, module in stack.named_modules()}
+        return [], (
+            f"its attention modules {[names.get(first[i][0], '?') for i in unread]} ignore the keys/values "
+            "handed to them (a random prefix there left the encoder's output as it was)"
+        )
+    return [(keys, values) for _, keys, values in first], ""
+
+
+def _first_calls(calls) -> list[tuple[nn.Module, torch.Size, torch.Size]]:
+    """Each distinct module of attention ``calls`` once, in call order, with its key/value shapes."""
+    first: dict[nn.Module, tuple[nn.Module, torch.Size, torch.Size]] = {}
     for module, keys, values in calls:
-        first.setdefault(module, (keys.shape, values.shape))
-    return list(first.values()), ""
+        first.setdefault(module, (module, keys.shape, values.shape))
+    return list(first.values())
+
+
+# ------------------------------------------------------------------------------------------ proofs
+_PROOF_LENGTH = 2  # prefix slots per layer in a proof forward
+
+
+def _unread(forward, shapes: Sequence[tuple[torch.Size, torch.Size]], like: torch.Tensor) -> list[int]:
+    """Positions in ``shapes`` whose prefix the output of ``forward(states)`` does not depend on.
+
+    ``shapes``: per layer the (keys, values) shapes (B, H, T, D) a probe read; ``forward`` runs the
+    model with ``states`` — per layer random (keys, values) (1, H, P, D) — as its prefix and returns an
+    output (1, T, H). A slot is read when the output's gradient reaches it: a layer that ignores its
+    prefix leaves no gradient at all (or exactly zero), however small the model's attention is.
+    """
+    generator = torch.Generator().manual_seed(0)
+
+    def random(size: torch.Size) -> torch.Tensor:
+        tensor = torch.randn(1, size[1], _PROOF_LENGTH, size[-1], generator=generator)
+        return tensor.to(like.device, like.dtype).requires_grad_(True)
+
+    states = [(random(keys), random(values)) for keys, values in shapes]
+    with torch.enable_grad():
+        output = forward(states)
+        # A random projection: a normalised output sums to a constant, so its plain sum has no gradient.
+        weights = torch.randn(output.shape, generator=generator).to(output.device, output.dtype)
+        flat = [tensor for layer in states for tensor in layer]
+        grads = torch.autograd.grad((output * weights).sum(), flat, allow_unused=True)
+    reached = [grad is not None and bool(grad.any()) for grad in grads]
+    return [i for i in range(len(states)) if not (reached[2 * i] or reached[2 * i + 1])]
+
+
+def unread_decoder_layers(model: nn.Module, layer_indices: Sequence[int], reading: CacheReading) -> list[int]:
+    """The cache layers among ``layer_indices`` whose prefix a causal LM's output does not read.
+
+    One token runs through the model's backbone after a random prefix in every one of those layers,
+    placed by :func:`softprompt.injection.caches.prefix_cache` as prefix tuning and prompt tuning place
+    theirs (the real injection path).
+    """
+    backbone = compat.backbone(model)
+    ids = _probe_ids(model)
+    mask = torch.ones(1, _PROOF_LENGTH + 1, dtype=torch.long, device=ids.device)
+
+    def forward(states):
+        cache = prefix_cache(states, model.config, layer_indices)
+        outputs = backbone(
+            input_ids=ids, attention_mask=mask, use_cache=True, **cache_kwargs(backbone, cache)
+        )
+        return outputs.last_hidden_state
+
+    shapes = [(reading.keys[i], reading.values[i]) for i in layer_indices]
+    like = model.get_input_embeddings().weight
+    unread: list[int] = []
+    _run_probe(
+        model,
+        "a one-token forward after a random prefix",
+        lambda: unread.extend(_unread(forward, shapes, like)),
+    )
+    return [layer_indices[i] for i in unread]
+
+
+def unread_encoder_modules(
+    stack: nn.Module, calls: Sequence[tuple[nn.Module, torch.Size, torch.Size]]
+) -> list[int]:
+    """Positions in ``calls`` (distinct attention modules with their key/value shapes) whose prefix the
+    output of encoder ``stack`` does not read; ``stack``'s model is switched to softprompt's attention.
+
+    One token runs through ``stack`` with a random :class:`~softprompt.injection.attention.AttentionPrefix`
+    in every module, as deep prompts enter them.
+    """
+    ids = _probe_ids(stack)
+    modules = [module for module, _, _ in calls]
+
+    def forward(states):
+        prefix = AttentionPrefix(dict(zip(modules, states, strict=True)), torch.ones(1, _PROOF_LENGTH))
+        return stack(input_ids=ids, softprompt_prefix=prefix).last_hidden_state
+
+    like = stack.get_input_embeddings().weight
+    return _unread(forward, [(keys, values) for _, keys, values in calls], like)
 
 
 # --------------------------------------------------------------------------------------- prompts
