@@ -126,6 +126,78 @@ def padded_batch(rows, side):
     return ids, mask
 
 
+# ------------------------------------------------------------------------------------------- hybrids
+# Recurrent layers beside attention, with no softprompt.FAMILIES entry: the layer each family's
+# attention sits in is in the comment (the shape probe's tests check it).
+_HYBRID = {**_COMMON, "num_key_value_heads": 2}
+HYBRID_CONFIGS = {
+    # linear attention in layers 0-2, attention in 3
+    "qwen3_next": lambda: T.Qwen3NextConfig(
+        **{**_HYBRID, "num_hidden_layers": 4},
+        head_dim=8,
+        layer_types=["linear_attention"] * 3 + ["full_attention"],
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=16,
+    ),
+    # Mamba in layers 0, 2 and 3, attention in 1
+    "jamba": lambda: T.JambaConfig(
+        **{**_HYBRID, "num_hidden_layers": 4},
+        attn_layer_period=4,
+        attn_layer_offset=1,
+        expert_layer_period=4,
+        expert_layer_offset=3,
+        num_experts=2,
+        mamba_d_state=8,
+        mamba_dt_rank=4,
+        use_mamba_kernels=False,
+    ),
+    # attention and a Mamba mixer side by side in every layer
+    "falcon_h1": lambda: T.FalconH1Config(
+        **_HYBRID,
+        head_dim=8,
+        mamba_d_state=8,
+        mamba_n_heads=8,
+        mamba_d_head=8,
+        mamba_n_groups=1,
+        mamba_d_ssm=64,
+        mamba_chunk_size=8,
+    ),
+    # a Mamba layer, then a Mamba layer with a shared attention block
+    "zamba2": lambda: T.Zamba2Config(
+        **_HYBRID,
+        layers_block_type=["mamba", "hybrid"],
+        mamba_d_state=8,
+        mamba_headdim=8,
+        n_mamba_heads=8,
+        attention_head_dim=8,
+        hybrid_layer_ids=[1],
+    ),
+}
+HYBRID_FAMILIES = sorted(HYBRID_CONFIGS)
+
+
+def tiny_hybrid_lm(family: str, seed: int = 0) -> torch.nn.Module:
+    """A tiny randomly initialised hybrid causal LM of ``family`` in eval mode (fp32).
+
+    Norm weights are drawn around 1: the random init zeroes some norms and gates, which would let
+    a layer add nothing and a prompt that never reaches it pass unnoticed.
+    """
+    torch.manual_seed(seed)
+    model = T.AutoModelForCausalLM.from_config(HYBRID_CONFIGS[family]())
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if param.dim() == 1 and name in ("weight", "scale"):
+                torch.nn.init.normal_(param, 1.0, 0.1)
+    model.config._name_or_path = f"tiny-{family}"
+    return model.eval()
+
+
 # ---------------------------------------------------------------------------------- encoder-decoder
 _SEQ2SEQ_IDS = dict(pad_token_id=0, eos_token_id=1, bos_token_id=2, decoder_start_token_id=2)
 _T5 = dict(

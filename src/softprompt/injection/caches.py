@@ -11,7 +11,9 @@ cross-attention): :func:`encoder_decoder_prefix_cache`, :func:`encoder_decoder_g
 The caches that record what a forward pass computes are in :mod:`softprompt.injection.capture`.
 
 The forward-pass caches never change what they return when called twice with the same input, so
-layers may keep them under gradient checkpointing, whose backward pass replays each layer's forward.
+layers may keep them under gradient checkpointing, whose backward pass replays each layer's forward:
+their attention layers store nothing, and their recurrent layers (hybrid models) start from a fresh
+state in every call, the replay included.
 
 Examples:
     >>> keys = values = torch.zeros(1, 2, 3, 4)                   # (B, kv_heads, P, head_dim)
@@ -63,14 +65,35 @@ class _PrefixLayer(DynamicLayer):
 
 
 class _HybridPrefixLayer(LinearAttentionAndFullAttentionLayer):
-    """A layer running linear attention beside attention (Falcon-H1, Zamba2): its recurrent state kept
-    as the model keeps it, and a fixed key/value prefix that, as in :class:`_PrefixLayer`, stores nothing."""
+    """A layer running linear attention beside attention (Falcon-H1, Zamba2): its recurrent state as the
+    model keeps it (fresh in every call, see :func:`_fresh_every_call`), and a fixed key/value prefix
+    that, as in :class:`_PrefixLayer`, stores nothing."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, number_of_states: int) -> None:
         super().__init__(number_of_states=number_of_states)
         _hold(self, keys, values)
 
     update = _prepend
+
+
+def _fresh_every_call(layer: LinearAttentionCacheLayerMixin) -> LinearAttentionCacheLayerMixin:
+    """``layer`` (a recurrent layer's cache) made to start every call from no previous state.
+
+    A recurrent layer reads its cached state only once it has one (``has_previous_state``), and a
+    call stores its final state there. Gradient checkpointing replays each layer's forward: the replay
+    would read the state the first call stored — a decoding step, not the prefill — and compute
+    something else (``CheckpointError``). Forgetting that a state was stored keeps every call a
+    prefill of its own input, as the first call was.
+    """
+    update_conv_state = layer.update_conv_state
+
+    def forgetting_update(conv_states: torch.Tensor, state_idx: int = 0, **kwargs) -> torch.Tensor:
+        full = update_conv_state(conv_states, state_idx, **kwargs)
+        layer.has_previous_state[state_idx] = False
+        return full
+
+    layer.update_conv_state = forgetting_update
+    return layer
 
 
 def _holds_keys(layer) -> bool:
@@ -80,7 +103,7 @@ def _holds_keys(layer) -> bool:
 
 def _with_prefix(layer, keys: torch.Tensor, values: torch.Tensor):
     if isinstance(layer, LinearAttentionCacheLayerMixin):
-        return _HybridPrefixLayer(keys, values, layer.number_of_states)
+        return _fresh_every_call(_HybridPrefixLayer(keys, values, layer.number_of_states))
     return _PrefixLayer(keys, values)
 
 
@@ -89,12 +112,15 @@ def prefix_cache(states: LayerStates, config=None, layer_indices: Sequence[int] 
 
     Without ``config`` the cache has one prefix layer per state. With the model's ``config`` and the
     cache index of each state (``ModelShape.layer_indices``) its other layers are the model's own:
-    recurrent layers (hybrid models) keep their state there as the model expects; layers that read
-    another layer's keys/values (Gemma 3n) never ask.
+    recurrent layers (hybrid models) keep their state there as the model expects, starting afresh in
+    every call; layers that read another layer's keys/values (Gemma 3n) never ask.
     """
     if config is None:
         return Cache(layers=[_PrefixLayer(keys, values) for keys, values in states])
-    layers = DynamicCache(config=config).layers
+    layers = [
+        _fresh_every_call(layer) if isinstance(layer, LinearAttentionCacheLayerMixin) else layer
+        for layer in DynamicCache(config=config).layers
+    ]
     indices = range(len(states)) if layer_indices is None else layer_indices
     for index, (keys, values) in zip(indices, states, strict=True):
         if not _holds_keys(layers[index]):
