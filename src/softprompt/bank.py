@@ -32,6 +32,7 @@ from softprompt.families import UnsupportedModelError, model_shape
 from softprompt.injection import CompiledPrompt, RowPrompts
 from softprompt.kinds import KINDS
 from softprompt.methods import SoftPrompt
+from softprompt.methods.multitask import read_task
 from softprompt.models import PromptedModel, SoftPromptModel
 from softprompt.models.base import parameter_versions
 
@@ -73,14 +74,33 @@ class TaskBank(nn.Module):
 
     # ------------------------------------------------------------------------------ managing tasks
     def add(
-        self, name: str, source: str | os.PathLike | PromptedModel | SoftPrompt, replace: bool = False
+        self,
+        name: str,
+        source: str | os.PathLike | PromptedModel | SoftPrompt,
+        replace: bool = False,
+        task: str | None = None,
     ) -> None:
         """Add a task from an adapter file or folder (softprompt or peft), a wrapped model or a prompt.
 
-        Refuses a name already taken unless ``replace=True``, and a prompt made for another model.
+        ``task`` names one task of a multitask file (``multitask_prompt_tuning``): the task's composed
+        prompt is added, as an ordinary prompt-tuning prompt (a multitask prompt in memory gives one
+        with ``prompt.task(task)``). Refuses a name already taken unless ``replace=True``, and a prompt
+        made for another model.
+
+        Examples:
+            >>> config = softprompt.methods.MultitaskPromptTuningConfig(num_virtual_tokens=4, tasks=("rte", "cb"))
+            >>> path = softprompt.wrap(base_model, config).save(tmp_dir / "mpt.safetensors")
+            >>> bank = TaskBank(base_model)
+            >>> bank.add("rte", path, task="rte")
+            >>> bank.info()[0].method, bank.info()[0].length
+            ('prompt_tuning', 4)
         """
         if name in self.tasks and not replace:
             raise KeyError(f"task {name!r} exists; pass replace=True to replace it")
+        if task is not None and isinstance(source, PromptedModel | SoftPrompt):
+            raise ValueError(
+                f"task={task!r} picks a task of a multitask file; for a prompt in memory pass prompt.task({task!r})"
+            )
         if isinstance(source, PromptedModel):
             if source.shape.fingerprint() != self.runner.shape.fingerprint():
                 raise ValueError(
@@ -89,6 +109,8 @@ class TaskBank(nn.Module):
             prompt = source.prompt
         elif isinstance(source, SoftPrompt):
             prompt = source
+        elif task is not None:
+            prompt = read_task(source, self.runner.shape, task).to(self.base_model.device)
         else:
             prompt = load(self.base_model, source).prompt
         self.tasks[name] = prompt

@@ -14,6 +14,7 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -21,9 +22,12 @@ from torch import nn
 
 from softprompt.families import ModelShape
 from softprompt.files.adapter import read_adapter
+from softprompt.files.schema import check_same_model
 from softprompt.injection.capture import site_states
 from softprompt.kinds import Site
 from softprompt.sharding import whole_parameters, whole_while_running
+
+logger = logging.getLogger(__name__)
 
 
 def repeat_to_length(ids: torch.Tensor, length: int) -> torch.Tensor:
@@ -91,15 +95,42 @@ def states_of(model: nn.Module, shape: ModelShape, ids: torch.Tensor) -> dict[Si
         return site_states(model, shape, ids)
 
 
-def rows_from_file(path: str | os.PathLike, name: str, length: int, width: int) -> torch.Tensor:
-    """Tensor ``name`` (``embeddings`` or ``prefix``) of a saved adapter, rows repeated or cut to ``length``."""
-    record, tensors = read_adapter(path)
+def rows_from_file(
+    path: str | os.PathLike, name: str, length: int, width: int, shape: ModelShape | None = None
+) -> torch.Tensor:
+    """Tensor ``name`` (``embeddings`` or ``prefix``) of a saved adapter, as the start of a new prompt (SPoT's
+    transfer: a prompt trained on a source task initialises the target task's).
+
+    ``path`` is an adapter file or folder, or a Hub repo id (``"user/name"``, through the Hugging Face
+    cache). A multitask file (``multitask_prompt_tuning``) gives its shared prompt. With ``shape`` the
+    file must have been made for that same base model (:func:`~softprompt.files.schema.check_same_model`:
+    a prompt means nothing on another model, even one of the same width); without it only the width
+    is checked. A saved prompt of another length is tiled (rows ``0, 1, ..., P_saved - 1, 0, 1, ...``)
+    or cut to ``length``, and the log says so.
+
+    Examples:
+        >>> source = softprompt.wrap(base_model, softprompt.PromptTuningConfig(num_virtual_tokens=2))
+        >>> path = source.save(tmp_dir / "source.safetensors")
+        >>> shape = softprompt.families.model_shape(base_model)
+        >>> rows = rows_from_file(path, "embeddings", 3, shape.embed_dim, shape)
+        >>> torch.equal(rows, source.prompt.embeddings[[0, 1, 0]])
+        True
+    """
+    from softprompt.sharing import resolve  # sharing reads peft folders, whose module imports this one
+
+    source = resolve(path)
+    record, tensors = read_adapter(source)
+    if shape is not None:
+        check_same_model(record["base_model"], shape, source)
     if name not in tensors:
         raise ValueError(
-            f"{path} holds a {record.get('method')} prompt without {name!r}; init='file' needs one"
+            f"{source} holds a {record.get('method')} prompt without {name!r}; init='file' needs one"
         )
     table = tensors[name].float()
     if table.shape[-1] != width:
-        raise ValueError(f"{path} has {name} of width {table.shape[-1]}, this model needs {width}")
+        raise ValueError(f"{source} has {name} of width {table.shape[-1]}, this model needs {width}")
+    if table.shape[0] != length:
+        how = "tiled" if table.shape[0] < length else "cut"
+        logger.info("%s holds %d virtual tokens: %s to %d", source, table.shape[0], how, length)
     rows = repeat_to_length(torch.arange(table.shape[0]), length)
     return table[rows].clone()

@@ -158,7 +158,7 @@ def matches(value: Any, kind: Any) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if kind is str:
         return isinstance(value, str)
-    if origin is list:
+    if origin is list or _is_sequence(kind):  # JSON writes a tuple[X, ...] field as a list
         return isinstance(value, list) and all(matches(item, args[0]) for item in value)
     if origin is dict:
         return isinstance(value, dict) and all(matches(v, args[1]) for v in value.values())
@@ -174,12 +174,18 @@ def describe_type(kind: Any) -> str:
         return " or ".join(describe_type(arg) for arg in args)
     if origin is Literal:
         return "one of " + ", ".join(map(repr, args))
-    if origin is list:
+    if origin is list or _is_sequence(kind):
         return f"a list of {describe_type(args[0]).removeprefix('an ').removeprefix('a ')}s"
     if origin is dict:
         return "an object" if args[1] is Any else f"an object of {describe_type(args[1])} values"
     names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
     return names.get(kind, "a JSON value")
+
+
+def _is_sequence(kind: Any) -> bool:
+    """Whether ``kind`` is ``tuple[X, ...]`` (a config field holding any number of Xs, e.g. task names)."""
+    args = typing.get_args(kind)
+    return typing.get_origin(kind) is tuple and len(args) == 2 and args[1] is Ellipsis
 
 
 def check_base_model(saved: Any, path) -> None:
@@ -219,15 +225,20 @@ def split_head(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
 
 def check_tensors(tensors: dict[str, torch.Tensor], config: SoftPromptConfig, path) -> torch.Tensor:
     """The prompt's table, refusing tensors that are not one ``(P, width)`` table of what the method
-    saves (plus head tensors), or that hold a NaN or an infinity (as float32, the dtype prompts run in)."""
+    saves (plus head tensors, and the tensors a method declares beside its table — a multitask prompt's
+    per-task factors), or that hold a NaN or an infinity (as float32, the dtype prompts run in)."""
     method, length = _methods().method_of(config), config.num_virtual_tokens
     prompt, _ = split_head(tensors)
-    if set(prompt) != {method.saves}:
+    width = prompt[method.saves].shape[-1] if method.saves in prompt and prompt[method.saves].dim() else 0
+    extra = _extra_tensors(method, config, width)
+    if set(prompt) != {method.saves, *extra}:
         raise TensorError(
             path,
             "the tensors",
             found_text=f"named {sorted(prompt)}",
-            expected=f"one tensor {method.saves!r} (what a {method.name} prompt saves) and head.* tensors of a task head",
+            expected=f"one tensor {method.saves!r} (what a {method.name} prompt saves)"
+            + "".join(f", {name!r}" for name in extra)
+            + " and head.* tensors of a task head",
         )
     table = prompt[method.saves]
     if table.dim() != 2 or table.shape[0] != length or table.shape[1] == 0:
@@ -237,8 +248,22 @@ def check_tensors(tensors: dict[str, torch.Tensor], config: SoftPromptConfig, pa
             found_text=f"of shape {tuple(table.shape)}",
             expected=f"({length}, width): a row per virtual token (num_virtual_tokens={length})",
         )
+    for name, shape in extra.items():
+        if tuple(prompt[name].shape) != shape:
+            raise TensorError(
+                path,
+                f"tensor {name!r}",
+                found_text=f"of shape {tuple(prompt[name].shape)}",
+                expected=f"{shape}",
+            )
     check_finite(tensors, path)
     return table
+
+
+def _extra_tensors(method, config: SoftPromptConfig, width: int) -> dict[str, tuple[int, ...]]:
+    """The tensors ``method``'s files hold beside its (P, width) table, by name and shape (none for most)."""
+    declared = getattr(method, "extra_tensors", None)  # Method.extra_tensors where a method declares it
+    return declared(config, width) if declared is not None else {}
 
 
 def check_finite(tensors: dict[str, torch.Tensor], path) -> None:

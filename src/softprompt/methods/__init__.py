@@ -5,7 +5,7 @@ Adding a method is one file — its config dataclass, its prompt module and its
 
 Examples:
     >>> sorted(METHODS)
-    ['p_tuning', 'prefix_tuning', 'prompt_tuning']
+    ['multitask_prompt_tuning', 'p_tuning', 'prefix_tuning', 'prompt_tuning']
     >>> method_of(PrefixTuningConfig()).saves
     'prefix'
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import nn
 
 from softprompt.families import ModelShape
-from softprompt.methods import p_tuning, prefix_tuning, prompt_tuning
+from softprompt.methods import multitask, p_tuning, prefix_tuning, prompt_tuning
 from softprompt.methods.base import (
     Method,
     PrefixStates,
@@ -24,11 +24,12 @@ from softprompt.methods.base import (
     SoftPromptConfig,
     VirtualTokens,
 )
+from softprompt.methods.multitask import MultitaskPromptTuningConfig
 from softprompt.methods.p_tuning import PTuningConfig
 from softprompt.methods.prefix_tuning import PrefixTuningConfig
 from softprompt.methods.prompt_tuning import PromptTuningConfig
 
-_REGISTERED: list[Method] = [prompt_tuning.METHOD, prefix_tuning.METHOD, p_tuning.METHOD]
+_REGISTERED: list[Method] = [prompt_tuning.METHOD, prefix_tuning.METHOD, p_tuning.METHOD, multitask.METHOD]
 METHODS: dict[str, Method] = {method.name: method for method in _REGISTERED}
 
 
@@ -47,6 +48,7 @@ def build_prompt(config: SoftPromptConfig, model: nn.Module, shape: ModelShape, 
 __all__ = [
     "METHODS",
     "Method",
+    "MultitaskPromptTuningConfig",
     "PTuningConfig",
     "PrefixStates",
     "PrefixTuningConfig",
