@@ -57,6 +57,15 @@ def train(
             show_default=False,
         ),
     ] = None,
+    search: Annotated[
+        bool,
+        typer.Option(
+            "--search",
+            help="Search learning rate x init by successive halving on dev within 4x the steps of one run "
+            "(a config's search: section sets the grid and the budget; it searches without this flag). The "
+            "winner becomes the run's adapter and config.yaml; every trial is under output.dir/trials.",
+        ),
+    ] = False,
 ) -> None:
     """Train a soft prompt; writes the run folder (adapter, model card, resolved config, metrics, curves,
     checkpoint).
@@ -79,11 +88,23 @@ def train(
         overrides = ["output.dir=runs/example", f"output.overwrite={not resume}", *overrides]
         typer.echo("Built-in example: SmolLM2-135M-Instruct learns to route support tickets to 4 teams.")
     run_config = guard(lambda: load_config(config, overrides))
-    summary = guard(
-        lambda: run_training(run_config, resume=resume, stop_after=stop_after, push_to_hub=push_to_hub)
-    )
+    if search and run_config.search is None:  # the section's defaults
+        run_config = guard(lambda: load_config(config, [*overrides, "search={}"]))
+    if run_config.search is not None:
+        from softprompt.train.search import format_search
+        from softprompt.train.search import search as run_search
+
+        if stop_after is not None:
+            fail("--stop-after stops one run; a search stops with Ctrl-C and continues with --resume")
+        summary = guard(lambda: run_search(run_config, resume=resume, push_to_hub=push_to_hub))
+        report = format_search(summary)
+    else:
+        summary = guard(
+            lambda: run_training(run_config, resume=resume, stop_after=stop_after, push_to_hub=push_to_hub)
+        )
+        report = format_summary(summary)
     typer.echo("")
-    typer.echo(format_summary(summary))
+    typer.echo(report)
     if not summary.finished:
         raise typer.Exit(130)
 

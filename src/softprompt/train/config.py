@@ -877,4 +877,7 @@ def _section_class(raw_loc: tuple) -> type[BaseModel] | None:
         return TASK_SECTIONS.get(tag)
     field = RunConfig.model_fields.get(str(head))
     annotation = field.annotation if field else None
+    optional = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if len(optional) == 1:  # an optional section (search: SearchSection | None)
+        annotation = optional[0]
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None

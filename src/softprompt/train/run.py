@@ -169,6 +169,11 @@ def train(
     from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration, set_seed
 
+    if config.search is not None:  # a search trains many runs, each through here with search: null
+        raise RunError(
+            "the config has a search section: run softprompt.train.search.search(config) (as `softprompt "
+            "train` does), or set search: null to train the config's own setting"
+        )
     started = time.perf_counter()
     run_dir = Path(config.output.dir)
     push_to_hub = push_to_hub or config.output.push_to_hub

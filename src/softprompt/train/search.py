@@ -345,8 +345,7 @@ def search(
                 if trial.steps < rung.steps and not (after and after.stopped_early):  # Ctrl-C in the trial
                     return _record(summary, trials_dir)
                 trial.scores.append(rung_score(read_records(trial_dir / JSONL_NAME), metric, rung.steps))
-                score = trial.scores[-1]
-                tqdm.write(f"trial {trial.name}: dev {metric} {'-' if score is None else f'{score:.2f}'}")
+                tqdm.write(f"trial {trial.name}: dev {metric} {_score(metric, trial.scores[-1])}")
                 _record(summary, trials_dir)
             alive = best_trials(alive, metric, plan.rungs[number].trials) if not last else alive
     finally:
@@ -354,8 +353,15 @@ def search(
     (winner,) = alive
     summary.winner, summary.finished = winner.name, True
     summary.run = _promote(trials_dir / winner.name, setting_config(config, winner.setting, plan, run_dir))
-    tqdm.write(f"winner {winner.name}: dev {metric} {winner.scores[-1]:.2f}")
+    tqdm.write(f"winner {winner.name}: dev {metric} {_score(metric, winner.scores[-1])}")
     return _record(summary, trials_dir)
+
+
+def _score(metric: str, score: float | None) -> str:
+    """A percentage with 2 decimals; a loss or mse with 4 (they are small numbers)."""
+    if score is None:
+        return "-"
+    return f"{score:.4f}" if metric in LOWER_IS_BETTER else f"{score:.2f}"
 
 
 def _progress(trial_dir: Path) -> Progress | None:
@@ -432,7 +438,7 @@ def format_search(summary: SearchSummary) -> str:
     header = "".join(f"{f'rung {n}':>9}" for n in range(1, rungs + 1))
     lines = [f"{'trial':<{wide}}{header}   (dev {summary.metric})"]
     for trial in summary.trials:
-        cells = [f"{'-' if s is None else f'{s:.2f}':>9}" for s in trial.scores]
+        cells = [f"{_score(summary.metric, score):>9}" for score in trial.scores]
         cells += [f"{'':>9}"] * (rungs - len(cells))
         mark = "  <- winner" if trial.name == summary.winner else ""
         lines.append(f"{trial.name:<{wide}}{''.join(cells)}{mark}")
