@@ -565,7 +565,8 @@ class OutputSection(Section):
 # --------------------------------------------------------------------------------------- search
 # The grid a search tries where the search section leaves a list out, per method: learning rates around
 # the measured default (presets.DEFAULTS), and the three inits of Lester et al. §3.2 (class labels,
-# sampled vocabulary, random). "text" is left out of tasks that have no words to start from.
+# sampled vocabulary, random). "text" is left out of tasks that have no words to start from. A method
+# without a grid of its own (multitask prompt tuning: prompt-tuning prompts) gets prompt tuning's.
 SEARCH_LRS: dict[str, list[float]] = {
     "prompt_tuning": [3e-3, 1e-2, 3e-2, 1e-1],
     "prefix_tuning": [1e-3, 3e-3, 1e-2, 3e-2],
@@ -698,7 +699,7 @@ class RunConfig(Section):
             {"num_virtual_tokens": length, "init": init, "lr": lr}
             for length in search.num_virtual_tokens or [self.prompt.num_virtual_tokens]
             for init in inits
-            for lr in search.lr or SEARCH_LRS[self.prompt.method]
+            for lr in search.lr or SEARCH_LRS.get(self.prompt.method, SEARCH_LRS["prompt_tuning"])
         ]
 
     def metric_names(self) -> list[str]:
