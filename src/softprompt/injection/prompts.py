@@ -74,6 +74,13 @@ class BatchPrefix:
         layers = [(k.repeat_interleave(repeats, 0), v.repeat_interleave(repeats, 0)) for k, v in self.layers]
         return BatchPrefix(layers, self.mask.repeat_interleave(repeats, 0))
 
+    def select(self, rows: torch.Tensor) -> BatchPrefix:
+        """The prefixes of ``rows`` (N,), without the slots that are padding in every one of them."""
+        mask = self.mask[rows]
+        first = _first_real_column(mask)
+        layers = [(k[rows, :, first:], v[rows, :, first:]) for k, v in self.layers]
+        return BatchPrefix(layers, mask[:, first:])
+
 
 @dataclass
 class RowPrompts:
@@ -95,6 +102,15 @@ class RowPrompts:
             tokens = self.tokens.repeat_interleave(repeats, 0)
             mask = self.tokens_mask.repeat_interleave(repeats, 0)
         return RowPrompts(tokens, mask, {s: p.repeat_interleave(repeats) for s, p in self.sites.items()})
+
+    def select(self, rows: torch.Tensor) -> RowPrompts:
+        """The prompts of ``rows`` (N,), without the slots that are padding in every one of them."""
+        tokens = mask = None
+        if self.tokens is not None:
+            mask = self.tokens_mask[rows]
+            first = _first_real_column(mask)
+            tokens, mask = self.tokens[rows, first:], mask[:, first:]
+        return RowPrompts(tokens, mask, {s: p.select(rows) for s, p in self.sites.items()})
 
     def states(self, site: Site) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """The per-layer keys/values at ``site``, or None where no row has a prefix there."""
@@ -184,6 +200,12 @@ def no_prefix(shape: ModelShape, batch: int, dtype: torch.dtype, device: torch.d
         for s in shape.layers
     ]
     return BatchPrefix(layers, torch.zeros(batch, 0, dtype=torch.long, device=device))
+
+
+def _first_real_column(mask: torch.Tensor) -> int:
+    """The first column of ``mask`` (N, P) that is real in some row (P when none is)."""
+    real = mask.bool().any(0)
+    return int(real.int().argmax()) if bool(real.any()) else mask.shape[1]
 
 
 def _left_pad(states: torch.Tensor, length: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import torch
@@ -313,6 +314,8 @@ class SoftPromptModel(PromptedModel):
             kwargs.get("num_return_sequences") or config.num_return_sequences or 1,
         )
         prompts = self._prompts(row_prompts, batch, input_ids.device)
+        if self._pads_move_positions and _has_padding(attention_mask, prompts):
+            return self._generate_by_layout(input_ids, attention_mask, prompts, **kwargs)
         if prompts.tokens is not None:
             return self._generate_after_embeddings(input_ids, attention_mask, prompts, expand, **kwargs)
         prefix = self._prefix(prompts, batch, input_ids.device)
@@ -353,6 +356,50 @@ class SoftPromptModel(PromptedModel):
         )
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
         return _without_stand_ins(sequences, layout, virtual, length)
+
+    @functools.cached_property
+    def _pads_move_positions(self) -> bool:
+        """Whether a left pad moves the positions of the tokens after it, whatever the mask says.
+
+        BART-family decoders (BART, mBART, Marian, Pegasus, Whisper, TrOCR...) number positions by
+        cache column — learned or sinusoidal positions counted from the cache length — and take no
+        ``position_ids`` to say otherwise, so a row's numbers change with the pads ``generate`` puts
+        in front of it. Read from the model: its forward takes no ``position_ids`` and two left pads
+        change its last logits.
+        """
+        return not self.shape.takes_position_ids and _left_pads_change_the_output(self.base_model)
+
+    def _generate_by_layout(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: RowPrompts, **kwargs
+    ) -> torch.Tensor:
+        """``generate`` for a model whose pads move positions (:attr:`_pads_move_positions`): each group
+        of rows with the same number of tokens and prompt slots is generated on its own, without pads,
+        and the rows come back in the caller's layout (left-padded input, then new tokens, ended with
+        pads as ``generate`` ends a row that finished early)."""
+        batch, length = input_ids.shape
+        tokens = attention_mask.sum(-1)  # (B,) — left-aligned: a row's last `tokens` columns
+        slots = _prompt_lengths(prompts, batch, input_ids.device)  # (B,)
+        groups = []
+        for layout in torch.stack([tokens, slots], -1).unique(dim=0):
+            rows = ((tokens == layout[0]) & (slots == layout[1])).nonzero()[:, 0]
+            count = int(layout[0])
+            lengths = {k: kwargs[k] - (length - count) for k in ("max_length", "min_length") if k in kwargs}
+            out = self.generate(
+                input_ids[rows, length - count :],
+                attention_mask[rows, length - count :],
+                row_prompts=prompts.select(rows),
+                **{**kwargs, **lengths},
+            )  # (N * returned, count + new): the rows' tokens, then the new ones
+            groups.append((rows, out[:, count:]))
+        returned = out.shape[0] // rows.shape[0]  # sequences per input row
+        new = max(out.shape[1] for _, out in groups)
+        pad = self.base_model.generation_config.pad_token_id or 0
+        sequences = input_ids.new_full((batch * returned, length + new), pad)
+        sequences[:, :length] = input_ids.repeat_interleave(returned, 0)
+        for rows, out in groups:
+            expanded = (rows[:, None] * returned + torch.arange(returned, device=rows.device)).flatten()
+            sequences[expanded, length : length + out.shape[1]] = out
+        return sequences
 
     def _generate_after_embeddings(
         self,
@@ -426,6 +473,37 @@ class SoftPromptModel(PromptedModel):
         order = _pads_first(align.apply(attention_mask[:, :-1]), prefix.mask.shape[1])
         layers = [cache.layers[i] for i in self.shape.layer_indices]
         return [(_gather_slots(layer.keys, order), _gather_slots(layer.values, order)) for layer in layers]
+
+
+def _left_pads_change_the_output(model: nn.Module) -> bool:
+    """Whether two pads before a two-token input change ``model``'s last logits (beyond rounding)."""
+    pad = model.generation_config.pad_token_id or 0
+    ids = torch.tensor([[pad, pad, 3, 4]], device=model.device)
+    mask = torch.tensor([[0, 0, 1, 1]], device=model.device)
+    training = model.training
+    model.eval()  # dropout would differ between the two runs
+    try:
+        with torch.no_grad():
+            padded = model(input_ids=ids, attention_mask=mask).logits[0, -1].float()
+            alone = model(input_ids=ids[:, 2:], attention_mask=mask[:, 2:]).logits[0, -1].float()
+    finally:
+        model.train(training)
+    return not torch.allclose(padded, alone, atol=1e-4, rtol=1e-4)
+
+
+def _prompt_lengths(prompts: RowPrompts, batch: int, device: torch.device) -> torch.Tensor:
+    """Each row's number of real prompt slots, virtual tokens or ``self`` prefix: (B,)."""
+    if prompts.tokens is not None:
+        return prompts.tokens_mask.sum(-1)
+    if "self" in prompts.sites:
+        return prompts.sites["self"].lengths
+    return torch.zeros(batch, dtype=torch.long, device=device)
+
+
+def _has_padding(attention_mask: torch.Tensor, prompts: RowPrompts) -> bool:
+    """Whether a pad column sits in any row: in the caller's mask or among the prompt slots."""
+    masks = [attention_mask, prompts.tokens_mask, *(p.mask for p in prompts.sites.values())]
+    return any(not bool(m.all()) for m in masks if m is not None)
 
 
 def _pads_first(attention_mask: torch.Tensor, virtual: int) -> torch.Tensor:
