@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from softprompt.families import ModelShape
@@ -50,6 +51,20 @@ class EncoderBatch:
         back = torch.argsort(self.order, dim=-1)
         index = back.view(*back.shape, *([1] * (aligned.dim() - 2))).expand(-1, -1, *aligned.shape[2:])
         return aligned.gather(1, index)
+
+    def token_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """A per-token 0/1 mask (B, T) of the caller's (Longformer's ``global_attention_mask``) -> (B, P + T)
+        aligned, 0 at virtual tokens; without one, where virtual tokens lead, the model's own default
+        for its first position ([CLS], global) goes to the first position it sees: the first virtual token.
+        """
+        if mask is None:
+            if not self.virtual:
+                return None  # the model's default, on its own first token
+            batch, length = self.order.shape
+            mask = torch.zeros(batch, self.virtual + length, dtype=torch.long, device=self.order.device)
+            mask[:, 0] = 1
+            return mask
+        return F.pad(mask.gather(1, self.order.to(mask.device)), (self.virtual, 0))
 
     def labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Token labels (B, T) in the caller's layout -> (B, P + T) aligned, ignored at virtual tokens."""
@@ -83,11 +98,14 @@ def arrange(
     mask = attention_mask.long()
     order = torch.argsort(1 - mask, dim=-1, stable=True)  # tokens first, pads last, tokens keep order
     mask = mask.gather(1, order)
-    if inputs_embeds is None:
-        inputs_embeds = embed(input_ids.gather(1, order))
-    else:
-        inputs_embeds = inputs_embeds.gather(1, order[..., None].expand(-1, -1, inputs_embeds.shape[-1]))
     kwargs: dict = {}
+    if inputs_embeds is not None:
+        inputs_embeds = inputs_embeds.gather(1, order[..., None].expand(-1, -1, inputs_embeds.shape[-1]))
+    elif prompt.tokens is None:
+        # No virtual tokens: the model embeds the ids itself, as it does alone (ESM-C takes no embeddings).
+        kwargs["input_ids"] = input_ids.gather(1, order)
+    else:
+        inputs_embeds = token_embeddings(embed, input_ids.gather(1, order))
     if token_type_ids is not None:
         token_type_ids = token_type_ids.gather(1, order)
     virtual = 0
@@ -110,5 +128,18 @@ def arrange(
         # Real slots count from the end of the row's prompt, skipping pads (RoBERTa counts from its offset).
         positions = mask.cumsum(-1) - 1 + prefix_lengths[:, None] + shape.position_offset
         kwargs["position_ids"] = positions.masked_fill(mask == 0, max(shape.position_offset - 1, 0))
-    kwargs |= {"inputs_embeds": inputs_embeds, "attention_mask": mask}
+    if inputs_embeds is not None:
+        kwargs["inputs_embeds"] = inputs_embeds
+    kwargs["attention_mask"] = mask
     return EncoderBatch(kwargs, order, virtual)
+
+
+def token_embeddings(embed: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """``embed(ids)`` (B, T, E); quantised embeddings (I-BERT's) return (embeddings, scale): the first.
+
+    Examples:
+        >>> token_embeddings(torch.nn.Embedding(10, 4), torch.tensor([[1, 2]])).shape
+        torch.Size([1, 2, 4])
+    """
+    embedded = embed(ids)
+    return embedded[0] if isinstance(embedded, tuple) else embedded

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from softprompt import compat
 from softprompt.families import ModelShape, UnsupportedModelError
 from softprompt.files.adapter import HEAD_PREFIX, AdapterFileError
 from softprompt.injection import RowPrompts
@@ -109,6 +110,14 @@ class EncoderSoftPromptModel(PromptedModel):
             row_prompts = self.own_prompts(tokens.shape[0], tokens.device)
         if "encoder" in row_prompts.sites and self._attention is None:
             self._attention = prefix_attention_modules(self.base_model, self.base_model.base_model)
+        if row_prompts.tokens is not None and not compat.takes_argument(
+            self.base_model.base_model, "inputs_embeds"
+        ):
+            raise UnsupportedModelError(
+                f"{type(self.base_model.base_model).__name__} takes no inputs_embeds, so virtual tokens cannot "
+                f"enter its input: prompt tuning and P-tuning are not supported on {self.shape.family}; "
+                "prefix tuning is (PrefixTuningConfig)"
+            )
         return arrange(
             self.base_model.get_input_embeddings(),
             self.shape,
@@ -165,6 +174,8 @@ class EncoderSoftPromptModel(PromptedModel):
         if labels is not None:
             labels = self._check_labels(labels, input_ids if input_ids is not None else inputs_embeds)
             kwargs["labels"] = batch.labels(labels) if token_level else labels
+        if compat.takes_argument(self.base_model, "global_attention_mask"):
+            kwargs["global_attention_mask"] = batch.token_mask(kwargs.get("global_attention_mask"))
         outputs = self.base_model(**batch.kwargs, **kwargs)
         if token_level:
             outputs.logits = batch.tokens(outputs.logits)
