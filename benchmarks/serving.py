@@ -12,18 +12,21 @@ so every case does the same work) to:
 - **peft**: a FastAPI server that does what peft users do — the 8 adapters loaded on ``PeftModel`` s
   (one per method: peft cannot hold adapters of two methods in one), ``set_adapter`` and
   ``generate`` per request, one request at a time (peft cannot mix adapters in one batch);
-- **vLLM** (with ``--vllm-python``, an interpreter with vLLM): ``softprompt serve --engine vllm``
-  against a vLLM server, and that vLLM server directly with the same prompt embeddings (computed
-  before timing) — prompt-tuning and P-tuning tasks only: vLLM takes no prefix.
+- **vLLM** (with ``--vllm-python``, an interpreter with vLLM): a vLLM server sent the prompt
+  embeddings directly (computed before timing); ``softprompt serve --engine vllm --vllm-url`` in
+  front of it; and, when that interpreter has softprompt installed too, ``softprompt serve --engine
+  vllm`` with vLLM in its own process — prompt-tuning and P-tuning tasks only: vLLM takes no
+  prefix. These servers are processes of their own, as users run them.
 
 Also measured: time to the first streamed token of a prompt-tuning task against the bare model (one
 client, requests interleaved), the HTTP layer's cost (a request through HTTP against the same request
-submitted to the engine in-process), and how fast 429s come back under 2x overload (a server with
-``max_batch + max_queue`` = 8 hit by bursts of 16).
+submitted to the engine in-process), and how fast 429s come back under 2x overload (``softprompt
+serve`` in a process of its own with ``max_batch + max_queue`` = 8, hit by bursts of 16).
 
 Each (case, clients) runs for ``--seconds`` after a warm-up, or ``--requests`` requests, whichever
-comes first. The servers run in this process's threads (uvicorn, loopback), the clients on its event
-loop: on a 2-core machine the client's own work is counted in every latency.
+comes first. softprompt's local-engine servers and the peft server run in this process's threads
+(uvicorn, loopback), the clients on its event loop: on a 2-core machine the client's own work is
+counted in every latency.
 
 Run (real SmolLM2-135M-Instruct, ~15 minutes on 2 CPU cores with vLLM):
     python benchmarks/serving.py --out benchmarks/results/serving.json --vllm-python /work/vllm-venv/bin/python
@@ -69,7 +72,11 @@ MIXED, SINGLE, BARE_CASE, PEFT = (
     "bare model",
     "peft (set_adapter per request)",
 )
-VLLM_ENGINE, VLLM_PLAIN = "softprompt serve --engine vllm", "vLLM, prompt embeds"
+VLLM_ENGINE, VLLM_IN_PROCESS, VLLM_PLAIN = (
+    "softprompt serve --engine vllm --vllm-url",
+    "softprompt serve --engine vllm (in-process vLLM)",
+    "vLLM, prompt embeds",
+)
 # Tasks vLLM can take (input embeddings): prompt tuning and P-tuning.
 EMBEDDING_TASKS = [name for name, config in TASKS if config.method != "prefix_tuning"]
 
@@ -314,8 +321,8 @@ async def http_overhead(
     return times
 
 
-async def overload(url: str, workload: Workload, burst: int, rounds: int) -> dict:
-    """Bursts of ``burst`` requests at once: how fast the ones over capacity are answered 429."""
+async def overload(url: str, workload: Workload, model: str, burst: int, rounds: int) -> dict:
+    """Bursts of ``burst`` requests for ``model`` at once: how fast the ones over capacity are answered 429."""
     refusals, served = [], 0
     async with httpx.AsyncClient(
         base_url=url, timeout=600, limits=httpx.Limits(max_connections=burst + 4)
@@ -324,7 +331,7 @@ async def overload(url: str, workload: Workload, burst: int, rounds: int) -> dic
         async def one(turn: int, index: int) -> None:
             nonlocal served
             sent = time.perf_counter()
-            reply = await http.post("/v1/completions", json=workload.body(BARE, 30_000 + index, turn))
+            reply = await http.post("/v1/completions", json=workload.body(model, 30_000 + index, turn))
             if reply.status_code == 429:
                 refusals.append(time.perf_counter() - sent)
             else:
@@ -448,9 +455,14 @@ async def measure(args, bank, models, peft_models, tokenizer, workload: Workload
                     await drive(url, clients, cases[MIXED], args.seconds, args.requests)
                 )
                 report(f"  peft, {clients} clients")
-    small = LocalEngine(bank, tokenizer, name=BARE, max_batch=4, max_queue=4)
-    with serving(softprompt_app(bank, small, models, tokenizer, [])[0]) as url:
-        out["overload"] = await overload(url, workload, burst=16, rounds=args.overload_rounds)
+    with tempfile.TemporaryDirectory() as folder:
+        # A server process of its own, as users run it: the clients' event loop here is not its GIL.
+        bank.base_model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        url = f"http://127.0.0.1:{(port := free_port())}"
+        command = [sys.executable, "-m", "softprompt.cli", "serve", "--model", folder, "--port", str(port)]
+        with running(command + ["--max-batch", "4", "--max-queue", "4"], url):
+            out["overload"] = await overload(url, workload, folder, burst=16, rounds=args.overload_rounds)
     report("  overload")
     if args.vllm_python:
         results |= await measure_vllm(args, bank, models, tokenizer, workload, report)
@@ -459,48 +471,95 @@ async def measure(args, bank, models, peft_models, tokenizer, workload: Workload
 
 
 async def measure_vllm(args, bank, models, tokenizer, workload: Workload, report) -> dict[str, list[dict]]:
-    """softprompt's vLLM engine and plain vLLM, the same embedding-task requests."""
+    """``softprompt serve --engine vllm`` and plain vLLM on the same embedding-task requests.
+
+    Every server is a process of its own, as users run them, driven by this process's clients:
+    plain vLLM's OpenAI server; ``softprompt serve --engine vllm --vllm-url`` in front of it (the
+    scale-out path: embeddings made here, generation there); and, when ``--vllm-python`` can import
+    softprompt, ``softprompt serve --engine vllm`` with vLLM in its own process (``AsyncLLM``).
+    """
     from softprompt.hub import builtin_model_path
 
+    model_dir = str(builtin_model_path("smollm2-135m-instruct"))
     results: dict[str, list[dict]] = {}
-    port = free_port()
-    vllm_url = f"http://127.0.0.1:{port}"
-    command = vllm_command(args.vllm_python, str(builtin_model_path("smollm2-135m-instruct")), port, 512)
-    with running(command + ["--served-model-name", "base", "--disable-log-stats"], vllm_url):
-        report("  vLLM started")
-        engine = VLLMEngine(bank, tokenizer, name=BARE, url=vllm_url, max_in_flight=4096)
-        app, registry = softprompt_app(bank, engine, models, tokenizer, EMBEDDING_TASKS)
+    # Plain vLLM's requests carry [prompt ; token embeddings], made before timing by an engine that
+    # never starts: plain vLLM's client does no work in the window.
+    maker = VLLMEngine(bank, tokenizer, name=BARE, url="http://unused")
+    registry = TaskRegistry(bank, maker)
+    for name in EMBEDDING_TASKS:
+        registry.add(name, models[name])
 
-        def mine(c: int, t: int) -> dict:
-            return workload.body(EMBEDDING_TASKS[(c + t) % len(EMBEDDING_TASKS)], c, t)
+    def mine(c: int, t: int) -> dict:
+        return workload.body(EMBEDDING_TASKS[(c + t) % len(EMBEDDING_TASKS)], c, t)
 
-        def plain(c: int, t: int) -> dict:
-            """The same request as vLLM's own client sends it: [prompt ; token embeddings], base64."""
-            body = mine(c, t)
-            inputs = engine.inputs(body.pop("prompt"), registry.prepared(body["model"]))
-            return {**body, "model": "base", "prompt_embeds": _base64_tensor(inputs["prompt_embeds"])}
+    def plain_bodies(clients: int) -> dict:
+        turns = args.requests // clients + 2
+        bodies = {}
+        for c in range(clients):
+            for t in range(turns):
+                body = mine(c, t)
+                inputs = maker.inputs(body.pop("prompt"), registry.prepared(body["model"]))
+                bodies[c, t] = {
+                    **body,
+                    "model": "base",
+                    "prompt_embeds": _base64_tensor(inputs["prompt_embeds"]),
+                }
+        return bodies
 
-        with serving(app) as url:
-            await drive(url, 4, mine, args.seconds / 4, 8)
-            await drive(vllm_url, 4, plain, args.seconds / 4, 8)
-            for clients in args.clients:
-                results.setdefault(VLLM_ENGINE, []).append(
-                    await drive(url, clients, mine, args.seconds, args.requests)
-                )
-                # embeddings made before timing: plain vLLM's client does no work in the window
-                turns = args.requests // clients + 2
-                bodies = {(c, t): plain(c, t) for c in range(clients) for t in range(turns)}
-                results.setdefault(VLLM_PLAIN, []).append(
-                    await drive(
-                        vllm_url,
-                        clients,
-                        lambda c, t, bodies=bodies: bodies[(c, t)],
-                        args.seconds,
-                        args.requests,
-                    )
-                )
-                report(f"  vLLM, {clients} clients")
+    def bodies_for(case: str, clients: int):
+        if case != VLLM_PLAIN:
+            return mine
+        bodies = plain_bodies(clients)
+        return lambda c, t: bodies[c, t]
+
+    async def load(case: str, url: str) -> None:
+        await drive(url, 4, bodies_for(case, 4), args.seconds / 4, 8)  # warm-up
+        for clients in args.clients:
+            run = await drive(url, clients, bodies_for(case, clients), args.seconds, args.requests)
+            results.setdefault(case, []).append(run)
+            report(f"  {case}, {clients} clients")
+
+    with tempfile.TemporaryDirectory() as folder:
+        tasks = []
+        for name in EMBEDDING_TASKS:
+            tasks += ["--task", f"{name}={models[name].save(Path(folder) / f'{name}.safetensors')}"]
+        vllm_url = f"http://127.0.0.1:{(vllm_port := free_port())}"
+        command = vllm_command(args.vllm_python, model_dir, vllm_port, 512)
+        with running(command + ["--served-model-name", "base", "--disable-log-stats"], vllm_url):
+            report("  vLLM started")
+            await load(VLLM_PLAIN, vllm_url)
+            url = f"http://127.0.0.1:{(port := free_port())}"
+            remote = softprompt_serve(sys.executable, model_dir, port, tasks, f"--vllm-url={vllm_url}")
+            with running(remote, url):
+                await load(VLLM_ENGINE, url)
+        if _imports_softprompt(args.vllm_python):
+            url = f"http://127.0.0.1:{(port := free_port())}"
+            in_process = softprompt_serve(args.vllm_python, model_dir, port, tasks, *VLLM_IN_PROCESS_ARGS)
+            with running(in_process, url):
+                report("  softprompt serve with vLLM in its process started")
+                await load(VLLM_IN_PROCESS, url)
     return results
+
+
+# The in-process engine with plain vLLM's settings (vllm_command): fp32, eager, the same context.
+VLLM_IN_PROCESS_ARGS = (
+    "--vllm-arg=dtype=float32",
+    "--vllm-arg=max_model_len=512",
+    "--vllm-arg=enforce_eager=true",
+    "--vllm-gpu-memory-utilization=0.25",
+)
+
+
+def softprompt_serve(python: str, model_dir: str, port: int, tasks: list[str], *options: str) -> list[str]:
+    """``softprompt serve --engine vllm`` on loopback with ``tasks`` (``--task NAME=FILE`` ...)."""
+    command = [python, "-m", "softprompt.cli", "serve", "--model", model_dir, "--engine", "vllm"]
+    return command + ["--port", str(port), "--max-queue", "4096", *tasks, *options]
+
+
+def _imports_softprompt(python: str) -> bool:
+    """Whether ``python`` (vLLM's interpreter) can run softprompt's server too."""
+    probe = subprocess.run([python, "-c", "import softprompt.serve.app"], capture_output=True)
+    return probe.returncode == 0
 
 
 def goals(out: dict, args) -> list[dict]:
@@ -548,15 +607,16 @@ def goals(out: dict, args) -> list[dict]:
             " ms",
         ),
     ]
-    if VLLM_ENGINE in load:
-        found.append(
-            goal(
-                f"vLLM engine throughput / plain vLLM, {at} clients (wall)",
-                ratio(rate(VLLM_ENGINE), rate(VLLM_PLAIN)),
-                0.9,
-                True,
-            )
+    found += [
+        goal(
+            f"{case} throughput / plain vLLM, {at} clients (wall)",
+            ratio(rate(case), rate(VLLM_PLAIN)),
+            0.9,
+            True,
         )
+        for case in (VLLM_IN_PROCESS, VLLM_ENGINE)
+        if case in load
+    ]
     return found
 
 
