@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import transformers
+import yaml
 from tiny import random_ids, tiny_causal_lm
+from train.train_helpers import classification_config, save_tiny_gpt2, write_classification_data
 
 import softprompt
 from softprompt import initializers
@@ -18,7 +24,10 @@ from softprompt.files import WrongModelError
 from softprompt.methods import MultitaskPromptTuningConfig
 from softprompt.train.config import TrainSection
 from softprompt.train.objectives import ClassificationObjective
-from softprompt.transfer import multitask_batches, prompt_similarity, rank_sources, task_embedding
+from softprompt.transfer import main, multitask_batches, prompt_similarity, rank_sources, task_embedding
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # a bare clone has none
 
 
 def saved_prompt(base, path, length=4, seed=1):
@@ -151,3 +160,36 @@ def test_multitask_batches_show_every_example_once_an_epoch():
         next(multitask_batches({"c": []}, ["a"], 2, pad_token_id=0))
     with pytest.raises(ValueError, match="6 examples cannot fill one batch of 8"):
         next(multitask_batches(examples, ["a", "b"], 8, pad_token_id=0))
+
+
+def test_the_command_ranks_sources_for_a_run_config(tmp_path, capsys):
+    model_dir = save_tiny_gpt2(tmp_path / "tiny-gpt2")
+    raw = classification_config(model_dir, write_classification_data(tmp_path), tmp_path / "run")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    base = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+    sources = [saved_prompt(base, tmp_path / f"s{seed}.safetensors", seed=seed)[1] for seed in (1, 2)]
+    main([str(config), *map(str, sources), "--steps", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[1] for line in lines[:2]) == sorted(map(str, sources))
+    assert lines[2] == f"init_file for the target's run: {lines[0].split()[1]}"
+    with pytest.raises(SystemExit) as exit_:
+        main([str(config), str(tmp_path / "missing.safetensors")])
+    assert exit_.value.code == 2
+    assert "missing.safetensors" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no {SHARED_DATA}")
+def test_the_benchmark_quick_run_writes_its_table_and_json(tmp_path):
+    out = tmp_path / "transfer.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "transfer.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| target | train rows | seeds | zero-shot | scratch | spot | mpt |" in done.stdout
+    result = json.loads(out.read_text())
+    assert {(run["target"], run["rows"]) for run in result["runs"]} == {("rte", 8), ("rte", 16), ("cb", 8)}
+    assert all(run["spot_source"] in ("sst2", "mr") for run in result["runs"])

@@ -26,6 +26,7 @@ Examples:
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from softprompt.api import wrap
 from softprompt.data import Encoded, collate, make_dataloader
 from softprompt.families import model_shape
 from softprompt.files.validate import read_prompt
@@ -43,7 +45,15 @@ from softprompt.kinds import KINDS
 from softprompt.methods import method_of
 from softprompt.methods.multitask import MultitaskPrompt, read_multitask, read_task
 from softprompt.models import PromptedModel, SoftPromptModel
-from softprompt.train.config import TrainSection
+from softprompt.train.build import (
+    load_base,
+    load_data,
+    make_objective,
+    make_task,
+    model_options,
+    prompt_config,
+)
+from softprompt.train.config import RunConfig, TrainSection, load_config
 from softprompt.train.core import step
 from softprompt.train.objectives import Objective, last_token_index
 from softprompt.train.optim import make_optimizer, make_scheduler
@@ -139,6 +149,59 @@ def rank_sources(
     )
     scores = [(source, prompt_similarity(target, table, similarity)) for source, table in tables.items()]
     return sorted(scores, key=lambda pair: pair[1], reverse=True)
+
+
+def rank_sources_for_run(
+    config: RunConfig,
+    sources: Sequence[str | os.PathLike],
+    *,
+    steps: int = 50,
+    similarity: Similarity = "average",
+    base: tuple[nn.Module, object] | None = None,
+) -> list[tuple[str, float]]:
+    """:func:`rank_sources` for the target task of a run config: its base model (or ``base``, a loaded
+    ``(model, tokenizer)``), its prompt, task and training rows, its ``train`` section for the brief training."""
+    task = make_task(config.task)
+    model, tokenizer = base or load_base(config, task)
+    train = load_data(config.data, task, tokenizer, splits=("train",), seed=config.train.seed).train
+    if not isinstance(train, list):
+        raise ValueError("SPoT's brief training needs the training rows in memory: set data.streaming: false")
+    prompted = wrap(
+        model.eval(), prompt_config(config, task), tokenizer=tokenizer, **model_options(config, model)
+    )
+    objective = make_objective(prompted, task, tokenizer)
+    return rank_sources(
+        objective,
+        train,
+        sources,
+        pad_token_id=tokenizer.pad_token_id,
+        steps=steps,
+        recipe=config.train,
+        similarity=similarity,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m softprompt.transfer CONFIG SOURCE...``: the sources ranked for the config's task."""
+    parser = argparse.ArgumentParser(
+        prog="python -m softprompt.transfer",
+        description="Rank saved source prompts for the target task of a run config by SPoT's prompt "
+        "similarity (the target's prompt trained briefly, then compared with each source).",
+    )
+    parser.add_argument("config", help="the target's run config (YAML)")
+    parser.add_argument("sources", nargs="+", help="adapter files or folders of the source prompts")
+    parser.add_argument("--steps", type=int, default=50, help="steps of the target's brief training")
+    parser.add_argument("--similarity", choices=["average", "per_token"], default="average")
+    parser.add_argument("--set", action="append", default=[], help="config overrides, key=value")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, args.set)
+        ranked = rank_sources_for_run(config, args.sources, steps=args.steps, similarity=args.similarity)
+    except (ValueError, OSError) as err:  # config errors, refused files, missing paths: the reason only
+        parser.exit(2, f"error: {err}\n")
+    for source, score in ranked:
+        print(f"{score:+.4f}  {source}")
+    print(f"init_file for the target's run: {ranked[0][0]}")
 
 
 def _source_embeddings(source: str | os.PathLike, model: PromptedModel) -> torch.Tensor:
@@ -284,3 +347,7 @@ def epochs(loader) -> Iterator[dict[str, torch.Tensor]]:
     for epoch in itertools.count():
         loader.batch_sampler.set_epoch(epoch)
         yield from loader
+
+
+if __name__ == "__main__":
+    main()
