@@ -34,13 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, when run fr
 
 from _common import (  # noqa: E402
     benchmark_parser,
-    gpt2_tokenizer,
     machine_info,
     markdown_table,
     quiet_libraries,
     set_threads,
     write_json,
 )
+from quality import tiny_models  # noqa: E402
 
 from softprompt.cli import example_config_path  # noqa: E402
 from softprompt.data import load_rows  # noqa: E402
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.steps, args.train_rows, args.dev_rows, args.test_rows, args.eval_every = 4, 32, 8, 8, 2
         args.lr, args.init, args.budgets = args.lr or [0.01, 0.1], args.init or ["text", "vocab"], [2.0]
         args.batch_size, args.eval_batch_size = 4, 8
-        base = tiny_gpt2()
+        base = tiny_models().causal()
         model_name = "tiny random GPT-2 (GPT-2's tokenizer)"
     else:
         from softprompt.hub import load_base_model
@@ -224,19 +224,6 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(args.out, payload)
     print(f"\nwrote {args.out}")
     return payload
-
-
-def tiny_gpt2():
-    """A random 2-layer GPT-2 over GPT-2's tokenizer (``--quick``)."""
-    import torch
-    import transformers
-
-    tokenizer = gpt2_tokenizer()
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=256
-    )
-    return transformers.GPT2LMHeadModel(config).eval(), tokenizer
 
 
 if __name__ == "__main__":
