@@ -65,9 +65,19 @@ class SoftPromptModel(PromptedModel):
     loss_type = "ForCausalLM"
 
     def __init__(self, base_model: nn.Module, prompt: SoftPrompt | None, shape: ModelShape) -> None:
+        backbone = compat.backbone(base_model)
+        if not compat.takes_argument(backbone, "attention_mask"):
+            raise UnsupportedModelError(
+                f"{shape.family}'s backbone ({type(backbone).__name__}) takes no attention_mask: it builds its "
+                "own mask from the token ids, so it can be shown neither a batch's pads nor a prompt's slots"
+            )
         super().__init__(base_model, prompt, shape)
         # Whether forward passes ask the attention to keep grouped key/value heads (injection.attention).
         self._grouped_attention = use_grouped_attention(base_model, shape)
+        # The module that looks up per-layer inputs by token id (Gemma 4), or None.
+        self._per_layer_embedder = _per_layer_embedder(backbone)
+        # Where virtual tokens cannot become a key/value prefix, they enter as input embeddings.
+        self._tokens_as_embeddings = bool(shape.recurrent_layers) or self._per_layer_embedder is not None
 
     # -------------------------------------------------------------------------------------- prompts
     def compile_prompt(self, prompt: SoftPrompt) -> CompiledPrompt:
@@ -75,11 +85,13 @@ class SoftPromptModel(PromptedModel):
         through the frozen model (they never attend to the input in a causal decoder).
 
         On models with recurrent layers (linear attention, Mamba) virtual tokens stay tokens: the
-        recurrent state must read them, which keys/values cannot give it. They then enter every
-        forward as input embeddings before the row's tokens.
+        recurrent state must read them, which keys/values cannot give it. So do they on models whose
+        layers also read inputs looked up by token id (Gemma 4's per-layer inputs), which a backbone
+        run from embeddings alone cannot compute. They then enter every forward as input embeddings
+        before the row's tokens.
         """
         output = prompt()
-        if isinstance(output, VirtualTokens) and self.shape.recurrent_layers:
+        if isinstance(output, VirtualTokens) and self._tokens_as_embeddings:
             return CompiledPrompt(tokens=output.embeddings)
         return CompiledPrompt(sites={"self": virtual_tokens_prefix(self.base_model, output)})
 
@@ -93,7 +105,8 @@ class SoftPromptModel(PromptedModel):
         tokens of one length; other mixes are refused with the reason.
         """
         prompts = super().row_prompts(compiled, rows, device)
-        if prompts.tokens is not None and ("self" in prompts.sites or not bool(prompts.tokens_mask.all())):
+        mixed = "self" in prompts.sites or not bool(prompts.tokens_mask.all())
+        if prompts.tokens is not None and self.shape.recurrent_layers and mixed:
             raise UnsupportedModelError(
                 f"{self.shape.family} reads virtual tokens in its recurrent layers "
                 f"{list(self.shape.recurrent_layers)}, so prompt-tuning and P-tuning prompts enter it as input "
@@ -154,6 +167,8 @@ class SoftPromptModel(PromptedModel):
                         f"{self.shape.family} takes virtual tokens as input embeddings: pass a (batch, seq) "
                         "attention_mask, not a 4-D one"
                     )
+                if self._per_layer_embedder is not None:
+                    kwargs["per_layer_inputs"] = self._per_layer_inputs(input_ids, inputs_embeds, virtual)
                 if inputs_embeds is None:
                     inputs_embeds = self.base_model.get_input_embeddings()(input_ids)
                 inputs_embeds = torch.cat([prompts.tokens.to(inputs_embeds.dtype), inputs_embeds], dim=1)
@@ -190,6 +205,21 @@ class SoftPromptModel(PromptedModel):
                 **kwargs,
             )
         return outputs, align
+
+    def _per_layer_inputs(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, virtual: int
+    ) -> torch.Tensor:
+        """Per-layer inputs (B, P + T, L, D) of ``virtual`` tokens and the caller's, computed the model's
+        way: virtual tokens have no id, so they get the pad token's, as Gemma 4 gives its image tokens;
+        the caller's tokens theirs (from the embeddings where no ids are given)."""
+        lookup = self._per_layer_embedder.get_per_layer_inputs
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        pads = torch.full((tokens.shape[0], virtual), self._pad_id, dtype=torch.long, device=tokens.device)
+        return torch.cat([lookup(pads, None), lookup(input_ids, inputs_embeds)], dim=1)
+
+    @property
+    def _pad_id(self) -> int:
+        return self.base_model.generation_config.pad_token_id or 0
 
     def hidden_states(
         self,
@@ -337,7 +367,7 @@ class SoftPromptModel(PromptedModel):
         )
 
         # `generate` skips the input ids the cache already covers: stand-ins take the prefix's places.
-        pad = self.base_model.generation_config.pad_token_id or 0
+        pad = self._pad_id
         stand_ins = torch.full((batch, virtual), pad, dtype=input_ids.dtype, device=input_ids.device)
         if self.shape.takes_position_ids:
             positions = positions_after_prefix(attention_mask, prefix.lengths)
@@ -393,7 +423,7 @@ class SoftPromptModel(PromptedModel):
             groups.append((rows, out[:, count:]))
         returned = out.shape[0] // rows.shape[0]  # sequences per input row
         new = max(out.shape[1] for _, out in groups)
-        pad = self.base_model.generation_config.pad_token_id or 0
+        pad = self._pad_id
         sequences = input_ids.new_full((batch * returned, length + new), pad)
         sequences[:, :length] = input_ids.repeat_interleave(returned, 0)
         for rows, out in groups:
@@ -425,7 +455,7 @@ class SoftPromptModel(PromptedModel):
         embeds = torch.cat([prompts.tokens.to(embeds.dtype), embeds], dim=1)
         embeds = embeds.gather(1, pads_first[..., None].expand_as(embeds))  # (B, P + T, E)
         mask = with_prefix_columns(attention_mask, prompts.tokens_mask).gather(-1, pads_first)
-        pad = self.base_model.generation_config.pad_token_id or 0
+        pad = self._pad_id
         stand_ins = torch.full((batch, virtual), pad, dtype=input_ids.dtype, device=input_ids.device)
         ids = torch.cat([stand_ins, input_ids], dim=-1).gather(-1, pads_first)
         if self.shape.takes_position_ids:
@@ -436,6 +466,11 @@ class SoftPromptModel(PromptedModel):
         positions = {}
         if self.shape.takes_position_ids:
             positions["position_ids"] = kwargs["position_ids"][:, :-1].repeat_interleave(expand, 0)
+        if (
+            self._per_layer_embedder is not None
+        ):  # the stand-ins are pads: the virtual tokens' per-layer inputs
+            per_layer = self._per_layer_embedder.get_per_layer_inputs(ids[:, :-1], None)
+            positions["per_layer_inputs"] = per_layer.repeat_interleave(expand, 0)
         backbone(
             inputs_embeds=embeds[:, :-1].repeat_interleave(expand, 0),
             attention_mask=mask[:, :-1].repeat_interleave(expand, 0),
@@ -473,6 +508,14 @@ class SoftPromptModel(PromptedModel):
         order = _pads_first(align.apply(attention_mask[:, :-1]), prefix.mask.shape[1])
         layers = [cache.layers[i] for i in self.shape.layer_indices]
         return [(_gather_slots(layer.keys, order), _gather_slots(layer.values, order)) for layer in layers]
+
+
+def _per_layer_embedder(backbone: nn.Module) -> nn.Module | None:
+    """The module of ``backbone`` that looks up per-layer inputs by token id (Gemma 4's
+    ``get_per_layer_inputs``), where the backbone takes ``per_layer_inputs``; else None."""
+    if not compat.takes_argument(backbone, "per_layer_inputs"):
+        return None
+    return next((m for m in backbone.modules() if hasattr(m, "get_per_layer_inputs")), None)
 
 
 def _left_pads_change_the_output(model: nn.Module) -> bool:

@@ -1,0 +1,51 @@
+"""Causal LMs whose forward needs more than embeddings, or cannot be shown a mask: each works checked
+against the model's own numbers, or is refused with the reason.
+
+* Gemma 4 adds to every layer an input looked up by token id (``per_layer_inputs``): virtual tokens
+  have no id, so they get the pad token's, as Gemma 4 gives its image tokens — a prompt holding the
+  pad token's embeddings is then exactly the bare model with pad tokens in front.
+* CPM-Ant builds its own attention mask from the token ids: refused, for every method.
+"""
+
+import pytest
+import torch
+from test_causal import CONFIGS
+from test_invariance_windows import assert_batch_invariant
+from tiny import random_ids, tiny_model
+
+import softprompt
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
+def test_gemma4_virtual_tokens_get_the_pad_tokens_per_layer_inputs(method):
+    base = tiny_model("gemma4_text", "causal-lm")
+    model = softprompt.wrap(base, CONFIGS[method]()).eval()
+    assert model.compile_prompt(model.prompt).tokens is not None  # embeddings, not a key/value prefix
+    rows = [random_ids(1, n, seed=n)[0] for n in (7, 4, 5)]
+    with torch.no_grad():
+        for p in model.prompt.parameters():  # a prompt away from its init
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
+        assert not torch.allclose(
+            model(input_ids=rows[0][None]).logits, base(rows[0][None]).logits, atol=1e-3
+        )
+    assert_batch_invariant(model, rows)
+
+
+def test_gemma4_a_prompt_of_pad_embeddings_is_the_bare_model_with_pads_in_front():
+    base = tiny_model("gemma4_text", "causal-lm")
+    model = softprompt.wrap(base, softprompt.PromptTuningConfig(num_virtual_tokens=3)).eval()
+    pads = torch.zeros(1, 3, dtype=torch.long)  # the pad id
+    ids = random_ids(1, 5)
+    with torch.no_grad():
+        (embeddings,) = model.prompt.parameters()
+        embeddings.copy_(base.get_input_embeddings()(pads)[0])
+        expected = base(torch.cat([pads, ids], 1)).logits[:, 3:]
+        torch.testing.assert_close(model(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_a_model_that_builds_its_own_mask_is_refused_with_the_reason(method):
+    with pytest.raises(
+        softprompt.UnsupportedModelError, match=r"cpmant's backbone \(CpmAntModel\) takes no attention_mask"
+    ):
+        softprompt.wrap(tiny_model("cpmant", "causal-lm"), CONFIGS[method]())
