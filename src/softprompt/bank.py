@@ -126,14 +126,14 @@ class TaskBank(nn.Module):
         """The tasks with their method, prompt length and size."""
         rows = []
         for name, prompt in self.tasks.items():
-            (table,) = prompt.folded().values()
+            tensors = prompt.folded().values()  # one table, or a multitask prompt's shared prompt and factors
             rows.append(
                 TaskInfo(
                     name,
                     prompt.config.method,
-                    table.shape[0],
-                    table.numel(),
-                    table.numel() * table.element_size(),
+                    prompt.config.num_virtual_tokens,
+                    sum(t.numel() for t in tensors),
+                    sum(t.numel() * t.element_size() for t in tensors),
                 )
             )
         return rows

@@ -194,6 +194,15 @@ def test_a_bank_mixes_multitask_tasks_with_other_prompts_row_by_row(tmp_path, si
     for i, (task, row) in enumerate(zip(tasks, rows, strict=True)):
         alone = singles[task](input_ids=row[None]).logits[0]
         torch.testing.assert_close(logits[i][mask[i].bool()], alone, atol=1e-5, rtol=1e-5)
+    info = {row.name: row for row in bank.info()}
+    assert (info["cb"].method, info["cb"].length, info["cb"].numbers) == ("prompt_tuning", 4, 4 * 32)
+    bank.add("shared", load_multitask(base, path))  # a whole multitask prompt serves its shared prompt
+    assert bank.info()[-1].numbers == 4 * 32 + 3 * 4 + 3 * 32
+    ids, mask = padded_batch(rows[:2], side)
+    shared = softprompt.load(base, path).eval()
+    torch.testing.assert_close(
+        bank(ids, mask, tasks=["shared"] * 2).logits, shared(input_ids=ids, attention_mask=mask).logits
+    )
     with pytest.raises(ValueError, match=r"for a prompt in memory pass prompt.task\('rte'\)"):
         bank.add("again", other, task="rte")
 
