@@ -25,6 +25,7 @@ Examples:
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -175,13 +176,29 @@ def read_encoder_decoder_cache(model: nn.Module) -> tuple[CacheReading, CacheRea
     cache = EncoderDecoderCache(RecordingCache(), RecordingCache())
     ids = _probe_ids(model)
 
+    decoder = model.get_decoder()
+
     def forward():  # the two stacks, not the head (a classifier head wants whole sentences)
         encoded = model.get_encoder()(input_ids=ids).last_hidden_state
-        decoder = model.get_decoder()
         decoder(input_ids=ids, encoder_hidden_states=encoded, use_cache=True, **cache_kwargs(decoder, cache))
+
+    if _required_arguments(decoder) - {"input_ids", "encoder_hidden_states"}:
+        # A decoder that wants masks its model builds (FSMT's): the whole model, which builds them.
+        def forward():
+            model(input_ids=ids, decoder_input_ids=ids, use_cache=True, **cache_kwargs(model, cache))
 
     _run_probe(model, "a one-token forward through a recording cache", forward)
     return _reading(cache.self_attention_cache), _reading(cache.cross_attention_cache)
+
+
+def _required_arguments(module: nn.Module) -> set[str]:
+    """The arguments ``module.forward`` cannot do without (no default)."""
+    parameters = inspect.signature(module.forward).parameters.values()
+    return {
+        p.name
+        for p in parameters
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
 
 
 def _attention_calls(stack: nn.Module) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:

@@ -129,7 +129,8 @@ def arrange(
         positions = mask.cumsum(-1) - 1 + prefix_lengths[:, None] + shape.position_offset
         kwargs["position_ids"] = positions.masked_fill(mask == 0, max(shape.position_offset - 1, 0))
     if inputs_embeds is not None:
-        kwargs["inputs_embeds"] = inputs_embeds
+        # (input_ids named too: FSMT's encoder cannot do without the argument, even as None)
+        kwargs |= {"input_ids": None, "inputs_embeds": inputs_embeds}
     kwargs["attention_mask"] = mask
     return EncoderBatch(kwargs, order, virtual)
 
