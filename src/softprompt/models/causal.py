@@ -105,8 +105,11 @@ class SoftPromptModel(PromptedModel):
         tokens of one length; other mixes are refused with the reason.
         """
         prompts = super().row_prompts(compiled, rows, device)
-        mixed = "self" in prompts.sites or not bool(prompts.tokens_mask.all())
-        if prompts.tokens is not None and self.shape.recurrent_layers and mixed:
+        if (
+            prompts.tokens is not None
+            and self.shape.recurrent_layers
+            and ("self" in prompts.sites or not bool(prompts.tokens_mask.all()))
+        ):
             raise UnsupportedModelError(
                 f"{self.shape.family} reads virtual tokens in its recurrent layers "
                 f"{list(self.shape.recurrent_layers)}, so prompt-tuning and P-tuning prompts enter it as input "
