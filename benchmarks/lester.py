@@ -24,13 +24,11 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # panel and _common, when run from anywhere
 
-import tempfile  # noqa: E402
 
 from _common import (  # noqa: E402
     benchmark_parser,
@@ -41,16 +39,15 @@ from _common import (  # noqa: E402
     write_json,
 )
 from panel import (  # noqa: E402
-    QUICK,
     TASKS,
     Budget,
     Run,
-    add_journal_flags,
+    add_run_flags,
+    benches,
+    budget_from,
     collect_runs,
     format_spread,
-    load_base,
     names,
-    prepare,
     spread,
 )
 
@@ -78,20 +75,13 @@ def run_grid(
     data: Path,
     journal: Path | None = None,
 ) -> list[Run]:
-    base, tokenizer = load_base(quick)
-    base.requires_grad_(False).eval()
     runs: list[Run] = []
-    with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
-        for name in tasks:
-            bench = prepare(TASKS[name], base, tokenizer, work, budget, data, work)
-            bench.journal = journal
-            print(f"{name}: {len(bench.train)} train rows, {len(bench.dev)} dev rows", flush=True)
-            for seed in budget.seeds:
-                for init, length in pairs:
-                    prompt = {"init": init, "num_virtual_tokens": length}
-                    bench.run_softprompt(f"{init}-{length}", seed, prompt, preset=preset)
-            runs += bench.runs
+    for bench in benches(tasks, budget, quick, data, journal):
+        for seed in budget.seeds:
+            for init, length in pairs:
+                prompt = {"init": init, "num_virtual_tokens": length}
+                bench.run_softprompt(f"{init}-{length}", seed, prompt, preset=preset)
+        runs += bench.runs
     return runs
 
 
@@ -116,7 +106,7 @@ def table(runs: Sequence[Run], inits: Sequence[str], lengths: Sequence[int]) -> 
 
 def parse_args(argv: Sequence[str] | None = None):
     parser = benchmark_parser(__doc__, DEFAULT_OUT, "tiny random Llama, a few rows and steps (the test)")
-    add_journal_flags(parser)
+    add_run_flags(parser)
     parser.add_argument("--tasks", default="sst2", help="comma-separated classification tasks of the panel")
     parser.add_argument("--inits", default=",".join(INITS), help="comma-separated inits")
     parser.add_argument(
@@ -128,9 +118,6 @@ def parse_args(argv: Sequence[str] | None = None):
     parser.add_argument(
         "--preset", choices=["lester"], help="the paper's recipe instead of softprompt's defaults"
     )
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (data order and init)")
-    parser.add_argument("--steps", type=int, help="optimiser steps per run (default 150; --quick 3)")
-    parser.add_argument("--dev-rows", type=int, help="dev rows per task (default 200)")
     return parser.parse_args(argv)
 
 
@@ -141,15 +128,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     tasks = names(args.tasks, [n for n, t in TASKS.items() if not t.generation], "--tasks")
     inits = names(args.inits, list(INITS), "--inits")
     lengths = [int(n) for n in args.lengths.split(",")]
-    budget = QUICK if args.quick else Budget()
-    changes: dict[str, Any] = {}
-    if not args.quick or args.seeds != "0,1,2":
-        changes["seeds"] = tuple(int(s) for s in args.seeds.split(","))
-    if args.steps is not None:
-        changes["steps"] = args.steps
-    if args.dev_rows is not None:
-        changes["dev_rows"] = args.dev_rows
-    budget = replace(budget, **changes)
+    budget = budget_from(args)
     pairs = settings(args.grid, inits, lengths)
     machine, started = machine_info(), time.perf_counter()
     runs = collect_runs(

@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import copy
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # panel and _common, when run from anywhere
 
@@ -56,12 +54,12 @@ from panel import (  # noqa: E402
     LabelsLoss,
     PeftGenerator,
     Run,
-    add_journal_flags,
+    add_run_flags,
+    benches,
+    budget_from,
     collect_runs,
     format_spread,
-    load_base,
     names,
-    prepare,
     spread,
 )
 
@@ -115,34 +113,17 @@ def run_all(
     data: Path,
     journal: Path | None = None,
 ) -> list[Run]:
-    base, tokenizer = load_base(quick)
-    base.requires_grad_(False).eval()
     runs: list[Run] = []
-    with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
-        tokenizer.save_pretrained(work / "tokenizer")
-        for name in tasks:
-            for size in sizes:
-                bench = prepare(
-                    TASKS[name],
-                    base,
-                    tokenizer,
-                    work / "tokenizer",
-                    replace(budget, train_rows=size),
-                    data,
-                    work,
-                )
-                bench.journal = journal
-                print(f"{name}: {len(bench.train)} train rows, {len(bench.dev)} dev rows", flush=True)
-                for seed in budget.seeds:
-                    for method in methods:
-                        if method == "prefix":
-                            run_prefix(bench, seed, preset)
-                        elif method == "full":
-                            run_full(bench, seed)
-                        else:
-                            run_lora(bench, seed)
-                runs += bench.runs
+    for bench in benches(tasks, budget, quick, data, journal, sizes):
+        for seed in budget.seeds:
+            for method in methods:
+                if method == "prefix":
+                    run_prefix(bench, seed, preset)
+                elif method == "full":
+                    run_full(bench, seed)
+                else:
+                    run_lora(bench, seed)
+        runs += bench.runs
     return runs
 
 
@@ -172,7 +153,7 @@ def table(runs: Sequence[Run], methods: Sequence[str]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None):
     parser = benchmark_parser(__doc__, DEFAULT_OUT, "tiny random Llama, a few rows and steps (the test)")
-    add_journal_flags(parser)
+    add_run_flags(parser)
     parser.add_argument("--tasks", default="e2e,webnlg", help="comma-separated: e2e, webnlg")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated: " + ", ".join(METHODS))
     parser.add_argument(
@@ -183,9 +164,6 @@ def parse_args(argv: Sequence[str] | None = None):
     parser.add_argument(
         "--preset", choices=["li-liang"], help="the paper's prefix recipe instead of the defaults"
     )
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (data order and init)")
-    parser.add_argument("--steps", type=int, help="optimiser steps per run (default 150; --quick 3)")
-    parser.add_argument("--dev-sources", type=int, help="distinct dev sources scored (default 50)")
     return parser.parse_args(argv)
 
 
@@ -195,19 +173,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     quiet_libraries()
     tasks = names(args.tasks, [n for n, t in TASKS.items() if t.generation], "--tasks")
     methods = names(args.methods, METHODS, "--methods")
-    budget = QUICK if args.quick else Budget()
-    full_rows = budget.train_rows if args.quick else FULL_ROWS
+    full_rows = QUICK.train_rows if args.quick else FULL_ROWS
     sizes = [full_rows if s == "full" else int(s) for s in args.sizes.split(",")]
     if args.quick:
-        sizes = [min(s, QUICK.train_rows) for s in sizes[:1]] + [full_rows]
-    changes: dict[str, Any] = {}
-    if not args.quick or args.seeds != "0,1,2":
-        changes["seeds"] = tuple(int(s) for s in args.seeds.split(","))
-    if args.steps is not None:
-        changes["steps"] = args.steps
-    if args.dev_sources is not None:
-        changes["generation_dev_sources"] = args.dev_sources
-    budget = replace(budget, **changes)
+        sizes = [full_rows // 3, full_rows]  # one low-data size and "all" the quick rows
+    budget = budget_from(args)
     machine, started = machine_info(), time.perf_counter()
     runs = collect_runs(
         args,

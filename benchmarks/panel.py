@@ -40,8 +40,8 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +115,7 @@ def mr_files(data: Path, work: Path) -> tuple[Path, Path]:
     rows = [
         {"text": line.strip(), "label": label}
         for label, name in ((0, "rt-polarity.neg"), (1, "rt-polarity.pos"))
-        for line in (data / "mr" / name)
-        .read_text(encoding="latin-1")
-        .split("\n")
+        for line in (data / "mr" / name).read_text(encoding="latin-1").split("\n")
         if line.strip()
     ]
     random.Random(0).shuffle(rows)
@@ -570,6 +568,31 @@ def load_base(quick: bool) -> tuple[nn.Module, Any]:
     return LlamaForCausalLM(config).eval(), tokenizer
 
 
+def benches(
+    tasks: Sequence[str],
+    budget: Budget,
+    quick: bool,
+    data: Path,
+    journal: Path | None = None,
+    sizes: Sequence[int | None] | None = None,
+) -> Iterator[Bench]:
+    """One shared base; each task (at each training-set size of ``sizes``, else the budget's) prepared,
+    its finished runs appended to ``journal``."""
+    base, tokenizer = load_base(quick)
+    base.requires_grad_(False).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        tokenizer_dir = work / "tokenizer"  # peft's TEXT init loads the tokenizer from a folder
+        tokenizer.save_pretrained(tokenizer_dir)
+        for name in tasks:
+            for size in sizes or [budget.train_rows]:
+                sized = replace(budget, train_rows=size)
+                bench = prepare(TASKS[name], base, tokenizer, tokenizer_dir, sized, data, work)
+                bench.journal = journal
+                print(f"{name}: {len(bench.train)} train rows, {len(bench.dev)} dev rows", flush=True)
+                yield bench
+
+
 def run_panel(
     tasks: Sequence[str],
     setups: Sequence[str],
@@ -578,26 +601,17 @@ def run_panel(
     data: Path,
     journal: Path | None = None,
 ) -> list[Run]:
-    base, tokenizer = load_base(quick)
-    base.requires_grad_(False).eval()
     runs: list[Run] = []
-    with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
-        tokenizer_dir = work / "tokenizer"  # peft's TEXT init loads the tokenizer from a folder
-        tokenizer.save_pretrained(tokenizer_dir)
-        for name in tasks:
-            bench = prepare(TASKS[name], base, tokenizer, tokenizer_dir, budget, data, work)
-            bench.journal = journal
-            print(f"{name}: {len(bench.train)} train rows, {len(bench.dev)} dev rows", flush=True)
-            if "zero-shot" in setups:
-                bench.run_zero_shot()
-            for seed in budget.seeds:
-                if "softprompt" in setups:
-                    bench.run_softprompt("softprompt", seed)
-                for setup in setups:
-                    if setup in PEFT_SETUPS:
-                        bench.run_peft(PEFT_SETUPS[setup], seed)
-            runs += bench.runs
+    for bench in benches(tasks, budget, quick, data, journal):
+        if "zero-shot" in setups:
+            bench.run_zero_shot()
+        for seed in budget.seeds:
+            if "softprompt" in setups:
+                bench.run_softprompt("softprompt", seed)
+            for setup in setups:
+                if setup in PEFT_SETUPS:
+                    bench.run_peft(PEFT_SETUPS[setup], seed)
+        runs += bench.runs
     return runs
 
 
@@ -693,11 +707,32 @@ def names(text: str, known: Sequence[str], flag: str) -> list[str]:
     return chosen
 
 
-def add_journal_flags(parser) -> None:
-    """``--journal`` (every finished run appended as a JSON line: a long run interrupted keeps its runs)
-    and ``--from-journal`` (the tables and JSON from such a file, nothing trained)."""
+def add_run_flags(parser) -> None:
+    """The flags every reproduction script shares: seeds, steps, dev rows, and ``--journal`` (every
+    finished run appended as a JSON line: a long run interrupted keeps its runs) / ``--from-journal``
+    (the tables and JSON from such a file, nothing trained)."""
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (data order and init)")
+    parser.add_argument("--steps", type=int, help="optimiser steps per run (default 150; --quick 3)")
+    parser.add_argument("--dev-rows", type=int, help="classification dev rows (default 200)")
+    parser.add_argument("--dev-sources", type=int, help="generation dev sources (default 50)")
     parser.add_argument("--journal", type=Path, help="append every finished run to this JSON-lines file")
     parser.add_argument("--from-journal", type=Path, help="report the runs of a journal; train nothing")
+
+
+def budget_from(args) -> Budget:
+    """The full budget (``--quick``: the tiny one, two seeds unless ``--seeds`` says) with the flags over it."""
+    budget = QUICK if args.quick else Budget()
+    changes: dict[str, Any] = {}
+    if not args.quick or args.seeds != "0,1,2":
+        changes["seeds"] = tuple(int(s) for s in args.seeds.split(","))
+    for flag, name in (
+        ("steps", "steps"),
+        ("dev_rows", "dev_rows"),
+        ("dev_sources", "generation_dev_sources"),
+    ):
+        if getattr(args, flag) is not None:
+            changes[name] = getattr(args, flag)
+    return replace(budget, **changes)
 
 
 def collect_runs(args, train: Callable[[Path | None], list[Run]]) -> list[Run]:
@@ -710,7 +745,7 @@ def collect_runs(args, train: Callable[[Path | None], list[Run]]) -> list[Run]:
 
 def parse_args(argv: Sequence[str] | None = None):
     parser = benchmark_parser(__doc__, DEFAULT_OUT, "tiny random Llama, a few rows and steps (the test)")
-    add_journal_flags(parser)
+    add_run_flags(parser)
     parser.add_argument(
         "--split",
         choices=["tune", "held-out", "all"],
@@ -719,24 +754,10 @@ def parse_args(argv: Sequence[str] | None = None):
     )
     parser.add_argument("--tasks", help="comma-separated tasks (overrides --split): " + ", ".join(TASKS))
     parser.add_argument("--setups", default=",".join(SETUPS), help="comma-separated setups")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (data order and init)")
-    parser.add_argument("--steps", type=int, help="optimiser steps per run (default 150; --quick 3)")
-    parser.add_argument("--dev-rows", type=int, help="classification dev rows (default 200)")
-    parser.add_argument("--dev-sources", type=int, help="generation dev sources (default 50)")
     return parser.parse_args(argv)
 
 
 def configure(args) -> tuple[list[str], list[str], Budget]:
-    budget = QUICK if args.quick else Budget()
-    changes: dict[str, Any] = {"seeds": tuple(int(s) for s in args.seeds.split(","))}
-    if args.quick and args.seeds == "0,1,2":
-        changes["seeds"] = QUICK.seeds
-    if args.steps is not None:
-        changes["steps"] = args.steps
-    if args.dev_rows is not None:
-        changes["dev_rows"] = args.dev_rows
-    if args.dev_sources is not None:
-        changes["generation_dev_sources"] = args.dev_sources
     tasks = (
         names(args.tasks, list(TASKS), "--tasks")
         if args.tasks
@@ -744,7 +765,7 @@ def configure(args) -> tuple[list[str], list[str], Budget]:
         if args.split == "all"
         else SPLITS[args.split]
     )
-    return tasks, names(args.setups, SETUPS, "--setups"), Budget(**{**asdict(budget), **changes})
+    return tasks, names(args.setups, SETUPS, "--setups"), budget_from(args)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
