@@ -292,7 +292,10 @@ def search(
         >>> [rung.trials for rung in summary.plan.rungs], summary.run.steps, (tmp_dir / "search" / SEARCH_NAME).exists()
         ([2, 1], 6, True)
     """
-    assert config.search is not None, "config.search is not set: use softprompt.train.train(config)"
+    if config.search is None:
+        raise RunError(
+            "the config has no search section: add one (search: {}) or train it with softprompt.train.train"
+        )
     run_dir = Path(config.output.dir)
     _check_search_dir(run_dir, config, resume)
     metric = config.selection_metric
