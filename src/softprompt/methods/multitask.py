@@ -46,7 +46,6 @@ from softprompt.methods.prompt_tuning import PromptEmbedding, PromptTuningConfig
 
 # Seeded noise on the factors of rank > 1: identical components would get identical gradients forever.
 FACTOR_NOISE = 0.02
-FACTOR_TENSORS = ("task_u", "task_v")
 
 
 @dataclass(frozen=True)
