@@ -4,6 +4,7 @@ request's output equals its output alone."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 import torch
@@ -200,22 +201,58 @@ def test_a_request_that_fails_in_a_decoding_step_fails_alone(engine, base, adapt
     assert all(outs[i] == firsts[i] for i in others)
 
 
-def test_a_cancelled_request_frees_its_rows(engine):
+class HoldStep:
+    """A forward pre-hook on the backbone that records the (rows, tokens) of every call and holds the first
+    call of ``shape`` until ``released`` is set: the scheduler then stands still inside that step."""
+
+    def __init__(self, model, shape: tuple[int, int]) -> None:
+        self.shape, self.calls = shape, []
+        self.holding, self.released = threading.Event(), threading.Event()
+        self.handle = model.model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        self.calls.append(tuple(kwargs["input_ids"].shape))
+        if self.calls[-1] == self.shape and not self.holding.is_set():
+            self.holding.set()
+            self.released.wait()
+
+    def remove(self) -> None:
+        self.released.set()
+        self.handle.remove()
+
+
+def test_a_cancelled_request_frees_its_rows(engine, base):
+    # Held in its first decoding step, the request cannot end on its own (no end-of-sequence, 120
+    # tokens): whatever frees its 3 rows afterwards is the cancel.
+    held = HoldStep(base, (3, 1))
+
     async def scenario():
-        handle = request(engine, prompts(1)[0], max_tokens=120, temperature=1.0, n=3)
+        handle = request(engine, prompts(1)[0], max_tokens=120, temperature=1.0, n=3, ignore_eos=True)
         engine.submit(handle)
         pieces = handle.pieces()
-        await anext(pieces)
-        assert engine.load()["running"] == 3
-        handle.cancel()
-        assert [p async for p in pieces] == []  # the handle ends at once
-        for _ in range(1000):  # the next iteration drops them; a busy machine may take a while
-            if engine.load()["running"] == 0:
-                return True
-            await asyncio.sleep(0.01)
-        return False
+        try:
+            assert (await anext(pieces)).token_ids
+            assert await asyncio.to_thread(held.holding.wait, 60)
+            assert engine.load()["running"] == 3
+            handle.cancel()
+            assert [p async for p in pieces] == []  # the handle ends at once
+            calls_so_far = len(held.calls)
+        finally:
+            held.released.set()  # never leave the worker held: stopping waits for it
+        # The next iteration drops the cancelled rows before it runs anything else: a request that
+        # arrives then is prefilled and finishes alone.
+        after = request(engine, [5, 6, 7], max_tokens=1)
+        engine.submit(after)
+        assert len(await tokens_of(after)) == 1
+        return calls_so_far
 
-    assert run(engine, scenario)
+    try:
+        calls_so_far = run(engine, scenario)  # and stopped: every accepted request has finished
+    finally:
+        held.remove()
+    # Since the cancel, only the new request's prefill ran: no step of the cancelled rows, ever.
+    assert held.calls[calls_so_far:] == [(1, 2), (1, 1)]
+    assert engine.load() == {"running": 0, "waiting": 0}
 
 
 def test_a_fault_outside_the_model_fails_the_running_requests_and_the_engine_goes_on(engine, monkeypatch):
