@@ -4,6 +4,8 @@ against the model's own numbers, or is refused with the reason.
 * Gemma 4 adds to every layer an input looked up by token id (``per_layer_inputs``): virtual tokens
   have no id, so they get the pad token's, as Gemma 4 gives its image tokens — a prompt holding the
   pad token's embeddings is then exactly the bare model with pad tokens in front.
+* CTRL scales the ``inputs_embeds`` it is given in place: compiling a prompt hands it a copy, so the
+  prompt's parameters stay as they were and train.
 * CPM-Ant builds its own attention mask from the token ids: refused, for every method.
 """
 
@@ -49,3 +51,16 @@ def test_a_model_that_builds_its_own_mask_is_refused_with_the_reason(method):
         softprompt.UnsupportedModelError, match=r"cpmant's backbone \(CpmAntModel\) takes no attention_mask"
     ):
         softprompt.wrap(tiny_model("cpmant", "causal-lm"), CONFIGS[method]())
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
+def test_a_model_that_scales_its_inputs_embeds_in_place_leaves_the_prompt_as_it_was(method):
+    model = softprompt.wrap(tiny_model("ctrl", "causal-lm"), CONFIGS[method]())
+    before = [p.clone() for p in model.prompt.parameters()]
+    ids = random_ids(2, 5)
+    with torch.no_grad():
+        first, again = (model.eval()(input_ids=ids).logits for _ in range(2))
+    torch.testing.assert_close(first, again, atol=0, rtol=0)  # compiled twice: the same prefix
+    assert all(torch.equal(p, b) for p, b in zip(model.prompt.parameters(), before, strict=True))
+    model.train()(input_ids=ids, labels=ids).loss.backward()  # no in-place change of a leaf
+    assert sum(p.grad.abs().sum() for p in model.prompt.parameters()) > 0

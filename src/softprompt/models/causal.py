@@ -93,6 +93,10 @@ class SoftPromptModel(PromptedModel):
         output = prompt()
         if isinstance(output, VirtualTokens) and self._tokens_as_embeddings:
             return CompiledPrompt(tokens=output.embeddings)
+        if isinstance(output, VirtualTokens):
+            # A copy: some models scale the inputs_embeds they are given in place (CTRL), and a prompt's
+            # embeddings may be its parameter itself.
+            output = VirtualTokens(output.embeddings.clone())
         return CompiledPrompt(sites={"self": virtual_tokens_prefix(self.base_model, output)})
 
     def row_prompts(
