@@ -13,9 +13,13 @@ give its layers' shapes. Per-layer head sizes (Gemma 4), keys and values of diff
 What the probe finds decides what a prefix fills: a layer that reads another layer's keys/values
 (Gemma 3n / Gemma 4 KV sharing) gets no prefix slots of its own — it reads the prefix of the layer
 it shares; a recurrent layer (linear attention, Mamba) gets none either, and prefix tuning on a
-stack with no attention layer is refused with the reason. Models the probe cannot read (their
-own cache classes, layers run twice per token, sparse-attention indexers) are refused naming what
-failed. :data:`FAMILIES` holds only what the probe cannot see, each entry saying why (none today).
+stack with no attention layer is refused with the reason. Every slot a layout holds is proven
+read: one more tiny forward puts a random prefix in every layer through the real injection path
+(the prefix caches, softprompt's attention function), and the output's gradient must reach each
+layer's prefix. A causal layer it does not reach refuses the model; an encoder module or decoder
+site it does not reach refuses prefixes there, naming the layers. Models the probe cannot read
+(their own cache classes, layers run twice per token, sparse-attention indexers) are refused
+naming what failed. :data:`FAMILIES` holds only what the probe cannot see, each entry saying why (none today).
 
 A :class:`PrefixLayout` lists the attention sites (see :data:`softprompt.kinds.Site`) and layers
 one prefix fills, in the order its flat ``(P, F)`` table stores them.
@@ -158,6 +162,8 @@ class ModelShape:
     encoder_prefix: bool = True
     # Why encoder self-attention cannot take a prefix, where it cannot (what the probe found).
     encoder_prefix_refusal: str = ""
+    # Encoder-decoders: (site, why) for the decoder sites ("decoder", "cross") that cannot take one.
+    decoder_refusals: tuple[tuple[Site, str], ...] = ()
     position_offset: int = 0
     index_positions: bool = False
     # Indices of decoder layers whose state is not keys/values (linear attention, Mamba): a prefix
@@ -195,6 +201,13 @@ class ModelShape:
             raise UnsupportedModelError(
                 f"{self.family} encoders cannot take a key/value prefix: {reason}, so prefix tuning / deep "
                 f"prompts are not supported on {self.family}. Prompt tuning and P-tuning are "
+                "(PromptTuningConfig, PTuningConfig)."
+            )
+        refused = [why for site, why in self.decoder_refusals if site in sites]
+        if refused:
+            raise UnsupportedModelError(
+                f"{self.family} decoders cannot take a key/value prefix at {sites}: {'; '.join(refused)}, so "
+                f"prefix tuning is not supported there on {self.family}. Prompt tuning and P-tuning are "
                 "(PromptTuningConfig, PTuningConfig)."
             )
         if "self" in sites and not self.layers:
@@ -292,6 +305,7 @@ class _Probed:
     decoder_layers: tuple[LayerShape, ...] = ()
     encoder_prefix: bool = True
     encoder_prefix_refusal: str = ""
+    decoder_refusals: tuple[tuple[Site, str], ...] = ()
 
 
 _PROBED: weakref.WeakKeyDictionary[nn.Module, _Probed] = weakref.WeakKeyDictionary()
@@ -370,6 +384,26 @@ def _seq2seq_probe(model: nn.Module) -> _Probed:
         decoder_layers=decoder_layers,
         encoder_prefix=not refusal,
         encoder_prefix_refusal=refusal,
+        decoder_refusals=_decoder_refusals(model, decoder, cross),
+    )
+
+
+def _decoder_refusals(model: nn.Module, decoder, cross) -> tuple[tuple[Site, str], ...]:
+    """Why a prefix cannot enter the decoder's self-attention (``"decoder"``) or cross-attention
+    (``"cross"``), for each site where a random one does not reach the logits from every layer."""
+    from softprompt.injection.capture import unread_decoder_sites
+
+    try:
+        unread = unread_decoder_sites(model, decoder, cross)
+    except UnsupportedModelError as error:
+        return (("decoder", str(error)), ("cross", str(error)))
+    return tuple(
+        (
+            site,
+            f"its decoder layers {layers} do not read a {site} prefix (a random one left the logits as they were)",
+        )
+        for site, layers in unread.items()
+        if layers
     )
 
 
@@ -442,6 +476,7 @@ def model_shape(model: nn.Module) -> ModelShape:
         head=head,
         encoder_prefix=probed.encoder_prefix and quirk.encoder_prefix,
         encoder_prefix_refusal=probed.encoder_prefix_refusal,
+        decoder_refusals=probed.decoder_refusals,
         position_offset=_position_offset(model, kind),
         index_positions=_index_positions(model, kind),
         recurrent_layers=probed.recurrent_layers,

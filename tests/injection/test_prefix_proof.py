@@ -6,10 +6,12 @@ ignores the prefix handed to it: a cache whose keys it does not use, an attentio
 softprompt's prefix.
 """
 
+import copy
+
 import pytest
 import torch
 import transformers as T
-from tiny import _ENCODER, random_ids, tiny_causal_lm
+from tiny import _ENCODER, random_ids, tiny_causal_lm, tiny_model
 
 import softprompt
 from softprompt.families import model_shape
@@ -97,3 +99,41 @@ def test_the_proof_leaves_the_model_as_it_was():
     model_shape(model)
     assert model.training and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
+def _bart_with_a_cross_attention_ignoring_its_cache(layer: int):
+    model = tiny_model("bart", "seq2seq-lm")
+    attention = model.get_decoder().layers[layer].encoder_attn
+    forward = attention.forward
+
+    def ignoring(*args, cache=None, **kwargs):
+        if cache is not None:  # the same cache, but what its cross-attention part returns is dropped
+            cache = copy.copy(cache)
+            cache.cross_attention_cache = _WritesButIgnores(cache.cross_attention_cache)
+        return forward(*args, cache=cache, **kwargs)
+
+    attention.forward = ignoring
+    return model
+
+
+def test_a_decoder_layer_that_ignores_its_cross_prefix_refuses_decoder_prefixes_naming_it():
+    base = _bart_with_a_cross_attention_ignoring_its_cache(1)
+    assert model_shape(base).decoder_refusals == (
+        (
+            "cross",
+            "its decoder layers [1] do not read a cross prefix (a random one left the logits as they were)",
+        ),
+    )
+    with pytest.raises(
+        softprompt.UnsupportedModelError,
+        match=r"bart decoders cannot take a key/value prefix at \('encoder', 'decoder', 'cross'\): its decoder "
+        r"layers \[1\] do not read a cross prefix",
+    ):
+        softprompt.wrap(base, softprompt.PrefixTuningConfig(num_virtual_tokens=2))
+    # the decoder's self-attention alone (peft's choice) reads its prefix; virtual tokens enter the encoder
+    softprompt.wrap(base, softprompt.PrefixTuningConfig(num_virtual_tokens=2, prefix_sites="decoder"))
+    softprompt.wrap(base, PROMPT)
+
+
+def test_every_decoder_layer_of_an_encoder_decoder_reads_both_prefixes():
+    assert model_shape(tiny_model("bart", "seq2seq-lm")).decoder_refusals == ()

@@ -44,7 +44,7 @@ from softprompt.injection.attention import (
     AttentionPrefix,
     use_prefix_attention,
 )
-from softprompt.injection.caches import prefix_cache
+from softprompt.injection.caches import encoder_decoder_prefix_cache, prefix_cache
 from softprompt.kinds import Site
 from softprompt.methods.base import PrefixStates, PromptOutput
 from softprompt.sharding import whole_while_running
@@ -335,6 +335,46 @@ def unread_encoder_modules(
 
     like = stack.get_input_embeddings().weight
     return _unread(forward, [(keys, values) for _, keys, values in calls], like)
+
+
+def unread_decoder_sites(
+    model: nn.Module, decoder: CacheReading, cross: CacheReading
+) -> dict[Site, list[int]]:
+    """An encoder-decoder's decoder layers whose self-attention (``"decoder"``) or cross-attention
+    (``"cross"``) prefix its logits do not read, from one token through the model after a random
+    prefix at both sites, placed by :func:`softprompt.injection.caches.encoder_decoder_prefix_cache` as
+    prefix tuning places them (the encoder runs on its own, as the model runs it: no prefix there).
+    """
+    layers = sorted(decoder.keys)
+    ids = _probe_ids(model)
+    mask = torch.ones(1, _PROOF_LENGTH + 1, dtype=torch.long, device=ids.device)
+
+    def forward(states):
+        cache = encoder_decoder_prefix_cache(states[: len(layers)], states[len(layers) :], len(layers))
+        encoded = model.get_encoder()(input_ids=ids)
+        outputs = model(
+            encoder_outputs=encoded,
+            attention_mask=mask,
+            decoder_input_ids=ids,
+            decoder_attention_mask=mask,
+            use_cache=False,
+            **cache_kwargs(model, cache),
+        )
+        return outputs.logits
+
+    shapes = [(decoder.keys[i], decoder.values[i]) for i in layers]
+    shapes += [(cross.keys[i], cross.values[i]) for i in layers]
+    like = model.get_input_embeddings().weight
+    unread: list[int] = []
+    _run_probe(
+        model,
+        "a one-token forward after a random decoder prefix",
+        lambda: unread.extend(_unread(forward, shapes, like)),
+    )
+    return {
+        "decoder": [layers[i] for i in unread if i < len(layers)],
+        "cross": [layers[i - len(layers)] for i in unread if i >= len(layers)],
+    }
 
 
 # --------------------------------------------------------------------------------------- prompts
