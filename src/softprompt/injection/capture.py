@@ -307,14 +307,16 @@ def unread_decoder_layers(model: nn.Module, layer_indices: Sequence[int], readin
         return outputs.last_hidden_state
 
     shapes = [(reading.keys[i], reading.values[i]) for i in layer_indices]
-    like = model.get_input_embeddings().weight
-    unread: list[int] = []
-    _run_probe(
-        model,
-        "a one-token forward after a random prefix",
-        lambda: unread.extend(_unread(forward, shapes, like)),
-    )
+    unread = _unread_in_probe(model, "a one-token forward after a random prefix", forward, shapes)
     return [layer_indices[i] for i in unread]
+
+
+def _unread_in_probe(model: nn.Module, what: str, forward, shapes) -> list[int]:
+    """:func:`_unread` run as a probe of ``model`` (eval mode, a failure names the model and ``what``)."""
+    unread: list[int] = []
+    like = model.get_input_embeddings().weight
+    _run_probe(model, what, lambda: unread.extend(_unread(forward, shapes, like)))
+    return unread
 
 
 def unread_encoder_modules(
@@ -364,13 +366,7 @@ def unread_decoder_sites(
 
     shapes = [(decoder.keys[i], decoder.values[i]) for i in layers]
     shapes += [(cross.keys[i], cross.values[i]) for i in layers]
-    like = model.get_input_embeddings().weight
-    unread: list[int] = []
-    _run_probe(
-        model,
-        "a one-token forward after a random decoder prefix",
-        lambda: unread.extend(_unread(forward, shapes, like)),
-    )
+    unread = _unread_in_probe(model, "a one-token forward after a random decoder prefix", forward, shapes)
     return {
         "decoder": [layers[i] for i in unread if i < len(layers)],
         "cross": [layers[i - len(layers)] for i in unread if i >= len(layers)],
