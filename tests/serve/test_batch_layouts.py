@@ -34,6 +34,9 @@ BASES = {
     "mpt": lambda: windowed("mpt"),
     "gemma3n_text": gemma3n_text,
 }
+# Where prompt tuning and P-tuning enter as input embeddings (per-layer inputs looked up by token id):
+# the local engine serves prefix tuning there and refuses the others (see the last test).
+PREFIX_ONLY = {"gemma3n_text"}
 
 
 async def generated(handle: RequestHandle) -> list[int]:
@@ -64,13 +67,16 @@ def serve_together(engine: LocalEngine, requests) -> list[list[int]]:
 @pytest.mark.parametrize("family", sorted(BASES))
 def test_mixed_tasks_through_the_scheduler_equal_each_task_generating_alone(family, tmp_path):
     base = BASES[family]()
+    served = {
+        name: c for name, c in TASKS.items() if family not in PREFIX_ONLY or c.method == "prefix_tuning"
+    }
     adapters = {
         name: softprompt.wrap(base, config).save(tmp_path / f"{name}.safetensors")
-        for name, config in TASKS.items()
+        for name, config in served.items()
     }
     engine = LocalEngine(TaskBank(base), make_tokenizer(), name=family)
     prepared = {name: engine.prepare(softprompt.load(base, path)) for name, path in adapters.items()}
-    tasks = [None, *TASKS, *reversed(TASKS)]
+    tasks = [None, *served, *reversed(served), None]
     rows = [random_ids(1, 2 + (5 * i) % 9, seed=i)[0].tolist() for i in range(len(tasks))]
     assert max(len(r) for r in rows) > 2 * WINDOW  # inputs past the window, prompts out of it
     lengths = [4 + i % 3 for i in range(len(tasks))]
@@ -84,3 +90,13 @@ def test_mixed_tasks_through_the_scheduler_equal_each_task_generating_alone(fami
 def test_a_model_with_recurrent_layers_is_refused_with_the_reason():
     with pytest.raises(softprompt.UnsupportedModelError, match="recurrent state in its layers"):
         LocalEngine(TaskBank(tiny_hybrid_lm("jamba")), make_tokenizer(), name="jamba")
+
+
+@pytest.mark.parametrize("task", ["prompt", "ptuning"])
+def test_prompts_that_enter_as_input_embeddings_are_refused_with_the_reason(task):
+    base = gemma3n_text()
+    engine = LocalEngine(TaskBank(base), make_tokenizer(), name="gemma3n")
+    with pytest.raises(
+        ValueError, match="takes .* prompts as input embeddings .* serve a prefix-tuning task"
+    ):
+        engine.prepare(softprompt.wrap(base, TASKS[task]))

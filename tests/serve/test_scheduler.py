@@ -135,18 +135,37 @@ def test_seeded_samples_do_not_depend_on_the_batch(engine, compiled):
 
 
 class PoisonOnToken:
-    """A forward pre-hook on the backbone that raises when ``token`` is among its input ids."""
+    """Forward pre-hooks that raise when ``token`` is among the backbone's input ids: before the backbone
+    runs, or with ``in_layer``, when that decoder layer is reached (the layers before it have already
+    appended the step's keys/values to the cache)."""
 
-    def __init__(self, model, token: int, only_single_steps: bool = False) -> None:
+    def __init__(
+        self, model, token: int, only_single_steps: bool = False, in_layer: int | None = None
+    ) -> None:
         self.token, self.only_single_steps = token, only_single_steps
-        self.handle = model.model.register_forward_pre_hook(self, with_kwargs=True)
+        self.poisoned = False
+        self.handles = [model.model.register_forward_pre_hook(self, with_kwargs=True)]
+        if in_layer is not None:
+            self.handles.append(
+                model.model.layers[in_layer].register_forward_pre_hook(self.raise_if_poisoned)
+            )
+        self.in_layer = in_layer
 
     def __call__(self, module, args, kwargs):
         ids = kwargs.get("input_ids")
         if ids is None:  # compiling a prompt (virtual tokens)
             return
-        if (ids.shape[1] == 1 or not self.only_single_steps) and bool((ids == self.token).any()):
+        self.poisoned = (ids.shape[1] == 1 or not self.only_single_steps) and bool((ids == self.token).any())
+        if self.in_layer is None:
+            self.raise_if_poisoned()
+
+    def raise_if_poisoned(self, *_) -> None:
+        if self.poisoned:
             raise RuntimeError(f"poisoned token {self.token}")
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def test_a_request_that_fails_in_prefill_fails_alone(engine, base, adapters, compiled):
@@ -168,26 +187,27 @@ def test_a_request_that_fails_in_prefill_fails_alone(engine, base, adapters, com
     try:
         *outs, failure = run(engine, scenario)
     finally:
-        hook.handle.remove()
+        hook.remove()
     assert isinstance(failure, APIError) and failure.status == 500
     assert "poisoned token 95" in failure.message
     assert outs == [greedy_tokens(base, adapters["prompt"], ids, 4) for ids in good]
 
 
-def test_a_request_that_fails_in_a_decoding_step_fails_alone(engine, base, adapters):
+@pytest.mark.parametrize("in_layer", [None, 1], ids=["before the model", "inside the model"])
+def test_a_request_that_fails_in_a_decoding_step_fails_alone(engine, base, in_layer):
     # Find a request whose first generated token no other request generates: feeding it back fails.
     candidates = prompts(12, seed=6)
-    firsts = [greedy_tokens(base, None, ids, 6) for ids in candidates]
+    firsts = [greedy_tokens(base, None, ids, 12) for ids in candidates]
     victim = next(
         i
         for i, out in enumerate(firsts)
         if all(out[0] not in other for j, other in enumerate(firsts) if j != i)
     )
     others = [i for i in range(len(candidates)) if i != victim][:4]
-    hook = PoisonOnToken(base, firsts[victim][0], only_single_steps=True)
+    hook = PoisonOnToken(base, firsts[victim][0], only_single_steps=True, in_layer=in_layer)
 
     async def scenario():
-        handles = {i: request(engine, candidates[i], max_tokens=6) for i in [victim, *others]}
+        handles = {i: request(engine, candidates[i], max_tokens=12) for i in [victim, *others]}
         for handle in handles.values():
             engine.submit(handle)
         outs = await asyncio.gather(*(tokens_of(h) for h in handles.values()), return_exceptions=True)
@@ -196,9 +216,9 @@ def test_a_request_that_fails_in_a_decoding_step_fails_alone(engine, base, adapt
     try:
         outs = run(engine, scenario)
     finally:
-        hook.handle.remove()
+        hook.remove()
     assert isinstance(outs[victim], APIError) and outs[victim].status == 500
-    assert all(outs[i] == firsts[i] for i in others)
+    assert {i: outs[i] for i in others} == {i: firsts[i] for i in others}
 
 
 class HoldStep:
@@ -278,3 +298,21 @@ def test_a_fault_outside_the_model_fails_the_running_requests_and_the_engine_goe
     failed, served = run(engine, scenario)
     assert isinstance(failed, APIError) and "detokenizer broke" in failed.message and failed.status == 500
     assert len(served) == 4
+
+
+def test_more_choices_than_the_batch_holds_are_refused_and_hold_no_one_up(base, tokenizer):
+    engine = LocalEngine(TaskBank(base), tokenizer, name="bare", max_batch=4)
+
+    async def scenario():
+        with pytest.raises(APIError) as refused:
+            engine.submit(request(engine, [5, 6, 7], max_tokens=2, n=5))
+        behind = request(engine, [5, 6, 7], max_tokens=2, n=4)
+        engine.submit(behind)
+        return refused.value, await tokens_of(behind)
+
+    refused, served = run(engine, scenario)
+    assert (refused.status, refused.param) == (400, "n")
+    assert refused.message == (
+        "n=5 choices are more than the 4 sequences this server decodes at once; ask for at most 4"
+    )
+    assert len(served) == 8

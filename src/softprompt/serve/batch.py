@@ -69,10 +69,22 @@ class DecodingBatch:
         return [(self.cache.layers[i].keys, self.cache.layers[i].values) for i in self.layer_indices]
 
     def step(self, decoder: Decoder, tokens: torch.Tensor) -> torch.Tensor:
-        """Append one token to every sequence, ``tokens`` (B,); returns the next-token logits (B, V)."""
+        """Append one token to every sequence, ``tokens`` (B,); returns the next-token logits (B, V).
+
+        A step that raises leaves the batch as it was — the layers it reached had appended the token
+        already — so its rows can be stepped again (alone, to find the one that fails).
+        """
         positions = self.mask.sum(-1, keepdim=True)  # (B, 1): the real slots before the new token
-        self.mask = torch.cat([self.mask, torch.ones_like(positions)], dim=-1)
-        return decoder.forward(tokens[:, None], self.mask, positions, self.cache)
+        mask = torch.cat([self.mask, torch.ones_like(positions)], dim=-1)
+        before = self.layers()  # a layer's update makes new tensors: these stay as they are
+        try:
+            logits = decoder.forward(tokens[:, None], mask, positions, self.cache)
+        except BaseException:
+            for index, (keys, values) in zip(self.layer_indices, before, strict=True):
+                self.cache.layers[index].keys, self.cache.layers[index].values = keys, values
+            raise
+        self.mask = mask
+        return logits
 
     def select(self, rows: Sequence[int]) -> DecodingBatch:
         """The sequences at ``rows`` (any order, repeats allowed), without columns no row uses."""

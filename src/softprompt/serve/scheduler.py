@@ -44,7 +44,7 @@ from softprompt.injection import CompiledPrompt
 from softprompt.models import PromptedModel
 from softprompt.serve.batch import Decoder, DecodingBatch
 from softprompt.serve.engine import Piece, RequestHandle, require_causal
-from softprompt.serve.errors import APIError, model_failure, too_many_requests, unavailable
+from softprompt.serve.errors import APIError, bad_request, model_failure, too_many_requests, unavailable
 from softprompt.serve.sampling import next_token
 from softprompt.serve.text import TextStream
 
@@ -107,9 +107,21 @@ class LocalEngine:
 
     # ------------------------------------------------------------------------------- engine protocol
     def prepare(self, model: PromptedModel) -> CompiledPrompt:
-        """A task's prompt compiled once into what every request of it starts from (its prefix)."""
+        """A task's prompt compiled once into what every request of it starts from (its prefix).
+
+        Refuses (``ValueError``, why) a prompt that enters the model as input embeddings instead of a
+        prefix: a batch row here is a key/value cache, and those prompts are no prefix.
+        """
         with torch.no_grad():
-            return model.compile_prompt(model.prompt)
+            compiled = model.compile_prompt(model.prompt)
+        if compiled.tokens is not None:
+            raise ValueError(
+                f"{model.shape.family} takes {model.prompt.config.method} prompts as input embeddings before "
+                "each request's tokens (its layers also read inputs looked up by token id), and softprompt's "
+                "local engine decodes prompts that are key/value prefixes only: serve a prefix-tuning task "
+                "on this model, or generate with the library (softprompt.load(...).generate)"
+            )
+        return compiled
 
     def prompt_length(self, prepared: CompiledPrompt | None) -> int:
         return 0 if prepared is None else max(states.length for states in prepared.sites.values())
@@ -129,6 +141,13 @@ class LocalEngine:
             self._thread = None
 
     def submit(self, handle: RequestHandle) -> None:
+        n = handle.request.params.n
+        if n > self.max_batch:  # it would never fit, and would hold up every request behind it
+            raise bad_request(
+                f"n={n} choices are more than the {self.max_batch} sequences this server decodes at once; "
+                f"ask for at most {self.max_batch}",
+                param="n",
+            )
         with self._wake:
             if self._stopping or self._thread is None:
                 raise unavailable("the server is not running (starting or shutting down); retry shortly")
