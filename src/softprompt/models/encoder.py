@@ -4,7 +4,10 @@ soft prompt, for sequence classification, token classification or features (P-tu
 How each method enters an encoder (arranged by :mod:`softprompt.injection.encoder_input`):
 
 * **prompt tuning / P-tuning** — virtual tokens (P, E) are prepended to the input embeddings; they
-  run with every batch, since in an encoder they attend to the input.
+  run with every batch, since in an encoder they attend to the input. A backbone that takes no
+  ``inputs_embeds`` (ESM-C) cannot take them: it is refused there, naming why. A model that gives
+  its first position global attention by default (Longformer's classifiers) gives it to the first
+  position the encoder sees, the first virtual token (which the sequence head reads).
 * **prefix tuning = deep prompts** (P-tuning v2) — a key/value prefix in every encoder layer,
   through :class:`softprompt.injection.attention.AttentionPrefix`. Where the model takes position
   ids the caller's tokens take the positions after the prefix (as in P-tuning v2 and ``peft``).
