@@ -9,6 +9,7 @@
 * Gradient checkpointing's cache switches (``GradientCheckpointingLayer._can_checkpoint_with_cache``).
 * Which keyword arguments a model's ``forward`` takes (``logits_to_keep``), and where its backbone is
   (``base_model_prefix`` does not always name it).
+* Recurrent states a model keeps in its own modules instead of its cache (``_setup_cache``).
 
 No other module touches a private ``transformers`` attribute.
 
@@ -54,6 +55,16 @@ def takes_argument(module: nn.Module, name: str) -> bool:
     return name in _forward_parameters(type(module))
 
 
+def reads_argument(module: nn.Module, name: str) -> bool:
+    """Whether ``module.forward`` names ``name``, or passes every argument on to a module it wraps
+    (``forward(self, *args, **kwargs)``, as BART's ``BartDecoderWrapper`` does)."""
+    if takes_argument(module, name):
+        return True
+    parameters = list(inspect.signature(type(module).forward).parameters.values())[1:]  # after self
+    passed_on = {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD}
+    return bool(parameters) and all(p.kind in passed_on for p in parameters)
+
+
 def backbone(model: nn.Module) -> nn.Module:
     """The backbone of a ``transformers`` model with a head (its last hidden states, no head).
 
@@ -64,6 +75,18 @@ def backbone(model: nn.Module) -> nn.Module:
     if model.base_model is not model:
         return model.base_model
     return next(child for child in model.children() if isinstance(child, PreTrainedModel))
+
+
+def reset_module_states(model: nn.Module, batch: int, device: torch.device, dtype: torch.dtype) -> None:
+    """Start afresh, for ``batch`` rows, the recurrent states ``model`` keeps in its own modules.
+
+    RecurrentGemma keeps its recurrent blocks' states in the blocks, not in the cache it is given,
+    and sets them up only when it is given no cache (``_setup_cache``): a call given a cache would
+    start from the final state of whatever ran before it. Models without such states are left alone.
+    """
+    setup = getattr(model, "_setup_cache", None)
+    if setup is not None:
+        setup(model.config, batch, device, dtype)
 
 
 def attention_implementation(model: nn.Module) -> str | None:

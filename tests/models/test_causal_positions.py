@@ -38,10 +38,10 @@ def greedy(model, ids, mask=None, **kwargs):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_left_pads_move_the_bare_models_positions(family):
-    base = tiny_model(family, "causal-lm")
-    assert _left_pads_change_the_output(base)
-    assert not _left_pads_change_the_output(tiny_model("llama", "causal-lm"))  # takes position_ids
-    assert not _left_pads_change_the_output(tiny_model("mpt", "causal-lm"))  # ALiBi: distances only
+    assert _left_pads_change_the_output(tiny_model(family, "causal-lm"), takes_position_ids=False)
+    assert wrapped(family, "prompt_tuning")._left_pads_matter
+    assert not wrapped("llama", "prompt_tuning")._left_pads_matter  # takes position_ids
+    assert not wrapped("mpt", "prompt_tuning")._left_pads_matter  # ALiBi: distances only
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning", "p_tuning"])

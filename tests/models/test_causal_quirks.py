@@ -6,6 +6,8 @@ against the model's own numbers, or is refused with the reason.
   pad token's embeddings is then exactly the bare model with pad tokens in front.
 * CTRL scales the ``inputs_embeds`` it is given in place: compiling a prompt hands it a copy, so the
   prompt's parameters stay as they were and train.
+* RecurrentGemma keeps its recurrent states in its blocks, not in the cache it is given: each call
+  starts them afresh, so a call computes the same whatever ran before it.
 * CPM-Ant builds its own attention mask from the token ids: refused, for every method.
 """
 
@@ -64,3 +66,16 @@ def test_a_model_that_scales_its_inputs_embeds_in_place_leaves_the_prompt_as_it_
     assert all(torch.equal(p, b) for p, b in zip(model.prompt.parameters(), before, strict=True))
     model.train()(input_ids=ids, labels=ids).loss.backward()  # no in-place change of a leaf
     assert sum(p.grad.abs().sum() for p in model.prompt.parameters()) > 0
+
+
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_a_model_keeping_recurrent_states_in_its_blocks_starts_each_call_afresh(method):
+    model = softprompt.wrap(tiny_model("recurrent_gemma", "causal-lm"), CONFIGS[method]()).eval()
+    rows = [random_ids(1, n, seed=n)[0] for n in (7, 4, 5)]
+    with torch.no_grad():
+        for p in model.prompt.parameters():  # a prompt away from its init
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
+        first = model(input_ids=rows[0][None]).logits
+        model(input_ids=rows[1][None])  # another row in between
+        torch.testing.assert_close(model(input_ids=rows[0][None]).logits, first, atol=0, rtol=0)
+    assert_batch_invariant(model, rows)

@@ -66,7 +66,7 @@ class SoftPromptModel(PromptedModel):
 
     def __init__(self, base_model: nn.Module, prompt: SoftPrompt | None, shape: ModelShape) -> None:
         backbone = compat.backbone(base_model)
-        if not compat.takes_argument(backbone, "attention_mask"):
+        if not compat.reads_argument(backbone, "attention_mask"):
             raise UnsupportedModelError(
                 f"{shape.family}'s backbone ({type(backbone).__name__}) takes no attention_mask: it builds its "
                 "own mask from the token ids, so it can be shown neither a batch's pads nor a prompt's slots"
@@ -203,6 +203,8 @@ class SoftPromptModel(PromptedModel):
                 kwargs["logits_to_keep"] = where
             if cache is None and prefix.mask.shape[1]:
                 cache = prefix_cache(prefix.layers, self.base_model.config, self.shape.layer_indices)
+            if cache is not None:
+                compat.reset_module_states(self.base_model, batch, device, self.base_model.dtype)
             outputs = module(
                 input_ids=input_ids,
                 inputs_embeds=inputs_embeds,
@@ -351,7 +353,8 @@ class SoftPromptModel(PromptedModel):
             kwargs.get("num_return_sequences") or config.num_return_sequences or 1,
         )
         prompts = self._prompts(row_prompts, batch, input_ids.device)
-        if self._pads_move_positions and _has_padding(attention_mask, prompts):
+        # A recurrent state cannot be re-laid after the prefill: rows of one layout run without pads.
+        if (self._left_pads_matter or self.shape.recurrent_layers) and _has_padding(attention_mask, prompts):
             return self._generate_by_layout(input_ids, attention_mask, prompts, **kwargs)
         if prompts.tokens is not None:
             return self._generate_after_embeddings(input_ids, attention_mask, prompts, expand, **kwargs)
@@ -385,6 +388,7 @@ class SoftPromptModel(PromptedModel):
             kwargs["max_length"] += virtual
         if "streamer" in kwargs:
             kwargs["streamer"] = real_text_streamer(kwargs["streamer"], virtual)
+        compat.reset_module_states(self.base_model, batch * expand, input_ids.device, self.base_model.dtype)
         output = self.base_model.generate(
             input_ids=torch.cat([stand_ins, input_ids], dim=-1).gather(-1, layout),
             attention_mask=with_prefix_columns(attention_mask, prefix.mask).gather(-1, layout),
@@ -395,21 +399,22 @@ class SoftPromptModel(PromptedModel):
         return _without_stand_ins(sequences, layout, virtual, length)
 
     @functools.cached_property
-    def _pads_move_positions(self) -> bool:
-        """Whether a left pad moves the positions of the tokens after it, whatever the mask says.
+    def _left_pads_matter(self) -> bool:
+        """Whether a left pad changes the numbers of the tokens after it, whatever the mask and the
+        positions say.
 
         BART-family decoders (BART, mBART, Marian, Pegasus, Whisper, TrOCR...) number positions by
         cache column — learned or sinusoidal positions counted from the cache length — and take no
-        ``position_ids`` to say otherwise, so a row's numbers change with the pads ``generate`` puts
-        in front of it. Read from the model: its forward takes no ``position_ids`` and two left pads
-        change its last logits.
+        ``position_ids`` to say otherwise; RecurrentGemma's recurrent blocks read every column, pads
+        included. A row's numbers then change with the pads ``generate`` puts in front of it. Read
+        from the model: two left pads change its last logits.
         """
-        return not self.shape.takes_position_ids and _left_pads_change_the_output(self.base_model)
+        return _left_pads_change_the_output(self.base_model, self.shape.takes_position_ids)
 
     def _generate_by_layout(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: RowPrompts, **kwargs
     ) -> torch.Tensor:
-        """``generate`` for a model whose pads move positions (:attr:`_pads_move_positions`): each group
+        """``generate`` for a model whose pads move positions (:attr:`_left_pads_matter`): each group
         of rows with the same number of tokens and prompt slots is generated on its own, without pads,
         and the rows come back in the caller's layout (left-padded input, then new tokens, ended with
         pads as ``generate`` ends a row that finished early)."""
@@ -478,6 +483,7 @@ class SoftPromptModel(PromptedModel):
         ):  # the stand-ins are pads: the virtual tokens' per-layer inputs
             per_layer = self._per_layer_embedder.get_per_layer_inputs(ids[:, :-1], None)
             positions["per_layer_inputs"] = per_layer.repeat_interleave(expand, 0)
+        compat.reset_module_states(self.base_model, batch * expand, input_ids.device, self.base_model.dtype)
         backbone(
             inputs_embeds=embeds[:, :-1].repeat_interleave(expand, 0),
             attention_mask=mask[:, :-1].repeat_interleave(expand, 0),
@@ -525,17 +531,25 @@ def _per_layer_embedder(backbone: nn.Module) -> nn.Module | None:
     return next((m for m in backbone.modules() if hasattr(m, "get_per_layer_inputs")), None)
 
 
-def _left_pads_change_the_output(model: nn.Module) -> bool:
-    """Whether two pads before a two-token input change ``model``'s last logits (beyond rounding)."""
+def _left_pads_change_the_output(model: nn.Module, takes_position_ids: bool = True) -> bool:
+    """Whether two pads before a two-token input change ``model``'s last logits (beyond rounding);
+    the tokens are given their positions 0 and 1 where the model takes ``position_ids``."""
     pad = model.generation_config.pad_token_id or 0
     ids = torch.tensor([[pad, pad, 3, 4]], device=model.device)
     mask = torch.tensor([[0, 0, 1, 1]], device=model.device)
+    positions = torch.tensor([[0, 0, 0, 1]], device=model.device)
+
+    def last_logits(columns: slice) -> torch.Tensor:
+        given = {"position_ids": positions[:, columns]} if takes_position_ids else {}
+        return (
+            model(input_ids=ids[:, columns], attention_mask=mask[:, columns], **given).logits[0, -1].float()
+        )
+
     training = model.training
     model.eval()  # dropout would differ between the two runs
     try:
         with torch.no_grad():
-            padded = model(input_ids=ids, attention_mask=mask).logits[0, -1].float()
-            alone = model(input_ids=ids[:, 2:], attention_mask=mask[:, 2:]).logits[0, -1].float()
+            padded, alone = last_logits(slice(None)), last_logits(slice(2, None))
     finally:
         model.train(training)
     return not torch.allclose(padded, alone, atol=1e-4, rtol=1e-4)
