@@ -14,7 +14,7 @@ import transformers as T
 from models.test_invariance_windows import CONFIGS as WINDOWED
 from models.test_invariance_windows import WINDOW, gemma3n_text
 from serve_helpers import TASKS, greedy_tokens, make_tokenizer
-from tiny import random_ids, tiny_hybrid_lm
+from tiny import random_ids, tiny_hybrid_lm, tiny_model
 
 import softprompt
 from softprompt.bank import TaskBank
@@ -87,9 +87,17 @@ def test_mixed_tasks_through_the_scheduler_equal_each_task_generating_alone(fami
         assert out == greedy_tokens(base, adapters.get(task), ids, n), (task, ids)
 
 
-def test_a_model_with_recurrent_layers_is_refused_with_the_reason():
-    with pytest.raises(softprompt.UnsupportedModelError, match="recurrent state in its layers"):
-        LocalEngine(TaskBank(tiny_hybrid_lm("jamba")), make_tokenizer(), name="jamba")
+@pytest.mark.parametrize(
+    ("base", "reason"),
+    [
+        (lambda: tiny_hybrid_lm("jamba"), "carries a recurrent state in its layers"),
+        (lambda: tiny_model("bart", "causal-lm"), "numbers positions by cache column"),
+    ],
+    ids=["recurrent layers", "positions by cache column"],
+)
+def test_a_model_whose_rows_cannot_be_padded_and_joined_is_refused_with_the_reason(base, reason):
+    with pytest.raises(softprompt.UnsupportedModelError, match=reason):
+        LocalEngine(TaskBank(base()), make_tokenizer(), name="tiny")
 
 
 @pytest.mark.parametrize("task", ["prompt", "ptuning"])

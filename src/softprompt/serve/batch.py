@@ -122,6 +122,13 @@ class Decoder:
                 f"{list(runner.shape.recurrent_layers)}, which it cannot. Generate with the library "
                 "(softprompt.load(...).generate, TaskBank.generate) on this model"
             )
+        if runner._left_pads_matter:
+            raise UnsupportedModelError(
+                f"softprompt's local engine left-pads the sequences it decodes together; {runner.shape.family} "
+                "numbers positions by cache column (a left pad changes every token after it), so a "
+                "sequence would not compute what it computes alone. Generate with the library "
+                "(softprompt.load(...).generate, TaskBank.generate) on this model"
+            )
         self.runner = runner
         self.device = runner.base_model.device
         # Whether calls ask the attention to keep grouped key/value heads (softprompt.injection.attention).
