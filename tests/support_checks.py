@@ -45,6 +45,10 @@ Status = Literal["works", "refused", "fails"]
 # Logits of a tiny fp32 model agree to ~1e-6 when the computation is the same; a prompt that matters
 # moves them by far more than this.
 ATOL = 1e-4
+# Below this, prompted logits are the bare model's up to float32 rounding: the prompt changed nothing.
+# (A tiny random model's attention can reach its logits by less than ATOL; that every prefix slot is
+# read is proven at wrap time by the shape probe.)
+NOISE = 1e-6
 ROW_LENGTHS = (7, 4, 5)  # longer than the generic sliding window (4): windows must keep the prompt
 NEW_TOKENS = 3
 # Method options that keep the prompt tiny, set where a method's config has the field.
@@ -150,6 +154,9 @@ def case_inputs(base: torch.nn.Module, head: str) -> CaseInputs:
     """The checks' inputs for ``base``; a bare model that cannot run them does not build (:class:`BuildError`)."""
     rows = [ending_with_eos(random_ids(1, n, seed=n)[0], base.config) for n in ROW_LENGTHS]
     decoder_ids = _decoder_ids(base) if head == "seq2seq-lm" else None
+    # wrap freezes the base (documented); a frozen model may take other kernels (ProphetNet's logits
+    # move by 5e-8), so the bare logits compared bit for bit are the frozen model's.
+    base.requires_grad_(False)
     try:
         with torch.no_grad():
             bare = [_logits(base, r[None], None, decoder_ids) for r in rows]
@@ -218,7 +225,7 @@ def check_method(
             _prompt_matters(prompted[0], bare[0])
             check = "padding invariance"
             for side in ("left", "right"):
-                _padding_invariant(model, rows, side, prompted, decoder_ids)
+                _padding_invariant(model, base, rows, side, prompted, bare, decoder_ids)
             if head in LM_HEADS:
                 check = "greedy generation alone = batched"
                 _generation_invariant(model, rows)
@@ -261,20 +268,37 @@ def _move_prompt_from_its_init(model) -> None:
 
 
 def _prompt_matters(prompted: torch.Tensor, bare: torch.Tensor) -> None:
-    if prompted.shape == bare.shape and _max_diff(prompted, bare) <= ATOL:
+    if prompted.shape == bare.shape and _max_diff(prompted, bare) <= NOISE:
         raise CheckFailed("the prompt changes nothing: the logits are the bare model's")
 
 
-def _padding_invariant(model, rows, side: str, alone, decoder_ids) -> None:
+def _padding_drift(model, rows, side: str, alone, decoder_ids) -> float:
+    """The most any row's logits move when ``rows`` run ``side``-padded in one batch instead of alone."""
     ids, mask = padded_batch(rows, side)
     batched = _logits(model, ids, mask, decoder_ids)
+    drift = 0.0
     for i, row_alone in enumerate(alone):
         row = batched[i : i + 1]
         if decoder_ids is None and batched.dim() == 3:  # per-token logits (B, T, C): the row's own tokens
             row = row[:, mask[i].bool()]
-        diff = _max_diff(row, row_alone)
-        if diff > ATOL:
-            raise CheckFailed(f"row {i} {side}-padded in a batch differs from alone by {diff:.2e}")
+        drift = max(drift, _max_diff(row, row_alone))
+    return drift
+
+
+def _padding_invariant(model, base, rows, side: str, alone, bare, decoder_ids) -> None:
+    """Rows padded in a batch compute what they do alone — or drift no more than the bare model's own rows.
+
+    Some models are not padding-invariant themselves (approximate attention such as YOSO's hashing or
+    Nystromformer's landmarks, ConvBERT's span convolution over pads): softprompt lays rows out the
+    way the model drifts least, so the bound there is the bare model's drift in its better layout.
+    """
+    drift = _padding_drift(model, rows, side, alone, decoder_ids)
+    if drift <= ATOL:
+        return
+    own = min(_padding_drift(base, rows, layout, bare, decoder_ids) for layout in ("left", "right"))
+    if drift > 2 * own:
+        ceiling = f"; the bare model's own rows drift by {own:.2e}" if own > ATOL else ""
+        raise CheckFailed(f"rows {side}-padded in a batch differ from alone by {drift:.2e}{ceiling}")
 
 
 def _generation_invariant(model, rows) -> None:

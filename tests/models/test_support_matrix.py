@@ -142,7 +142,32 @@ def test_logits_that_depend_on_the_batch_fail_padding_invariance(monkeypatch, tm
         monkeypatch, lambda base, inputs: base(**inputs).logits + inputs["input_ids"].shape[0], tmp_path
     )
     assert (outcome.status, outcome.check) == ("fails", "padding invariance")
-    assert outcome.detail == "row 0 left-padded in a batch differs from alone by 2.00e+00"
+    assert outcome.detail == "rows left-padded in a batch differ from alone by 2.00e+00"
+
+
+def test_a_model_that_drifts_padded_by_itself_bounds_the_drift_it_may_show(monkeypatch, tmp_path):
+    base = tiny_model("llama", "causal-lm")
+    forward = base.forward
+
+    def drifting(**inputs):  # the bare model's own rows move with the batch by 1e-3 per row
+        return SimpleNamespace(logits=forward(**inputs).logits + 1e-3 * inputs["input_ids"].shape[0])
+
+    monkeypatch.setattr(base, "forward", drifting)
+    monkeypatch.setattr(
+        support_checks.softprompt, "wrap", lambda b, config: _Wrapper(b, lambda m, i: m(**i).logits + 0.5)
+    )
+    within = check_method(base, "causal-lm", method_configs()["prompt_tuning"], tmp_path)
+    assert within.check != "padding invariance"  # it goes on to the next check
+    monkeypatch.setattr(
+        support_checks.softprompt,
+        "wrap",
+        lambda b, config: _Wrapper(b, lambda m, i: m(**i).logits + 0.5 + 1e-2 * i["input_ids"].shape[0]),
+    )
+    beyond = check_method(base, "causal-lm", method_configs()["prompt_tuning"], tmp_path)
+    assert (beyond.check, beyond.detail) == (
+        "padding invariance",
+        "rows left-padded in a batch differ from alone by 2.20e-02; the bare model's own rows drift by 2.00e-03",
+    )
 
 
 def test_a_crash_that_is_not_a_refusal_fails_with_its_error(monkeypatch, tmp_path):
