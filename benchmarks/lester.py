@@ -155,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "grid": args.grid,
             "preset": args.preset,
             "quick": args.quick,
+            "from_journal": None if args.from_journal is None else str(args.from_journal),
             "command": "python benchmarks/lester.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         },
         "runs": [asdict(r) for r in runs],

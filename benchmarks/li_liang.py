@@ -206,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 **LINEAR,
             },
             "quick": args.quick,
+            "from_journal": None if args.from_journal is None else str(args.from_journal),
             "command": "python benchmarks/li_liang.py "
             + " ".join(argv if argv is not None else sys.argv[1:]),
         },

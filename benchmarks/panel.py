@@ -804,6 +804,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "peft_setups": {n: asdict(s) for n, s in PEFT_SETUPS.items()},
             "peft_recipe": PEFT_RECIPE,
             "quick": args.quick,
+            "from_journal": None if args.from_journal is None else str(args.from_journal),
             "command": "python benchmarks/panel.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         },
         "summary": summary,
