@@ -117,9 +117,9 @@ class Decoder:
     def __init__(self, runner: SoftPromptModel) -> None:
         if runner.shape.recurrent_layers:
             raise UnsupportedModelError(
-                f"softprompt's local engine keeps each sequence as keys/values it can cut and join between "
-                f"steps; {runner.shape.family} carries a recurrent state in its layers "
-                f"{list(runner.shape.recurrent_layers)}, which it cannot. Generate with the library "
+                f"softprompt's local engine decodes sequences as key/value caches it cuts and joins between "
+                f"steps; {runner.shape.family} also carries a recurrent state in its layers "
+                f"{list(runner.shape.recurrent_layers)}, which is not cut or joined that way. Generate with the library "
                 "(softprompt.load(...).generate, TaskBank.generate) on this model"
             )
         if runner._left_pads_matter:
