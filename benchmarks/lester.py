@@ -36,7 +36,6 @@ from _common import (  # noqa: E402
     markdown_table,
     quiet_libraries,
     set_threads,
-    write_json,
 )
 from panel import (  # noqa: E402
     TASKS,
@@ -49,6 +48,7 @@ from panel import (  # noqa: E402
     format_spread,
     names,
     spread,
+    write_report,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,24 +145,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
             f"\nbudget of every run: {each.steps} steps × {each.batch_size} = {each.examples_seen} examples seen; "
             f"mean training {sum(r.train_seconds for r in runs) / len(runs):.0f} s per run"
         )
-    result = {
-        "machine": machine,
-        "elapsed_seconds": round(time.perf_counter() - started, 1),
-        "settings": {
-            "budget": asdict(budget),
-            "tasks": tasks,
-            "pairs": pairs,
-            "grid": args.grid,
-            "preset": args.preset,
-            "quick": args.quick,
-            "from_journal": None if args.from_journal is None else str(args.from_journal),
-            "command": "python benchmarks/lester.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        },
-        "runs": [asdict(r) for r in runs],
+    recorded = {
+        "budget": asdict(budget),
+        "tasks": tasks,
+        "pairs": pairs,
+        "grid": args.grid,
+        "preset": args.preset,
     }
-    path = write_json(args.out, result)
-    print(f"\nwrote {path} ({result['elapsed_seconds']:.0f} s)")
-    return result
+    return write_report("lester.py", args, argv, machine, started, recorded, runs=[asdict(r) for r in runs])
 
 
 if __name__ == "__main__":

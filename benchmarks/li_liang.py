@@ -43,7 +43,6 @@ from _common import (  # noqa: E402
     markdown_table,
     quiet_libraries,
     set_threads,
-    write_json,
 )
 from accelerate.utils import set_seed  # noqa: E402
 from panel import (  # noqa: E402
@@ -61,6 +60,7 @@ from panel import (  # noqa: E402
     format_spread,
     names,
     spread,
+    write_report,
 )
 
 from softprompt.train.config import TrainSection  # noqa: E402
@@ -187,34 +187,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     print("\n### Table-to-text: dev BLEU and ROUGE-L after a fixed budget (mean ± std over seeds)\n")
     print(table(runs, methods))
-    result = {
-        "machine": machine,
-        "elapsed_seconds": round(time.perf_counter() - started, 1),
-        "settings": {
-            "budget": asdict(budget),
-            "tasks": tasks,
-            "methods": methods,
-            "sizes": sizes,
-            "full_rows_cap": full_rows,
-            "preset": args.preset,
-            "full_finetuning": {"lr": FULL_LR, **LINEAR},
-            "lora": {
-                "r": 8,
-                "lora_alpha": 16,
-                "target_modules": ["q_proj", "v_proj"],
-                "lr": LORA_LR,
-                **LINEAR,
-            },
-            "quick": args.quick,
-            "from_journal": None if args.from_journal is None else str(args.from_journal),
-            "command": "python benchmarks/li_liang.py "
-            + " ".join(argv if argv is not None else sys.argv[1:]),
+    settings = {
+        "budget": asdict(budget),
+        "tasks": tasks,
+        "methods": methods,
+        "sizes": sizes,
+        "full_rows_cap": full_rows,
+        "preset": args.preset,
+        "full_finetuning": {"lr": FULL_LR, **LINEAR},
+        "lora": {
+            "r": 8,
+            "lora_alpha": 16,
+            "target_modules": ["q_proj", "v_proj"],
+            "lr": LORA_LR,
+            **LINEAR,
         },
-        "runs": [asdict(r) for r in runs],
     }
-    path = write_json(args.out, result)
-    print(f"\nwrote {path} ({result['elapsed_seconds']:.0f} s)")
-    return result
+    return write_report("li_liang.py", args, argv, machine, started, settings, runs=[asdict(r) for r in runs])
 
 
 if __name__ == "__main__":

@@ -743,6 +743,34 @@ def collect_runs(args, train: Callable[[Path | None], list[Run]]) -> list[Run]:
     return train(args.journal)
 
 
+def write_report(
+    script: str,
+    args,
+    argv: Sequence[str] | None,
+    machine: dict,
+    started: float,
+    settings: dict,
+    **sections: Any,
+) -> dict:
+    """The JSON of a reproduction script: the machine, its settings (with ``--quick``, the journal it was
+    read from and the command), ``sections``; written to ``--out`` and returned."""
+    command = f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+    result = {
+        "machine": machine,
+        "elapsed_seconds": round(time.perf_counter() - started, 1),
+        "settings": {
+            **settings,
+            "quick": args.quick,
+            "from_journal": None if args.from_journal is None else str(args.from_journal),
+            "command": command,
+        },
+        **sections,
+    }
+    path = write_json(args.out, result)
+    print(f"\nwrote {path} ({result['elapsed_seconds']:.0f} s)")
+    return result
+
+
 def parse_args(argv: Sequence[str] | None = None):
     parser = benchmark_parser(__doc__, DEFAULT_OUT, "tiny random Llama, a few rows and steps (the test)")
     add_run_flags(parser)
@@ -791,29 +819,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
             + ", ".join(f"{t} {g:+.1f}" for t, g in held["softprompt_minus_best_peft"].items())
             + f"; mean {held['mean']:+.1f} -> {'met' if held['met'] else 'not met'}"
         )
-    result = {
-        "machine": machine,
-        "elapsed_seconds": round(time.perf_counter() - started, 1),
-        "settings": {
-            "budget": asdict(budget),
-            "tasks": tasks,
-            "setups": setups,
-            "splits": SPLITS,
-            "task_sections": {n: TASKS[n].section for n in tasks},
-            "softprompt_defaults": asdict(DEFAULTS["prompt_tuning"]),
-            "peft_setups": {n: asdict(s) for n, s in PEFT_SETUPS.items()},
-            "peft_recipe": PEFT_RECIPE,
-            "quick": args.quick,
-            "from_journal": None if args.from_journal is None else str(args.from_journal),
-            "command": "python benchmarks/panel.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        },
-        "summary": summary,
-        "goals": goals,
-        "runs": [asdict(r) for r in runs],
+    settings = {
+        "budget": asdict(budget),
+        "tasks": tasks,
+        "setups": setups,
+        "splits": SPLITS,
+        "task_sections": {n: TASKS[n].section for n in tasks},
+        "softprompt_defaults": asdict(DEFAULTS["prompt_tuning"]),
+        "peft_setups": {n: asdict(s) for n, s in PEFT_SETUPS.items()},
+        "peft_recipe": PEFT_RECIPE,
     }
-    path = write_json(args.out, result)
-    print(f"\nwrote {path} ({result['elapsed_seconds']:.0f} s)")
-    return result
+    return write_report(
+        "panel.py",
+        args,
+        argv,
+        machine,
+        started,
+        settings,
+        summary=summary,
+        goals=goals,
+        runs=[asdict(r) for r in runs],
+    )
 
 
 if __name__ == "__main__":
