@@ -8,6 +8,8 @@ against the model's own numbers, or is refused with the reason.
   prompt's parameters stay as they were and train.
 * RecurrentGemma keeps its recurrent states in its blocks, not in the cache it is given: each call
   starts them afresh, so a call computes the same whatever ran before it.
+* ProphetNet reads a cache only one token at a time: virtual tokens enter as input embeddings (the
+  bare model with the prompt's embeddings in front), a key/value prefix is refused with the reason.
 * CPM-Ant builds its own attention mask from the token ids: refused, for every method.
 """
 
@@ -79,3 +81,34 @@ def test_a_model_keeping_recurrent_states_in_its_blocks_starts_each_call_afresh(
         model(input_ids=rows[1][None])  # another row in between
         torch.testing.assert_close(model(input_ids=rows[0][None]).logits, first, atol=0, rtol=0)
     assert_batch_invariant(model, rows)
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
+def test_a_model_reading_its_cache_one_token_at_a_time_takes_virtual_tokens_as_embeddings(method):
+    base = tiny_model("prophetnet", "causal-lm")
+    model = softprompt.wrap(base, CONFIGS[method]()).eval()
+    rows = [random_ids(1, n, seed=n)[0] for n in (7, 4, 5)]
+    with torch.no_grad():
+        for p in model.prompt.parameters():  # a prompt away from its init
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
+        virtual = model.prompt().embeddings
+        expected = base(inputs_embeds=torch.cat([virtual, base.get_input_embeddings()(rows[0])])[None]).logits
+        got = model(input_ids=rows[0][None]).logits
+        torch.testing.assert_close(got, expected[:, virtual.shape[0] :], atol=1e-5, rtol=1e-5)
+        # generation reads its cache one token at a time: the greedy tokens of full forwards
+        sequence = rows[0]
+        for _ in range(3):
+            logits = model(input_ids=sequence[None]).logits[0, -1]
+            logits[base.config.eos_token_id] = -float("inf")  # min_new_tokens
+            sequence = torch.cat([sequence, logits.argmax()[None]])
+        new = model.generate(rows[0][None], max_new_tokens=3, min_new_tokens=3, do_sample=False)
+        assert new[0, 7:].tolist() == sequence[7:].tolist()
+    # (the bare ProphetNet itself is not padding-invariant: pads after a row move its logits by ~1e-3)
+
+
+def test_a_prefix_before_a_model_reading_its_cache_one_token_at_a_time_is_refused():
+    model = softprompt.wrap(tiny_model("prophetnet", "causal-lm"), CONFIGS["prefix_tuning"]())
+    with pytest.raises(
+        softprompt.UnsupportedModelError, match="reads a key/value cache only one token at a time"
+    ):
+        model(input_ids=random_ids(1, 4))

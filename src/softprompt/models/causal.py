@@ -76,8 +76,14 @@ class SoftPromptModel(PromptedModel):
         self._grouped_attention = use_grouped_attention(base_model, shape)
         # The module that looks up per-layer inputs by token id (Gemma 4), or None.
         self._per_layer_embedder = _per_layer_embedder(backbone)
+        # Whether a cache must be read one token at a time (ProphetNet): no prefix before an input.
+        self._one_token_after_a_cache = _reads_a_cache_one_token_at_a_time(base_model, shape)
         # Where virtual tokens cannot become a key/value prefix, they enter as input embeddings.
-        self._tokens_as_embeddings = bool(shape.recurrent_layers) or self._per_layer_embedder is not None
+        self._tokens_as_embeddings = (
+            bool(shape.recurrent_layers)
+            or self._per_layer_embedder is not None
+            or self._one_token_after_a_cache
+        )
 
     # -------------------------------------------------------------------------------------- prompts
     def compile_prompt(self, prompt: SoftPrompt) -> CompiledPrompt:
@@ -91,6 +97,12 @@ class SoftPromptModel(PromptedModel):
         before the row's tokens.
         """
         output = prompt()
+        if not isinstance(output, VirtualTokens) and self._one_token_after_a_cache:
+            raise UnsupportedModelError(
+                f"{self.shape.family} reads a key/value cache only one token at a time, so a prefix cannot "
+                "stand before an input of several tokens; prompt tuning and P-tuning work (their virtual "
+                "tokens enter as input embeddings)"
+            )
         if isinstance(output, VirtualTokens) and self._tokens_as_embeddings:
             return CompiledPrompt(tokens=output.embeddings)
         if isinstance(output, VirtualTokens):
@@ -521,6 +533,31 @@ class SoftPromptModel(PromptedModel):
         order = _pads_first(align.apply(attention_mask[:, :-1]), prefix.mask.shape[1])
         layers = [cache.layers[i] for i in self.shape.layer_indices]
         return [(_gather_slots(layer.keys, order), _gather_slots(layer.values, order)) for layer in layers]
+
+
+def _reads_a_cache_one_token_at_a_time(model: nn.Module, shape: ModelShape) -> bool:
+    """Whether ``model`` refuses two tokens after a one-slot prefix (ProphetNet's decoder asserts that
+    a cache is only read by one-token inputs)."""
+    if not shape.layers:
+        return False
+    options = dict(dtype=model.dtype, device=model.device)
+    states = [
+        (
+            torch.zeros(1, s.num_kv_heads, 1, s.head_dim, **options),
+            torch.zeros(1, s.num_kv_heads, 1, s.value_head_dim, **options),
+        )
+        for s in shape.layers
+    ]
+    cache = prefix_cache(states, model.config, shape.layer_indices)
+    backbone = compat.backbone(model)
+    ids = torch.full((1, 2), 3, device=model.device)
+    mask = torch.ones(1, 3, dtype=torch.long, device=model.device)
+    try:
+        with torch.no_grad():
+            backbone(input_ids=ids, attention_mask=mask, use_cache=True, **cache_kwargs(backbone, cache))
+    except AssertionError:  # its own check; any other error is not this probe's to judge
+        return True
+    return False
 
 
 def _per_layer_embedder(backbone: nn.Module) -> nn.Module | None:
