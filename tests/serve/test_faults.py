@@ -110,27 +110,40 @@ def test_api_keys_401_and_constant_time_comparison(base, tokenizer, adapters, mo
 
 def test_a_full_queue_answers_429_with_retry_after_and_then_serves(base, tokenizer, adapters):
     app, engine, _ = build_app(base, tokenizer, {}, max_batch=1, max_queue=1)
-    slow = SlowSteps(base, 0.02)
+    # Every forward waits for `released`: the first request holds the worker (and its one row) and the
+    # second the one queue slot for as long as the test needs, however loaded the machine is.
+    entered, released = threading.Event(), threading.Event()
+
+    def hold(*_) -> None:
+        entered.set()
+        released.wait(60)
+
+    hook = base.model.register_forward_pre_hook(hold)
     try:
         with TestClient(app) as client:
-            with client.stream(
-                "POST", "/v1/completions", json={**GOOD, "max_tokens": 60, "stream": True}
-            ) as running:
-                next(running.iter_lines())  # decoding: the one row is taken
-                waiting = {}
-                thread = threading.Thread(
-                    target=lambda: waiting.update(reply=client.post("/v1/completions", json=GOOD))
-                )
-                thread.start()
-                while engine.load()["waiting"] < 1:
-                    time.sleep(0.005)
-                refused = client.post("/v1/completions", json=GOOD)
-                error = error_of(refused, 429)
-                assert refused.headers["retry-after"] == "1" and error["type"] == "rate_limit_error"
-            thread.join(30)  # the stream closed: the waiting request runs
-            assert waiting["reply"].status_code == 200
+            replies = {}
+
+            def post(name: str) -> None:
+                replies[name] = client.post("/v1/completions", json=GOOD)
+
+            threads = [threading.Thread(target=post, args=(name,)) for name in ("running", "waiting")]
+            threads[0].start()
+            assert entered.wait(30)
+            threads[1].start()
+            assert wait_until(lambda: engine.load()["waiting"] == 1)
+            refused = client.post("/v1/completions", json=GOOD)
+            error = error_of(refused, 429)
+            assert refused.headers["retry-after"] == "1" and error["type"] == "rate_limit_error"
+            released.set()
+            for thread in threads:
+                thread.join(30)
+            assert {name: reply.status_code for name, reply in replies.items()} == {
+                "running": 200,
+                "waiting": 200,
+            }
     finally:
-        slow.remove()
+        released.set()
+        hook.remove()
 
 
 def test_a_request_past_its_time_is_408_and_its_rows_are_freed(base, tokenizer, adapters):
