@@ -60,6 +60,7 @@ from _common import (  # noqa: E402
     quiet_libraries,
     right_aligned,
     set_threads,
+    tiny_llama,
     train_steps,
     write_json,
 )
@@ -552,20 +553,8 @@ def load_base(quick: bool) -> tuple[nn.Module, Any]:
         from softprompt.hub import load_base_model
 
         return load_base_model("smollm2-135m-instruct", dtype=torch.float32)
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tokenizer = gpt2_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(config).eval(), tokenizer
+    return tiny_llama(vocab_size=len(tokenizer)), tokenizer
 
 
 def benches(
