@@ -23,6 +23,8 @@ Examples:
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -553,7 +555,7 @@ def _reads_a_cache_one_token_at_a_time(model: nn.Module, shape: ModelShape) -> b
     ids = torch.full((1, 2), 3, device=model.device)
     mask = torch.ones(1, 3, dtype=torch.long, device=model.device)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _evaluating(model):
             backbone(input_ids=ids, attention_mask=mask, use_cache=True, **cache_kwargs(backbone, cache))
     except AssertionError:  # ProphetNet's own check
         return True
@@ -584,14 +586,21 @@ def _left_pads_change_the_output(model: nn.Module, takes_position_ids: bool = Tr
             model(input_ids=ids[:, columns], attention_mask=mask[:, columns], **given).logits[0, -1].float()
         )
 
+    with torch.no_grad(), _evaluating(model):
+        padded, alone = last_logits(slice(None)), last_logits(slice(2, None))
+    return not torch.allclose(padded, alone, atol=1e-4, rtol=1e-4)
+
+
+@contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode within the block: a probe draws no dropout (no random numbers, the same
+    numbers in every run) and skips training-only paths such as gradient checkpointing."""
     training = model.training
-    model.eval()  # dropout would differ between the two runs
+    model.eval()
     try:
-        with torch.no_grad():
-            padded, alone = last_logits(slice(None)), last_logits(slice(2, None))
+        yield
     finally:
         model.train(training)
-    return not torch.allclose(padded, alone, atol=1e-4, rtol=1e-4)
 
 
 def _prompt_lengths(prompts: RowPrompts, batch: int, device: torch.device) -> torch.Tensor:
