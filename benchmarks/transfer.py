@@ -277,11 +277,11 @@ def run_target(
 
 
 # ------------------------------------------------------------------------------------------ tables
-def mean_spread(values: Sequence[float]) -> str:
+def mean_spread(values: Sequence[float], digits: int = 1) -> str:
     """``mean ± half the range`` over seeds."""
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {(max(values) - min(values)) / 2:.1f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
 
 
 def table(runs: list[dict]) -> str:
@@ -295,7 +295,7 @@ def table(runs: list[dict]) -> str:
         rows.append(
             [target, size, len(group), mean_spread([r["zero_shot"] for r in group])]
             + [mean_spread([r[c] for r in group]) for c in CONTESTANTS]
-            + ["/".join(picks), mean_spread([r["spot_scores"][p] for r in group for p in picks])]
+            + ["/".join(picks), mean_spread([r["spot_scores"][p] for r in group for p in picks], 3)]
         )
     headers = [
         "target",
