@@ -23,6 +23,7 @@ Examples:
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -569,7 +570,11 @@ def _per_layer_embedder(backbone: nn.Module) -> nn.Module | None:
     ``get_per_layer_inputs``), where the backbone takes ``per_layer_inputs``; else None."""
     if not compat.takes_argument(backbone, "per_layer_inputs"):
         return None
-    return next((m for m in backbone.modules() if hasattr(m, "get_per_layer_inputs")), None)
+    embedder = next((m for m in backbone.modules() if hasattr(m, "get_per_layer_inputs")), None)
+    # Gemma 3n computes them from embeddings alone (zeros for virtual tokens): a key/value prefix works there.
+    if embedder is None or "inputs_embeds" not in inspect.signature(embedder.get_per_layer_inputs).parameters:
+        return None
+    return embedder
 
 
 def _left_pads_change_the_output(model: nn.Module, takes_position_ids: bool = True) -> bool:
