@@ -30,6 +30,7 @@ QUICK_RUNS = {
     "precision.py": ["--quick"],  # tiny random GPT-2, fp32 vs bf16, a few rows of the real data sets
     "time_to_quality.py": ["--quick", "--target", "0"],  # tiny random GPT-2: any trained score reaches 0 %
     "quantized_base.py": ["--quick"],  # a small random Llama stored fp32 / bf16 / int8 / nf4
+    "search.py": ["--quick"],  # tiny random GPT-2 over GPT-2's tokenizer, a few rows of the example and SST-2
 }
 needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no {SHARED_DATA}")
 

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 import transformers as T
-from tiny import _COMMON, VOCAB, random_ids
+from tiny import _COMMON, HYBRID_CONFIGS, VOCAB, random_ids
 
 import softprompt
 from softprompt.compat import cache_kwargs
@@ -69,43 +69,7 @@ CONFIGS = {
         hidden_size_per_layer_input=8,
         vocab_size_per_layer_input=VOCAB,
     ),
-    "qwen3_next": lambda: small(
-        T.Qwen3NextConfig,
-        4,
-        head_dim=8,
-        layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
-        linear_num_key_heads=2,
-        linear_num_value_heads=4,
-        linear_key_head_dim=8,
-        linear_value_head_dim=8,
-        num_experts=4,
-        num_experts_per_tok=2,
-        moe_intermediate_size=16,
-        shared_expert_intermediate_size=16,
-    ),
-    "jamba": lambda: small(
-        T.JambaConfig,
-        4,
-        attn_layer_period=4,
-        attn_layer_offset=1,
-        expert_layer_period=4,
-        expert_layer_offset=3,
-        num_experts=2,
-        mamba_d_state=8,
-        mamba_dt_rank=4,
-        use_mamba_kernels=False,
-    ),
-    # attention and a Mamba mixer side by side in every layer
-    "falcon_h1": lambda: small(
-        T.FalconH1Config,
-        2,
-        head_dim=8,
-        mamba_d_state=8,
-        mamba_n_heads=8,
-        mamba_d_head=8,
-        mamba_n_groups=1,
-        mamba_d_ssm=64,
-    ),
+    **HYBRID_CONFIGS,  # qwen3_next, jamba, falcon_h1: recurrent layers beside attention
     "mamba": lambda: T.MambaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, state_size=8),
 }
 

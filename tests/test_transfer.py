@@ -77,11 +77,6 @@ def test_a_prompt_of_another_base_model_is_refused_with_the_reason(tmp_path):
         initializers.rows_from_file(path, "embeddings", 4, shape.embed_dim, shape)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="prompt_tuning.initial_embeddings / prefix_tuning.initial_prefix must pass shape= to "
-    "initializers.rows_from_file (a change outside transfer's files; see the H5 report)",
-)
 def test_a_run_initialised_from_another_base_models_prompt_is_refused(tmp_path):
     source, path = saved_prompt(tiny_causal_lm("llama"), tmp_path / "source.safetensors")
     config = copy.deepcopy(source.base_model.config)

@@ -12,7 +12,13 @@ Examples:
 from softprompt.api import load, wrap
 from softprompt.families import FAMILIES, UnsupportedModelError, model_shape
 from softprompt.files.adapter import AdapterFileError
-from softprompt.methods import PrefixTuningConfig, PromptTuningConfig, PTuningConfig, SoftPromptConfig
+from softprompt.methods import (
+    MultitaskPromptTuningConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    PTuningConfig,
+    SoftPromptConfig,
+)
 from softprompt.models import EncoderSoftPromptModel, PromptedModel, Seq2SeqSoftPromptModel, SoftPromptModel
 
 __version__ = "0.1.0"
@@ -21,6 +27,7 @@ __all__ = [
     "FAMILIES",
     "AdapterFileError",
     "EncoderSoftPromptModel",
+    "MultitaskPromptTuningConfig",
     "PTuningConfig",
     "PrefixTuningConfig",
     "PromptedModel",

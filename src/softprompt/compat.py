@@ -161,3 +161,14 @@ def _holds_checkpointed_layers(module: nn.Module) -> bool:
     # A backbone loop (GPT-2's) holds the layers; a flag inside a layer (T5's attention marks its zero
     # position bias as requiring grad under checkpointing) is not about caches and stays.
     return any(isinstance(m, GradientCheckpointingLayer) for m in module.modules())
+
+
+def token_embeddings(embed: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """``embed(ids)`` (B, T, E); quantised embeddings (I-BERT's) return (embeddings, scale): the first.
+
+    Examples:
+        >>> token_embeddings(torch.nn.Embedding(10, 4), torch.tensor([[1, 2]])).shape
+        torch.Size([1, 2, 4])
+    """
+    embedded = embed(ids)
+    return embedded[0] if isinstance(embedded, tuple) else embedded

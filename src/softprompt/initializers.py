@@ -20,6 +20,7 @@ import os
 import torch
 from torch import nn
 
+from softprompt.compat import token_embeddings
 from softprompt.families import ModelShape
 from softprompt.files.adapter import read_adapter
 from softprompt.files.schema import check_same_model
@@ -77,7 +78,7 @@ def embeddings_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """
     embedding = model.get_input_embeddings()
     with torch.no_grad(), whole_parameters(embedding) as (weight, *_):
-        return embedding(ids.to(weight.device)).float().detach().clone()
+        return token_embeddings(embedding, ids.to(weight.device)).float().detach().clone()
 
 
 def states_of(model: nn.Module, shape: ModelShape, ids: torch.Tensor) -> dict[Site, list]:

@@ -5,6 +5,7 @@ every option each command's --help lists is in docs/cli.md (regenerate both with
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,10 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 REGENERATE = "out of date: run python -m softprompt.cli.reference docs"
 
 
+def _model(annotation) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
 def config_keys() -> set[str]:
     """Every key a run config takes, as ``section.key`` (``preset`` at the top)."""
     keys = set()
@@ -27,8 +32,8 @@ def config_keys() -> set[str]:
         if name in ("prompt", "task"):
             sections = PROMPT_SECTIONS if name == "prompt" else TASK_SECTIONS
             keys |= {f"{name}.{key}" for section in sections.values() for key in section.model_fields}
-        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            keys |= {f"{name}.{key}" for key in field.annotation.model_fields}
+        elif sections := [a for a in (field.annotation, *typing.get_args(field.annotation)) if _model(a)]:
+            keys |= {f"{name}.{key}" for key in sections[0].model_fields}  # a section, or an optional one
         else:
             keys.add(name)
     return keys

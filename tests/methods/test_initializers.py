@@ -106,11 +106,11 @@ def test_file_init_transfers_a_saved_prompt(tmp_path):
     torch.testing.assert_close(target.prompt().embeddings, torch.cat([rows, rows[:2]]))
 
 
-def test_file_init_refuses_a_prompt_of_another_width(tmp_path):
+def test_file_init_refuses_a_prompt_of_another_model(tmp_path):
     source = softprompt.wrap(tiny_causal_lm("opt"), softprompt.PromptTuningConfig(num_virtual_tokens=3))
     path = source.save(tmp_path / "opt.safetensors")
     config = softprompt.PromptTuningConfig(num_virtual_tokens=3, init="file", init_file=str(path))
-    with pytest.raises(ValueError, match="width 16, this model needs 32"):
+    with pytest.raises(ValueError, match="embed_dim: file 16, model 32"):
         softprompt.wrap(tiny_causal_lm("llama"), config)
 
 

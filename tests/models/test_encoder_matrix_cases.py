@@ -7,7 +7,7 @@ import torch
 from tiny import random_ids, tiny_model
 
 import softprompt
-from softprompt.injection.encoder_input import token_embeddings
+from softprompt.compat import token_embeddings
 
 PROMPT = softprompt.PromptTuningConfig(num_virtual_tokens=3, init="random")
 DEEP = softprompt.PrefixTuningConfig(num_virtual_tokens=2, init="random")

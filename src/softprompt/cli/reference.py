@@ -79,12 +79,19 @@ def config_reference() -> str:
             for kind, section in TASK_SECTIONS.items():
                 parts += [f"### `task.kind: {kind}`", "", *_table(section.model_fields, "task.")]
         else:
-            parts += _table(field.annotation.model_fields, f"{name}.")
+            parts += _table(_section(field.annotation).model_fields, f"{name}.")
     return "\n".join(parts).rstrip() + "\n"
 
 
+def _section(annotation: Any) -> Any:
+    """The section class of ``X`` or of an optional ``X | None`` (a section a config may leave out)."""
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    return args[0] if len(args) == 1 else annotation
+
+
 def _is_section(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    section = _section(annotation)
+    return isinstance(section, type) and issubclass(section, BaseModel)
 
 
 def _table(fields: dict[str, Any], prefix: str) -> list[str]:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from softprompt.compat import token_embeddings
 from softprompt.families import ModelShape
 from softprompt.injection.attention import AttentionPrefix
 from softprompt.injection.positions import IGNORE_INDEX
@@ -133,14 +134,3 @@ def arrange(
         kwargs |= {"input_ids": None, "inputs_embeds": inputs_embeds}
     kwargs["attention_mask"] = mask
     return EncoderBatch(kwargs, order, virtual)
-
-
-def token_embeddings(embed: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """``embed(ids)`` (B, T, E); quantised embeddings (I-BERT's) return (embeddings, scale): the first.
-
-    Examples:
-        >>> token_embeddings(torch.nn.Embedding(10, 4), torch.tensor([[1, 2]])).shape
-        torch.Size([1, 2, 4])
-    """
-    embedded = embed(ids)
-    return embedded[0] if isinstance(embedded, tuple) else embedded

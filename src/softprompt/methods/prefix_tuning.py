@@ -160,7 +160,7 @@ def initial_prefix(
     if config.init == "zero":
         return torch.zeros(length, width)
     if config.init == "file":
-        return initializers.rows_from_file(config.init_file, "prefix", length, width)
+        return initializers.rows_from_file(config.init_file, "prefix", length, width, shape)
     # The keys/values the frozen model computes for real tokens, at every site the prefix fills.
     states = initializers.states_of(model, shape, _init_ids(config, shape, tokenizer, generator))
     return flatten_prefix(PrefixStates([kv for site in layout.site_names for kv in states[site]])).clone()

@@ -65,7 +65,7 @@ def initial_embeddings(
     if config.init == "random":
         return initializers.uniform(length, shape.embed_dim, config.random_scale, generator)
     if config.init == "file":
-        return initializers.rows_from_file(config.init_file, "embeddings", length, shape.embed_dim)
+        return initializers.rows_from_file(config.init_file, "embeddings", length, shape.embed_dim, shape)
     if config.init == "text":
         ids = initializers.text_token_ids(tokenizer, config.init_text, length)
     else:
