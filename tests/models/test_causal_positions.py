@@ -39,9 +39,9 @@ def greedy(model, ids, mask=None, **kwargs):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_left_pads_move_the_bare_models_positions(family):
     assert _left_pads_change_the_output(tiny_model(family, "causal-lm"), takes_position_ids=False)
-    assert wrapped(family, "prompt_tuning")._left_pads_matter
-    assert not wrapped("llama", "prompt_tuning")._left_pads_matter  # takes position_ids
-    assert not wrapped("mpt", "prompt_tuning")._left_pads_matter  # ALiBi: distances only
+    assert wrapped(family, "prompt_tuning").left_pads_matter
+    assert not wrapped("llama", "prompt_tuning").left_pads_matter  # takes position_ids
+    assert not wrapped("mpt", "prompt_tuning").left_pads_matter  # ALiBi: distances only
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning", "p_tuning"])

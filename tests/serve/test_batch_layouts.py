@@ -102,8 +102,10 @@ def test_a_model_whose_rows_cannot_be_padded_and_joined_is_refused_with_the_reas
 
 @pytest.mark.parametrize("task", ["prompt", "ptuning"])
 def test_prompts_that_enter_as_input_embeddings_are_refused_with_the_reason(task):
-    base = gemma3n_text()
-    engine = LocalEngine(TaskBank(base), make_tokenizer(), name="gemma3n")
+    base = tiny_model(
+        "gemma4_text", "causal-lm"
+    )  # per-layer inputs by token id: virtual tokens enter as embeddings
+    engine = LocalEngine(TaskBank(base), make_tokenizer(), name="gemma4")
     with pytest.raises(
         ValueError, match="takes .* prompts as input embeddings .* serve a prefix-tuning task"
     ):

@@ -369,7 +369,7 @@ class SoftPromptModel(PromptedModel):
         )
         prompts = self._prompts(row_prompts, batch, input_ids.device)
         # A recurrent state cannot be re-laid after the prefill: rows of one layout run without pads.
-        if (self._left_pads_matter or self.shape.recurrent_layers) and _has_padding(attention_mask, prompts):
+        if (self.left_pads_matter or self.shape.recurrent_layers) and _has_padding(attention_mask, prompts):
             return self._generate_by_layout(input_ids, attention_mask, prompts, **kwargs)
         if prompts.tokens is not None:
             return self._generate_after_embeddings(input_ids, attention_mask, prompts, expand, **kwargs)
@@ -381,7 +381,7 @@ class SoftPromptModel(PromptedModel):
                 torch.arange(virtual + length, device=input_ids.device).expand(batch, -1),
             )
         else:
-            states = self._prefilled_states(
+            states = self.prefilled_states(
                 input_ids, attention_mask, prefix
             )  # per layer (B, H, P + T - 1, D)
             layout = _pads_first(attention_mask, virtual)  # (B, P + T): [pads][prompt][tokens]
@@ -414,7 +414,7 @@ class SoftPromptModel(PromptedModel):
         return _without_stand_ins(sequences, layout, virtual, length)
 
     @functools.cached_property
-    def _left_pads_matter(self) -> bool:
+    def left_pads_matter(self) -> bool:
         """Whether a left pad changes the numbers of the tokens after it, whatever the mask and the
         positions say.
 
@@ -429,7 +429,7 @@ class SoftPromptModel(PromptedModel):
     def _generate_by_layout(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: RowPrompts, **kwargs
     ) -> torch.Tensor:
-        """``generate`` for a model whose pads move positions (:attr:`_left_pads_matter`): each group
+        """``generate`` for a model whose pads move positions (:attr:`left_pads_matter`): each group
         of rows with the same number of tokens and prompt slots is generated on its own, without pads,
         and the rows come back in the caller's layout (left-padded input, then new tokens, ended with
         pads as ``generate`` ends a row that finished early)."""
@@ -516,11 +516,15 @@ class SoftPromptModel(PromptedModel):
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
         return _without_stand_ins(sequences, pads_first, virtual, length)
 
-    def _prefilled_states(
+    def prefilled_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: BatchPrefix
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer the keys/values of each row's prompt and its left-padded tokens but the last, laid
-        out ``[pads][prompt][tokens]``: each (B, H, P + T - 1, D)."""
+        out ``[pads][prompt][tokens]``: each (B, H, P + T - 1, D).
+
+        What ``generate`` prefills, public so that a server's decoding batch
+        (:mod:`softprompt.serve.batch`) starts from exactly the same state.
+        """
         if input_ids.shape[1] == 1:
             return prefix.layers
         # Grows by the tokens; no window drops a column yet (plain layers, not the model's sliding ones).

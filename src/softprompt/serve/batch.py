@@ -8,7 +8,7 @@ one forward pass, and sequences can join (after their prefill) and leave between
 
 Layout: every row is ``[pads][prompt][tokens]``, its real slots one run at the right end, as
 :meth:`~softprompt.models.SoftPromptModel.generate` lays rows out — the prefill *is* that method's
-(``_prefilled_states``), so the engine computes what ``generate`` computes. Sliding windows and
+(``prefilled_states``), so the engine computes what ``generate`` computes. Sliding windows and
 MPT's ALiBi count key columns: a pad between a prompt and its tokens would move the prompt out of
 the window. The cache keeps every column (no layer drops what falls out of a window), so rows can be
 cut and joined column for column; the attention mask applies the window.
@@ -122,7 +122,7 @@ class Decoder:
                 f"{list(runner.shape.recurrent_layers)}, which is not cut or joined that way. Generate with the library "
                 "(softprompt.load(...).generate, TaskBank.generate) on this model"
             )
-        if runner._left_pads_matter:
+        if runner.left_pads_matter:
             raise UnsupportedModelError(
                 f"softprompt's local engine left-pads the sequences it decodes together; {runner.shape.family} "
                 "numbers positions by cache column (a left pad changes every token after it), so a "
@@ -152,7 +152,7 @@ class Decoder:
             mask[row, width - len(prompt) :] = 1
         prefix = self._prefix(compiled)
         # Per layer (B, H, P + T - 1, D), each row [pads][prompt][tokens] but its last token.
-        states = self.runner._prefilled_states(ids, mask, prefix)
+        states = self.runner.prefilled_states(ids, mask, prefix)
         real = prefix.lengths + mask.sum(-1) - 1  # (B,): real slots before the last token
         columns = prefix.mask.shape[1] + width - 1
         slots = torch.arange(columns, device=self.device).expand(len(prompts), -1)  # (B, P + T - 1)
