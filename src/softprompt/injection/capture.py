@@ -382,7 +382,8 @@ def virtual_tokens_prefix(model: nn.Module, prompt: PromptOutput) -> PrefixState
     """
     if isinstance(prompt, PrefixStates):
         return prompt
-    embeddings = prompt.embeddings.to(model.dtype)
+    # a copy: CTRL and GIT scale the inputs_embeds they are given in place (the prompt would drift)
+    embeddings = prompt.embeddings.to(model.dtype, copy=True)
     cache = RecordingCache(model.config)
     backbone = compat.backbone(model)
     backbone(inputs_embeds=embeddings[None], use_cache=True, **cache_kwargs(backbone, cache))
