@@ -137,3 +137,14 @@ def test_resolved_config_round_trips(tmp_path, minimal):
     config = load_config(write(tmp_path, minimal))
     again = load_config(write(tmp_path, yaml.safe_load(config.to_yaml()), "resolved.yaml"))
     assert again == config
+
+
+def test_a_task_without_words_starts_from_the_vocabulary_unless_text_is_asked_for(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"text": "hi", "target": "there"}\n')
+    config = {
+        "task": {"kind": "generation", "source_template": "{text} ->", "target_template": "{target}"},
+        "data": {"train": "train.jsonl"},
+    }
+    assert load_config(write(tmp_path, config)).prompt.init == "vocab"  # the labels' words: there are none
+    config["prompt"] = {"method": "prompt_tuning", "init": "text"}
+    assert "prompt.init_text is needed for init 'text'" in error_of(tmp_path, config)

@@ -95,6 +95,8 @@ PRESETS: dict[str, Preset] = {
 _ADAMW = {"optimizer": "adamw", "weight_decay": 0.0, "max_grad_norm": 1.0, "warmup_steps": 0}
 
 # What a config without a preset gets, per method: measured on SmolLM2-135M-Instruct.
+# Task kinds whose labels have words (the text init's default text).
+WORDED_KINDS = ("classification", "multi_label")
 DEFAULTS: dict[str, Preset] = {
     "prompt_tuning": Preset(
         "Prompt tuning: 20 virtual tokens from the class labels, AdamW lr 1e-2, constant schedule.",
@@ -116,6 +118,13 @@ DEFAULTS: dict[str, Preset] = {
     ),
 }
 DEFAULT_METHOD = "prompt_tuning"
+
+
+def _wordless(resolved: dict[str, Any]) -> bool:
+    """A text init with no text to start from: no ``init_text``, and a task kind without label words."""
+    prompt, task = resolved["prompt"], resolved.get("task")
+    kind = task.get("kind", "classification") if isinstance(task, dict) else None
+    return prompt.get("init") == "text" and not prompt.get("init_text") and kind not in (None, *WORDED_KINDS)
 
 
 def apply_preset(raw: dict[str, Any]) -> dict[str, Any]:
@@ -141,10 +150,15 @@ def apply_preset(raw: dict[str, Any]) -> dict[str, Any]:
     if prompt is None:
         prompt = resolved["prompt"] = {}
     if isinstance(prompt, dict):
+        chosen_init = "init" in prompt  # the user's own choice is theirs to keep (validation checks it)
         prompt.setdefault("method", preset.method)
         if prompt["method"] == preset.method:
             for key, value in preset.prompt.items():
                 prompt.setdefault(key, value)
+            if not chosen_init and _wordless(resolved):
+                # The class labels' words the text init starts from: this task has none. Sampled
+                # vocabulary is Lester et al.'s next best, and the resolved config says so.
+                prompt["init"] = "vocab"
     train = resolved.setdefault("train", {})
     if isinstance(train, dict):
         for key, value in preset.train.items():
