@@ -8,7 +8,7 @@ the bare model's own calls alone.
 
 import pytest
 import torch
-from tiny import padded_batch, random_ids, tiny_causal_lm
+from tiny import padded_batch, random_ids, tiny_causal_lm, tiny_model
 
 import softprompt
 
@@ -100,3 +100,13 @@ def test_a_prefix_joins_each_layer_on_that_layers_device():
     joined_keys, joined_values = layer.update(new_keys, new_values, 0)
     assert joined_keys.device.type == joined_values.device.type == "meta"
     assert joined_keys.shape == joined_values.shape == (2, 3, 9, 8)
+
+
+def test_a_tower_that_takes_no_sdpa_keeps_its_attention_and_the_text_model_takes_the_prompt():
+    base = tiny_model("gemma4", "causal-lm")  # text + vision + an audio encoder that refuses sdpa
+    audio = base.config.audio_config._attn_implementation
+    model = softprompt.wrap(base, softprompt.PromptTuningConfig(num_virtual_tokens=3, init="random"))
+    assert base.config.get_text_config()._attn_implementation == "softprompt_sdpa"
+    assert base.config.audio_config._attn_implementation == audio
+    ids = torch.tensor([[5, 6, 7]])
+    assert not torch.allclose(model(input_ids=ids).logits, base(input_ids=ids).logits)

@@ -153,8 +153,23 @@ def use_prefix_attention(model: nn.Module) -> None:
     """Switch ``model`` (and its sub-models) to :data:`PREFIX_ATTENTION`: sdpa that also takes
     per-call prefixes. Without a prefix it computes exactly what sdpa computes."""
     install()
-    if compat.attention_implementation(model) != PREFIX_ATTENTION:
+    if compat.attention_implementation(model) == PREFIX_ATTENTION:
+        return
+    config = model.config
+    towers = {
+        key: getattr(config, key) for key in getattr(config, "sub_configs", {}) if getattr(config, key, None)
+    }
+    before = {key: sub._attn_implementation for key, sub in towers.items()}
+    try:
         model.set_attn_implementation(PREFIX_ATTENTION)
+    except ValueError:
+        # A tower that takes no sdpa (Gemma 4's audio encoder) refuses the whole switch: the prompt
+        # goes to the text model only, and every other tower keeps the attention it had.
+        text = config.get_text_config()
+        if not any(sub is text for sub in towers.values()):
+            raise
+        chosen = {key: PREFIX_ATTENTION if sub is text else before[key] for key, sub in towers.items()}
+        model.set_attn_implementation({"": PREFIX_ATTENTION, **chosen})
 
 
 def use_grouped_attention(model: nn.Module, shape: ModelShape) -> bool:
