@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import transformers as T
-from tiny import tiny_causal_lm, tiny_encoder, tiny_seq2seq_lm
+from tiny import tiny_causal_lm, tiny_encoder, tiny_model, tiny_seq2seq_lm
 
 import softprompt
 from softprompt.kinds import HEADS, KINDS, TASK_NEEDS, head_of
@@ -83,3 +83,8 @@ def test_every_head_loads_through_its_auto_class():
         "TOKEN_CLS",
         "FEATURE_EXTRACTION",
     }
+
+
+def test_a_class_mapped_under_another_model_type_than_its_configs_has_that_head():
+    model = tiny_model("emu3", "causal-lm")  # Emu3ForCausalLM: mapped under "emu3", config "emu3_text_model"
+    assert model.config.model_type != "emu3" and head_of(model) == "causal-lm"

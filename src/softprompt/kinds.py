@@ -84,6 +84,12 @@ class Head:
         names = getattr(modeling_auto, self.mapping).get(model_type, ())
         return {names} if isinstance(names, str) else set(names)
 
+    def all_class_names(self) -> set[str]:
+        """Every class this head's mapping names, under any model type."""
+        return set().union(
+            *(self.class_names(model_type) for model_type in getattr(modeling_auto, self.mapping))
+        )
+
 
 HEADS: dict[ModelHead, Head] = {
     "causal-lm": Head("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "CAUSAL_LM"),
@@ -207,6 +213,11 @@ def head_of(model: nn.Module) -> ModelHead | None:
     classes = {cls.__name__ for cls in type(model).__mro__}
     for name, head in HEADS.items():
         if classes & head.class_names(model_type):
+            return name
+    # A class mapped under another model type than its config's (Emu3ForCausalLM sits under "emu3",
+    # its config is "emu3_text_model"): the mapping still says what it does.
+    for name, head in HEADS.items():
+        if classes & head.all_class_names():
             return name
     # A class in no mapping (remote code): a model that generates is an LM of its config's shape.
     if not classes & _mapped_class_names() and _generates(model):
