@@ -172,3 +172,15 @@ def token_embeddings(embed: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """
     embedded = embed(ids)
     return embedded[0] if isinstance(embedded, tuple) else embedded
+
+
+def keep_differentiable(model: nn.Module) -> nn.Module:
+    """Turn off bitsandbytes' CPU repacking of 4-bit weights for inference (it has no backward).
+
+    Must run before the model's first forward pass: a weight already repacked stays so. Safe on
+    any model (a layer that is not 4-bit is left alone); returns ``model``.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes.nn.Linear4bit
+            module.support_avx512bf16_for_cpu = False
+    return model

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from transformers.models.auto import modeling_auto
 
+from softprompt import compat
 from softprompt.kinds import KINDS, ModelHead, ModelKind, Site, head_of
 
 
@@ -336,7 +337,9 @@ def _decoder_probe(model: nn.Module) -> _Probed:
     if unread:
         raise UnsupportedModelError(
             f"{model_type}'s layers {unread} write keys/values to the cache but do not read a prefix placed "
-            "there (a random one left the output as it was), so softprompt cannot prompt this model"
+            "there (a random one left the output as it was, or no gradient flows back through them), so "
+            "softprompt cannot prompt this model. A 4-bit bitsandbytes model run on the CPU before wrapping "
+            "has weights repacked for inference, with no backward: wrap it before its first forward pass"
         )
     return _Probed(layers=layers, attention_layers=attention, recurrent_layers=reading.recurrent)
 
@@ -452,6 +455,9 @@ def model_shape(model: nn.Module) -> ModelShape:
     config = model.config
     head = head_of(model)
     kind = kind_of(config, head)
+    # Before the probe's first forward: bitsandbytes would repack 4-bit weights for inference on the
+    # CPU, a kernel with no backward (the prompt would never train).
+    compat.keep_differentiable(model)
     probed = _probe(model, kind)
     quirk = family_of(config)[1].quirk
     # Multimodal models (Gemma 3, Fuyu...) keep the language model's sizes in their text config.

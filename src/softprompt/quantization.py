@@ -14,7 +14,8 @@ One trap is closed here (:func:`keep_differentiable`): on a CPU with AVX512-BF16
 0.50 repacks a ``Linear4bit`` weight for a faster inference kernel the first time the layer runs in
 eval mode on an input without gradient (an evaluation, a prefix init). The packed kernel has no
 backward, so every later gradient through that layer is silently ``None`` and the prompt stops
-learning. :func:`load_quantized` turns the repacking off.
+learning. :func:`load_quantized` and ``softprompt.wrap`` turn the repacking off (a model that already
+ran a forward pass before wrapping is refused: its repacked weights stay so).
 
 Examples:
     >>> base_model.save_pretrained(tmp_dir / "tiny")
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from softprompt.compat import keep_differentiable
 from softprompt.hub import BUILTIN_MODELS, builtin_model_path, ensure_pad_token
 from softprompt.kinds import HEADS, ModelHead
 
@@ -102,18 +104,6 @@ def load_quantized(
     ensure_pad_token(tokenizer, model)
     keep_differentiable(model)
     return model.eval(), tokenizer
-
-
-def keep_differentiable(model: nn.Module) -> nn.Module:
-    """Turn off bitsandbytes' CPU repacking of 4-bit weights for inference (it has no backward).
-
-    Must run before the model's first forward pass: a weight already repacked stays so. Safe on
-    any model (a layer that is not 4-bit is left alone); returns ``model``.
-    """
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes.nn.Linear4bit
-            module.support_avx512bf16_for_cpu = False
-    return model
 
 
 def quantization_of(model: nn.Module) -> str | None:

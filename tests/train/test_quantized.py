@@ -15,7 +15,7 @@ from softprompt.train.objectives import ClassificationObjective
 
 bnb = pytest.importorskip("bitsandbytes")
 
-from softprompt.quantization import QUANTIZATIONS, keep_differentiable, load_quantized, quantization_of  # noqa: E402
+from softprompt.quantization import QUANTIZATIONS, load_quantized, quantization_of  # noqa: E402
 
 METHODS = {
     "prompt_tuning": softprompt.PromptTuningConfig(num_virtual_tokens=4),
@@ -104,20 +104,28 @@ def test_a_prompt_trained_on_a_quantized_base_loads_on_the_full_precision_one(fo
 @pytest.mark.skipif(
     not bnb.functional.has_avx512bf16(), reason="bitsandbytes repacks 4-bit weights only on AVX512-BF16 CPUs"
 )
-def test_without_keep_differentiable_an_evaluation_silently_cuts_the_gradient(folder, monkeypatch):
+def test_a_4bit_base_that_ran_before_wrapping_is_refused_not_silently_untrainable(folder, monkeypatch):
     """The trap ``keep_differentiable`` closes, shown on bitsandbytes itself: after one forward pass
-    without gradient in eval mode, a 4-bit layer runs an inference kernel that has no backward."""
+    without gradient in eval mode, a 4-bit layer runs an inference kernel that has no backward. A
+    model loaded without the guard and run once is refused by wrap's gradient proof, with the reason."""
     monkeypatch.setattr("softprompt.quantization.keep_differentiable", lambda model: model)
     base, _ = load_quantized(folder, "nf4")
+    with torch.no_grad():
+        base(input_ids=batch()["input_ids"])  # e.g. a zero-shot evaluation before wrapping
+    assert base.model.layers[0].self_attn.q_proj.weight.quant_state.packing_format_for_cpu
+    with pytest.raises(softprompt.UnsupportedModelError, match="repacked for inference, with no backward"):
+        softprompt.wrap(base, softprompt.PromptTuningConfig(num_virtual_tokens=4))
+
+
+def test_wrap_keeps_a_4bit_base_differentiable_however_it_was_loaded(folder, monkeypatch):
+    monkeypatch.setattr("softprompt.quantization.keep_differentiable", lambda model: model)
+    base, _ = load_quantized(folder, "nf4")  # the guard skipped: as a model quantized by hand
     model = softprompt.wrap(base, softprompt.PromptTuningConfig(num_virtual_tokens=4))
     objective = ClassificationObjective(model, label_token_ids=LABEL_IDS)
     with torch.no_grad():
         objective.scores(batch()["input_ids"], batch()["attention_mask"])
     objective(batch()).backward()
-    assert model.prompt.embeddings.grad is None  # what an unguarded run trains with: nothing
-
-    keep_differentiable(base)  # too late: weights already repacked stay so
-    assert base.model.layers[0].self_attn.q_proj.weight.quant_state.packing_format_for_cpu
+    assert model.prompt.embeddings.grad is not None and model.prompt.embeddings.grad.any()
 
 
 def test_quantization_of_a_plain_model_is_none():
