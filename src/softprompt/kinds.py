@@ -160,7 +160,7 @@ KINDS: dict[ModelKind, Kind] = {
         label="causal LMs",
         sites=("self",),
         model_path="softprompt.models.causal:SoftPromptModel",
-        heads=("causal-lm",),
+        heads=("causal-lm", "sequence-classification", "token-classification"),
         run_head="causal-lm",
         objective_paths={
             "classification": f"{_OBJECTIVES}:ClassificationObjective",
