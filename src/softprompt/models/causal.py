@@ -584,8 +584,8 @@ def _per_layer_embedder(backbone: nn.Module) -> nn.Module | None:
 
 
 def _left_pads_change_the_output(model: nn.Module, takes_position_ids: bool = True) -> bool:
-    """Whether two pads before a two-token input change ``model``'s last logits (beyond rounding);
-    the tokens are given their positions 0 and 1 where the model takes ``position_ids``."""
+    """Whether two pads before a two-token input change ``model``'s last logits by more than rounding
+    (1 % of their scale); the tokens are given positions 0 and 1 where the model takes ``position_ids``."""
     pad = model.generation_config.pad_token_id or 0
     ids = torch.tensor([[pad, pad, 3, 4]], device=model.device)
     mask = torch.tensor([[0, 0, 1, 1]], device=model.device)
@@ -599,7 +599,9 @@ def _left_pads_change_the_output(model: nn.Module, takes_position_ids: bool = Tr
 
     with torch.no_grad(), _evaluating(model):
         padded, alone = last_logits(slice(None)), last_logits(slice(2, None))
-    return not torch.allclose(padded, alone, atol=1e-4, rtol=1e-4)
+    # Relative to the logits' scale: moved positions change them by tens of percent (BART, Whisper,
+    # Marian: 0.5-1.1), kernels that differ with a mask by rounding only (SmolLM2 fp32: 8e-6).
+    return bool((padded - alone).abs().max() > 1e-2 * alone.abs().max())
 
 
 @contextmanager
