@@ -160,7 +160,9 @@ KINDS: dict[ModelKind, Kind] = {
         label="causal LMs",
         sites=("self",),
         model_path="softprompt.models.causal:SoftPromptModel",
-        heads=("causal-lm", "sequence-classification", "token-classification"),
+        # Not sequence-classification: decoder classifiers pool rows in ways a prompt in front breaks
+        # for some models (Helium, OLMo, OPT score a padded row differently from the row alone).
+        heads=("causal-lm", "token-classification"),
         run_head="causal-lm",
         objective_paths={
             "classification": f"{_OBJECTIVES}:ClassificationObjective",

@@ -334,11 +334,9 @@ class SoftPromptModel(PromptedModel):
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     def _all_logits(self, input_ids, attention_mask, **kwargs) -> torch.Tensor:
-        """The model's own logits at every position, in the caller's layout: (B, T, V) — or a
-        sequence classifier's (B, C), which it pools at each row's last column (the rows are run
-        pads first, so that is the last token)."""
+        """The model's own logits at every position, in the caller's layout: (B, T, V)."""
         outputs, align = self._run(self.base_model, input_ids, attention_mask, **kwargs)
-        return outputs.logits if outputs.logits.dim() == 2 else align.undo(outputs.logits)
+        return align.undo(outputs.logits)
 
     # ----------------------------------------------------------------------------------- generation
     @torch.no_grad()
