@@ -5,7 +5,7 @@ or without accelerate), ``evaluate`` (scores), ``optim`` (optimiser and schedule
 validated run config), ``presets`` (the papers' recipes), ``build`` (config -> task, data, prompt,
 objective), ``checkpoint`` (exact resume), ``logs`` (JSONL/CSV/TensorBoard and the PNG), ``loop``
 (the accelerate loop with evaluation, checkpoints and progress), ``run`` (a whole run), ``search``
-(a budgeted search over runs: successive halving on dev).
+(a budgeted search over runs: successive halving on dev; ``search.search(config)``).
 
 ``train(load_config("configs/sst2.yaml", ["train.max_steps=200"]))`` runs what ``softprompt train``
 runs; :mod:`softprompt.train.run` has a whole run as an example that runs.
@@ -14,7 +14,6 @@ runs; :mod:`softprompt.train.run` has a whole run as an example that runs.
 from softprompt.train.config import ConfigError, RunConfig, load_config
 from softprompt.train.presets import PRESETS
 from softprompt.train.run import RunError, RunSummary, format_summary, train
-from softprompt.train.search import SearchSummary, search
 
 __all__ = [
     "PRESETS",
@@ -22,9 +21,7 @@ __all__ = [
     "RunConfig",
     "RunError",
     "RunSummary",
-    "SearchSummary",
     "format_summary",
     "load_config",
-    "search",
     "train",
 ]
