@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import transformers as T
 from tiny import tiny_causal_lm, tiny_encoder, tiny_model, tiny_seq2seq_lm
+from transformers.models.auto import modeling_auto
 
 import softprompt
-from softprompt.kinds import HEADS, KINDS, TASK_NEEDS, head_of
+from softprompt.kinds import HEADS, KINDS, TASK_NEEDS, _mapped_class_names, head_of
 from softprompt.models import PromptedModel
 
 
@@ -88,3 +89,15 @@ def test_every_head_loads_through_its_auto_class():
 def test_a_class_mapped_under_another_model_type_than_its_configs_has_that_head():
     model = tiny_model("emu3", "causal-lm")  # Emu3ForCausalLM: mapped under "emu3", config "emu3_text_model"
     assert model.config.model_type != "emu3" and head_of(model) == "causal-lm"
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_a_heads_classes_are_its_mappings_under_every_model_type_read_once(name):
+    head = HEADS[name]
+    mapping = getattr(modeling_auto, head.mapping)
+    expected = {cls for model_type in mapping for cls in head.class_names(model_type)}
+    assert expected and head.all_class_names() == expected
+    # Both lookups read transformers' tables once: wrap calls them for every model.
+    assert head.all_class_names() is head.all_class_names()
+    assert head.all_class_names() <= _mapped_class_names()
+    assert _mapped_class_names() is _mapped_class_names()

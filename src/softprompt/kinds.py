@@ -80,15 +80,13 @@ class Head:
 
         return getattr(transformers, self.auto_class)
 
-    def class_names(self, model_type: str) -> set[str]:
-        names = getattr(modeling_auto, self.mapping).get(model_type, ())
-        return {names} if isinstance(names, str) else set(names)
+    def class_names(self, model_type: str) -> frozenset[str]:
+        """The classes this head's mapping names for ``model_type``."""
+        return _as_names(getattr(modeling_auto, self.mapping).get(model_type, ()))
 
-    def all_class_names(self) -> set[str]:
-        """Every class this head's mapping names, under any model type."""
-        return set().union(
-            *(self.class_names(model_type) for model_type in getattr(modeling_auto, self.mapping))
-        )
+    def all_class_names(self) -> frozenset[str]:
+        """Every class this head's mapping names, under any model type (cached: it runs at every wrap)."""
+        return _table_class_names(self.mapping)
 
 
 HEADS: dict[ModelHead, Head] = {
@@ -232,16 +230,26 @@ def _generates(model: nn.Module) -> bool:
     return callable(can_generate) and bool(can_generate())
 
 
+def _as_names(entry: str | tuple[str, ...]) -> frozenset[str]:
+    """A mapping's entry for one model type (one class name, or several) as a set of names."""
+    return frozenset([entry] if isinstance(entry, str) else entry)
+
+
+@functools.cache
+def _table_class_names(table_name: str) -> frozenset[str]:
+    """Every class name in one ``modeling_auto`` ``..._MAPPING_NAMES`` table, under any model type."""
+    return frozenset().union(*map(_as_names, getattr(modeling_auto, table_name).values()))
+
+
 @functools.cache
 def _mapped_class_names() -> frozenset[str]:
     """Every class name in any of ``transformers``' ``..._MAPPING_NAMES`` tables."""
-    names: set[str] = set()
-    for table_name in dir(modeling_auto):
-        table = getattr(modeling_auto, table_name)
-        if table_name.endswith("_MAPPING_NAMES") and isinstance(table, dict):
-            for value in table.values():
-                names.update([value] if isinstance(value, str) else value)
-    return frozenset(names)
+    tables = [
+        name
+        for name in dir(modeling_auto)
+        if name.endswith("_MAPPING_NAMES") and isinstance(getattr(modeling_auto, name), dict)
+    ]
+    return frozenset().union(*map(_table_class_names, tables))
 
 
 def supported_heads(kind: ModelKind) -> str:
