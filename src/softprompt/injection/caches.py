@@ -202,11 +202,32 @@ def encoder_decoder_prefix_cache(
     return cache
 
 
-def _filled_cache(states: LayerStates | None) -> DynamicCache:
-    cache = DynamicCache()
+def _fill(cache: Cache, states: LayerStates | None) -> Cache:
     for layer_idx, (keys, values) in enumerate(states or ()):
         cache.update(keys, values, layer_idx)
     return cache
+
+
+class _PrefixedEncoderDecoderCache(EncoderDecoderCache):
+    """An ``EncoderDecoderCache`` whose cross-attention prefix survives a model swapping in a cache of its
+    own: T5Gemma and T5Gemma2 replace the cross-attention cache before generating (a full-attention one
+    for the sliding-window one ``generate`` builds from the config), which would drop the prefix while
+    the mask still has its columns. An empty replacement gets the prefix first, as the original had it.
+    """
+
+    def __init__(self, self_states: LayerStates | None, cross_states: LayerStates | None) -> None:
+        self._cross_states = cross_states
+        super().__init__(_fill(DynamicCache(), self_states), _fill(DynamicCache(), cross_states))
+
+    @property
+    def cross_attention_cache(self) -> Cache:
+        return self._cross_attention_cache
+
+    @cross_attention_cache.setter
+    def cross_attention_cache(self, cache: Cache) -> None:
+        if cache.get_seq_length() == 0:
+            _fill(cache, self._cross_states)
+        self._cross_attention_cache = cache
 
 
 def encoder_decoder_generation_cache(
@@ -215,9 +236,10 @@ def encoder_decoder_generation_cache(
     """An ordinary growing ``EncoderDecoderCache`` for ``generate`` that starts with the prefixes.
 
     Its cross-attention layers hold only the prefix at first and are marked not updated, so the first
-    decoding step appends the encoder's keys/values after the prefix and later steps reuse both.
+    decoding step appends the encoder's keys/values after the prefix and later steps reuse both; a
+    cross-attention cache the model puts in its place before generating starts with the prefix too.
     """
-    cache = EncoderDecoderCache(_filled_cache(self_states), _filled_cache(cross_states))
+    cache = _PrefixedEncoderDecoderCache(self_states, cross_states)
     for layer_idx in cache.is_updated:
         cache.is_updated[layer_idx] = False
     return cache
