@@ -40,7 +40,7 @@ def left_padded():
 @pytest.mark.parametrize("family", GROUPED_FAMILIES)
 def test_grouped_route_gives_the_logits_and_gradients_of_repeated_heads(family, method):
     model, reference = pair(family, method)
-    assert model.base_model.config._attn_implementation == "softprompt_sdpa"
+    assert model.base_model.config._attn_implementation == "softprompt_attention"
     ids, mask = left_padded()
     results = []
     for m in (model, reference):
@@ -104,9 +104,58 @@ def test_a_prefix_joins_each_layer_on_that_layers_device():
 
 def test_a_tower_that_takes_no_sdpa_keeps_its_attention_and_the_text_model_takes_the_prompt():
     base = tiny_model("gemma4", "causal-lm")  # text + vision + an audio encoder that refuses sdpa
-    audio = base.config.audio_config._attn_implementation
+    assert base.config.audio_config._attn_implementation == "eager"
     model = softprompt.wrap(base, softprompt.PromptTuningConfig(num_virtual_tokens=3, init="random"))
-    assert base.config.get_text_config()._attn_implementation == "softprompt_sdpa"
-    assert base.config.audio_config._attn_implementation == audio
+    assert base.config.get_text_config()._attn_implementation == "softprompt_attention"  # sdpa inside
+    assert base.config.audio_config._attn_implementation == "softprompt_eager"  # its own eager inside
     ids = torch.tensor([[5, 6, 7]])
     assert not torch.allclose(model(input_ids=ids).logits, base(input_ids=ids).logits)
+
+
+def _encoder_pair(model_type: str, attention: str):
+    base = tiny_model(model_type, "sequence-classification", seed=0)
+    base.set_attn_implementation(attention)
+    model = softprompt.wrap(base, softprompt.PrefixTuningConfig(num_virtual_tokens=3, init="random"))
+    torch.manual_seed(1)
+    for p in model.prompt.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return base, model.eval()
+
+
+@pytest.mark.parametrize("padded_prefix", [False, True])
+def test_an_eager_model_reads_a_prefix_through_its_own_eager_function_as_sdpa_does(padded_prefix):
+    # The same prefix on BERT run eager (softprompt_eager: its additive float mask) and sdpa (boolean).
+    (eager_base, eager), (sdpa_base, sdpa) = _encoder_pair("bert", "eager"), _encoder_pair("bert", "sdpa")
+    sdpa.prompt.load_state_dict(eager.prompt.state_dict())
+    ids, mask = padded_batch([random_ids(1, n, seed=n)[0] for n in (6, 3)], "right")
+    with torch.no_grad():
+        # a row without the prompt makes the prefix's own mask explicit (pad slots in the prefix)
+        rows = torch.tensor([0, -1] if padded_prefix else [0, 0])
+        got, expected = (
+            m(
+                input_ids=ids,
+                attention_mask=mask,
+                row_prompts=m.row_prompts([m.compile_prompt(m.prompt)], rows, ids.device),
+            ).logits
+            for m in (eager, sdpa)
+        )
+    assert eager_base.config._attn_implementation == "softprompt_eager"
+    assert sdpa_base.config._attn_implementation == "softprompt_attention"
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["markuplm", "switch_transformers"])
+def test_a_model_without_sdpa_takes_a_prefix_and_computes_bit_for_bit_what_it_did_bare(model_type):
+    # Neither declares sdpa support: transformers refuses any attention named "...sdpa..." for them.
+    head = "sequence-classification" if model_type == "markuplm" else "seq2seq-lm"
+    base = tiny_model(model_type, head).eval()
+    ids = random_ids(1, 5, seed=3)
+    extra = {"decoder_input_ids": ids[:, :2]} if head == "seq2seq-lm" else {}
+    with torch.no_grad():
+        before = base(input_ids=ids, **extra).logits
+        model = softprompt.wrap(base, softprompt.PrefixTuningConfig(num_virtual_tokens=3, init="random"))
+        prompted = model(input_ids=ids, **extra).logits
+        after = base(input_ids=ids, **extra).logits
+    assert base.config._attn_implementation == "softprompt_eager"
+    assert torch.equal(before, after)
+    assert not torch.allclose(prompted, before)

@@ -383,7 +383,12 @@ def test_a_prompt_for_another_decoder_depth_is_refused(tmp_path):
 def test_prefix_attention_is_attention_over_prefix_and_keys(mask_kind):
     """The cache-less route: prefix keys/values before the layer's own, masked slots hidden, and no
     relative-position bias for prefix slots (T5)."""
-    from softprompt.injection.attention import AttentionPrefix, _prefix_attention
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from softprompt.injection.attention import PREFIX_ATTENTION, AttentionPrefix, install
+
+    install()
+    prefix_attention = ALL_ATTENTION_FUNCTIONS[PREFIX_ATTENTION]
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, 3, 8, generator=g) for _ in range(3))
@@ -394,7 +399,7 @@ def test_prefix_attention_is_attention_over_prefix_and_keys(mask_kind):
     mask = {"none": None, "bool": keep, "float": torch.zeros(keep.shape).masked_fill(~keep, -1e9)}[mask_kind]
     module = torch.nn.Module().eval()
     prefix = AttentionPrefix({module: (pk, pv)}, prefix_mask)
-    got, _ = _prefix_attention(
+    got, _ = prefix_attention(
         module, q, k, v, mask, softprompt_prefix=prefix, position_bias=bias, scaling=8**-0.5
     )
 

@@ -10,8 +10,13 @@ for it (``softprompt_grouped=True``, see :func:`use_grouped_attention`): a prefi
 explicit, and ``transformers``' sdpa then copies keys/values to every query head.
 
 The function is registered with ``transformers`` by an explicit :func:`install` (which the two
-``use_*`` switches call), never as a side effect of import. Called without softprompt's keyword
-arguments it is ``transformers``' own sdpa, so a switched model computes what it computed before.
+``use_*`` switches call), never as a side effect of import, under two names: :data:`PREFIX_ATTENTION`
+wraps ``transformers``' sdpa, :data:`EAGER_PREFIX_ATTENTION` wraps the model's own eager function
+(the ``eager_attention_forward`` of its modeling file). A model is switched to the one that wraps
+what it ran, so called without softprompt's keyword arguments a switched model computes what it
+computed before, bit for bit, and with a prefix its own attention (soft-capping, sinks, biases)
+reads the longer keys. Neither name says "sdpa": ``transformers`` would refuse it for models that
+do not declare sdpa support (Pegasus-X, Switch Transformers, MarkupLM...).
 
 Examples:
     >>> install()
@@ -21,20 +26,25 @@ Examples:
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from softprompt import compat
 from softprompt.families import ModelShape
 
-PREFIX_ATTENTION = "softprompt_sdpa"
+PREFIX_ATTENTION = "softprompt_attention"
+EAGER_PREFIX_ATTENTION = "softprompt_eager"
+PREFIX_ATTENTIONS = (PREFIX_ATTENTION, EAGER_PREFIX_ATTENTION)
 
 
 @dataclass
@@ -57,6 +67,7 @@ class AttentionCapture:
 
 
 def _prefix_attention(
+    inner: Callable[[nn.Module], Callable],
     module: nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -67,21 +78,43 @@ def _prefix_attention(
     softprompt_grouped: bool = False,
     **kwargs,
 ):
-    """sdpa attention that prepends ``softprompt_prefix``'s keys/values for the modules it names and,
-    with ``softprompt_grouped``, keeps grouped key/value heads where it can (:func:`_grouped_sdpa`)."""
+    """``inner(module)``'s attention that prepends ``softprompt_prefix``'s keys/values for the modules it
+    names and, with ``softprompt_grouped`` on sdpa, keeps grouped key/value heads where it can
+    (:func:`_grouped_sdpa`)."""
+    attend = inner(module)
     if softprompt_capture is not None:
         softprompt_capture.calls.append((module, key, value))
     if softprompt_prefix is not None and module in softprompt_prefix.layers:
         prefix_keys, prefix_values = softprompt_prefix.layers[module]
         key = torch.cat([prefix_keys.to(key.dtype), key], dim=-2)  # (B, H, P + T, D)
         value = torch.cat([prefix_values.to(value.dtype), value], dim=-2)
-        attention_mask = _mask_with_prefix(attention_mask, softprompt_prefix.mask, query, key)
+        additive = attend is not sdpa_attention_forward  # eager functions add their mask to the scores
+        attention_mask = _mask_with_prefix(attention_mask, softprompt_prefix.mask, query, key, additive)
         if kwargs.get("position_bias") is not None:
             # T5's relative-position bias (.., Q, T): prefix slots carry no position, so no bias.
             kwargs["position_bias"] = F.pad(kwargs["position_bias"], (prefix_keys.shape[-2], 0))
-    if softprompt_grouped and _can_keep_grouped_heads(query, key, attention_mask, kwargs):
+    if (
+        softprompt_grouped
+        and attend is sdpa_attention_forward
+        and _can_keep_grouped_heads(query, key, attention_mask, kwargs)
+    ):
         return _grouped_sdpa(query, key, value, attention_mask, **kwargs)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return attend(module, query, key, value, attention_mask, **kwargs)
+
+
+def _sdpa(module: nn.Module) -> Callable:
+    return sdpa_attention_forward
+
+
+@cache
+def _eager_of(module_class: type[nn.Module]) -> Callable:
+    """The eager attention function of ``module_class``'s modeling file (every ``transformers`` model
+    file defines or imports one ``eager_attention_forward``); sdpa where a file has none."""
+    return getattr(sys.modules[module_class.__module__], "eager_attention_forward", sdpa_attention_forward)
+
+
+def _eager(module: nn.Module) -> Callable:
+    return _eager_of(type(module))
 
 
 def _can_keep_grouped_heads(
@@ -126,15 +159,28 @@ def _grouped_sdpa(
 
 
 def _mask_with_prefix(
-    mask: torch.Tensor | None, prefix_mask: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+    mask: torch.Tensor | None,
+    prefix_mask: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    additive: bool = False,
 ) -> torch.Tensor | None:
-    """The 4-D mask (B, 1, Q, T) extended to the prefix's keys: (B, 1, Q, P + T)."""
+    """The 4-D mask (B, 1, Q, T) extended to the prefix's keys: (B, 1, Q, P + T).
+
+    A missing mask (sdpa and eager skip an all-ones one) stays missing if every prefix slot is
+    kept; otherwise it is made boolean, or ``additive`` (0 / dtype min) for an eager function.
+    """
     batch, queries, prefix = query.shape[0], query.shape[-2], prefix_mask.shape[-1]
     keep = prefix_mask.bool()[:, None, None, :].expand(batch, 1, queries, prefix)
-    if mask is None:  # sdpa skipped an all-ones mask
+    if mask is None:
         if bool(keep.all()):
             return None
-        mask = torch.ones(batch, 1, queries, key.shape[-2] - prefix, dtype=torch.bool, device=keep.device)
+        size = (batch, 1, queries, key.shape[-2] - prefix)
+        mask = (
+            torch.zeros(size, dtype=query.dtype, device=keep.device)
+            if additive
+            else torch.ones(size, dtype=torch.bool, device=keep.device)
+        )
     mask = mask.expand(batch, 1, queries, -1)
     if mask.dtype != torch.bool:  # an additive float mask
         keep = torch.zeros_like(keep, dtype=mask.dtype).masked_fill(~keep, torch.finfo(mask.dtype).min)
@@ -142,34 +188,40 @@ def _mask_with_prefix(
 
 
 def install() -> None:
-    """Register :data:`PREFIX_ATTENTION` with ``transformers`` (idempotent; :func:`use_prefix_attention`
-    and :func:`use_grouped_attention` call it before switching a model)."""
-    if PREFIX_ATTENTION not in ALL_ATTENTION_FUNCTIONS:
-        AttentionInterface.register(PREFIX_ATTENTION, _prefix_attention)
-        AttentionMaskInterface.register(PREFIX_ATTENTION, sdpa_mask)
+    """Register :data:`PREFIX_ATTENTION` and :data:`EAGER_PREFIX_ATTENTION` with ``transformers``
+    (idempotent; :func:`use_prefix_attention` and :func:`use_grouped_attention` call it)."""
+    for name, inner, masks in (
+        (PREFIX_ATTENTION, _sdpa, sdpa_mask),
+        (EAGER_PREFIX_ATTENTION, _eager, eager_mask),
+    ):
+        if name not in ALL_ATTENTION_FUNCTIONS:
+            AttentionInterface.register(name, partial(_prefix_attention, inner))
+            AttentionMaskInterface.register(name, masks)
+
+
+def prefix_attention_for(implementation: str | None) -> str:
+    """The softprompt attention that wraps ``implementation``: the eager one for ``"eager"``, else sdpa's."""
+    if implementation in PREFIX_ATTENTIONS:
+        return implementation
+    return EAGER_PREFIX_ATTENTION if implementation == "eager" else PREFIX_ATTENTION
 
 
 def use_prefix_attention(model: nn.Module) -> None:
-    """Switch ``model`` (and its sub-models) to :data:`PREFIX_ATTENTION`: sdpa that also takes
-    per-call prefixes. Without a prefix it computes exactly what sdpa computes."""
+    """Switch ``model`` and each of its towers to softprompt's attention around the one it runs
+    (:func:`prefix_attention_for`), which also takes per-call prefixes. Without a prefix each computes
+    exactly what it computed before (Gemma 4's eager audio encoder stays eager underneath)."""
     install()
-    if compat.attention_implementation(model) == PREFIX_ATTENTION:
+    current = compat.attention_implementation(model)
+    if current in PREFIX_ATTENTIONS:
         return
     config = model.config
     towers = {
-        key: getattr(config, key) for key in getattr(config, "sub_configs", {}) if getattr(config, key, None)
+        key: prefix_attention_for(getattr(config, key)._attn_implementation)
+        for key in getattr(config, "sub_configs", {})
+        if getattr(config, key, None)
     }
-    before = {key: sub._attn_implementation for key, sub in towers.items()}
-    try:
-        model.set_attn_implementation(PREFIX_ATTENTION)
-    except ValueError:
-        # A tower that takes no sdpa (Gemma 4's audio encoder) refuses the whole switch: the prompt
-        # goes to the text model only, and every other tower keeps the attention it had.
-        text = config.get_text_config()
-        if not any(sub is text for sub in towers.values()):
-            raise
-        chosen = {key: PREFIX_ATTENTION if sub is text else before[key] for key, sub in towers.items()}
-        model.set_attn_implementation({"": PREFIX_ATTENTION, **chosen})
+    name = prefix_attention_for(current)
+    model.set_attn_implementation({"": name, **towers} if towers else name)
 
 
 def use_grouped_attention(model: nn.Module, shape: ModelShape) -> bool:

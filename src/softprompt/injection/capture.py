@@ -39,7 +39,7 @@ from softprompt import compat
 from softprompt.compat import cache_kwargs
 from softprompt.families import ModelShape, UnsupportedModelError, model_shape
 from softprompt.injection.attention import (
-    PREFIX_ATTENTION,
+    PREFIX_ATTENTIONS,
     AttentionCapture,
     AttentionPrefix,
     use_prefix_attention,
@@ -222,7 +222,7 @@ def read_attention_calls(
     original = compat.attention_implementation(model)
     try:
         use_prefix_attention(model)
-        if compat.attention_implementation(model) != PREFIX_ATTENTION:
+        if compat.attention_implementation(model) not in PREFIX_ATTENTIONS:
             return [], f"its attention stays {original!r} when asked to switch to softprompt's"
         was_training = model.training
         model.eval()
@@ -238,7 +238,7 @@ def read_attention_calls(
             f"a one-token forward through softprompt's attention failed ({type(error).__name__}: {error})",
         )
     finally:
-        if original != PREFIX_ATTENTION and compat.attention_implementation(model) != original:
+        if original not in PREFIX_ATTENTIONS and compat.attention_implementation(model) != original:
             model.set_attn_implementation(original)
     if not first:
         return [], "its attention never calls the attention function it is switched to"
