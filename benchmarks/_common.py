@@ -35,6 +35,7 @@ from softprompt.train.config import TrainSection
 from softprompt.train.core import step
 from softprompt.train.objectives import ClassificationObjective, Objective, last_token_index
 from softprompt.train.optim import make_optimizer, make_scheduler
+from softprompt.transfer import epochs
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # real data sets; a bare clone has none
 
@@ -213,18 +214,10 @@ def training_steps(
 ) -> Iterator[float]:
     """:func:`train_steps` one step at a time: each ``next`` runs one optimiser step and gives its loss
     (so several contestants can train in turns; the schedule spans ``steps``)."""
-    loader = make_dataloader(
-        examples,
-        recipe.batch_size,
-        pad_token_id,
-        type(objective).padding_side,
-        seed=recipe.seed,
-        group_by_length=recipe.group_by_length,
-        drop_last=True,
-    )
+    batches = training_batches(objective, recipe, examples, pad_token_id)
     optimizer = make_optimizer(objective.parameters(), recipe)
     scheduler = make_scheduler(optimizer, recipe, steps)
-    for batch in itertools.islice(_epochs(loader), steps):
+    for batch in itertools.islice(batches, steps):
         yield step(
             objective,
             optimizer,
@@ -235,11 +228,22 @@ def training_steps(
         )
 
 
-def _epochs(loader) -> Iterator[dict[str, torch.Tensor]]:
-    """The loader's batches epoch after epoch, each epoch in its own seeded order."""
-    for epoch in itertools.count():
-        loader.batch_sampler.set_epoch(epoch)
-        yield from loader
+def training_batches(
+    objective: Objective, recipe: TrainSection, examples: Sequence[Encoded], pad_token_id: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The batches ``softprompt train`` draws from ``examples``: ``recipe.batch_size`` rows in the seeded,
+    length-grouped order of ``recipe.seed``, full batches only, epoch after epoch (the library's
+    :func:`softprompt.transfer.epochs`), padded on the objective's side."""
+    loader = make_dataloader(
+        examples,
+        recipe.batch_size,
+        pad_token_id,
+        type(objective).padding_side,
+        seed=recipe.seed,
+        group_by_length=recipe.group_by_length,
+        drop_last=True,
+    )
+    return epochs(loader)
 
 
 # ------------------------------------------------------------------------------------ peft objectives
