@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from softprompt.data import Encoded, Task, encode_dataset, load_rows, make_dataloader
+from softprompt.data import Encoded, Task, encode_dataset, load_rows
+from softprompt.train import loop
 from softprompt.train.config import TrainSection
 from softprompt.train.core import step
 from softprompt.train.objectives import ClassificationObjective, Objective, last_token_index
@@ -231,19 +232,12 @@ def training_steps(
 def training_batches(
     objective: Objective, recipe: TrainSection, examples: Sequence[Encoded], pad_token_id: int
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """The batches ``softprompt train`` draws from ``examples``: ``recipe.batch_size`` rows in the seeded,
-    length-grouped order of ``recipe.seed``, full batches only, epoch after epoch (the library's
-    :func:`softprompt.transfer.epochs`), padded on the objective's side."""
-    loader = make_dataloader(
-        examples,
-        recipe.batch_size,
-        pad_token_id,
-        type(objective).padding_side,
-        seed=recipe.seed,
-        group_by_length=recipe.group_by_length,
-        drop_last=True,
-    )
-    return epochs(loader)
+    """The batches ``softprompt train`` draws from ``examples`` (the loop's own
+    :func:`~softprompt.train.loop.training_batches`: ``recipe.batch_size`` rows in the seeded,
+    length-grouped order of ``recipe.seed``, full batches only), epoch after epoch
+    (:func:`softprompt.transfer.epochs`), padded on the objective's side."""
+    batches = loop.training_batches(examples, recipe, pad_token_id, type(objective).padding_side)
+    return epochs(batches.loader)
 
 
 # ------------------------------------------------------------------------------------ peft objectives
