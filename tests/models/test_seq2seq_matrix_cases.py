@@ -36,18 +36,11 @@ def test_nested_configs_give_the_encoders_sizes():
     assert shape.layers[0].num_kv_heads == encoder.num_key_value_heads
 
 
-@pytest.mark.parametrize(
-    ("model_type", "reason"),
-    [
-        ("t5gemma", "does not support an attention implementation through torch.nn.functional.scaled_dot"),
-        ("fsmt", "its attention calls no replaceable attention function"),
-    ],
-)
-def test_prefix_tuning_is_refused_with_the_reason(model_type, reason):
-    base = tiny_model(model_type, "seq2seq-lm")
+def test_prefix_tuning_is_refused_with_the_reason():
+    base = tiny_model("fsmt", "seq2seq-lm")
     with pytest.raises(
         softprompt.UnsupportedModelError,
-        match=f"{model_type} encoders cannot take a key/value prefix.*{reason}",
+        match="fsmt encoders cannot take a key/value prefix.*its attention calls no replaceable attention function",
     ):
         softprompt.wrap(base, PREFIX)
 
@@ -64,7 +57,7 @@ def _greedy_by_forward(model, ids, mask, steps: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("sites", ["all", "decoder"])
-@pytest.mark.parametrize("model_type", ["t5gemma2"])
+@pytest.mark.parametrize("model_type", ["t5gemma", "t5gemma2"])
 def test_prefix_generation_equals_greedy_forward_passes(model_type, sites):
     base = tiny_model(model_type, "seq2seq-lm")
     model = softprompt.wrap(base, softprompt.PrefixTuningConfig(num_virtual_tokens=3, prefix_sites=sites))
