@@ -27,6 +27,7 @@ from softprompt.files.errors import AdapterFileError, RecordError
 from softprompt.files.validate import check_head, read_prompt
 from softprompt.kinds import KINDS
 from softprompt.methods import SoftPromptConfig, build_prompt, method_of
+from softprompt.methods.multitask import read_task
 from softprompt.models import PromptedModel
 
 
@@ -43,7 +44,7 @@ def wrap(base_model: nn.Module, config: SoftPromptConfig, tokenizer=None, **opti
     return model
 
 
-def load(base_model: nn.Module, path: str | os.PathLike) -> PromptedModel:
+def load(base_model: nn.Module, path: str | os.PathLike, task: str | None = None) -> PromptedModel:
     """Load a saved prompt (a softprompt file, or a ``peft`` adapter folder) onto ``base_model``.
 
     The loaded prompt stays trainable, so it can start further training or another task. A saved
@@ -52,8 +53,16 @@ def load(base_model: nn.Module, path: str | os.PathLike) -> PromptedModel:
     made for a model of another family or shape, a corrupt, malformed or unsafe file is refused with
     an :class:`~softprompt.files.errors.AdapterFileError` saying why — this is the one door for
     files from strangers too.
+
+    ``task`` names one task of a multitask (MPT) file: it loads as an ordinary prompt-tuning model
+    of that task's composed (P, E) prompt, which trains, saves and serves as any other (an unknown
+    name is refused with the file's tasks). Without it a multitask file gives its shared prompt (the
+    start MPT gives a new task); :func:`softprompt.transfer.load_multitask` reads all of it.
     """
     shape = model_shape(base_model)
+    if task is not None:
+        prompt = read_task(path, shape, task).to(base_model.device)
+        return KINDS[shape.kind].model_class(base_model, prompt, shape)
     saved = read_prompt(path, shape)
     prompt = method_of(saved.config).rebuild(saved.config, saved.table, shape)
     cls = _model_class(shape, saved.options, saved.source)

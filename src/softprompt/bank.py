@@ -32,7 +32,6 @@ from softprompt.families import UnsupportedModelError, model_shape
 from softprompt.injection import CompiledPrompt, RowPrompts
 from softprompt.kinds import KINDS
 from softprompt.methods import SoftPrompt
-from softprompt.methods.multitask import read_task
 from softprompt.models import PromptedModel, SoftPromptModel
 from softprompt.models.base import parameter_versions
 
@@ -109,10 +108,8 @@ class TaskBank(nn.Module):
             prompt = source.prompt
         elif isinstance(source, SoftPrompt):
             prompt = source
-        elif task is not None:
-            prompt = read_task(source, self.runner.shape, task).to(self.base_model.device)
         else:
-            prompt = load(self.base_model, source).prompt
+            prompt = load(self.base_model, source, task=task).prompt
         self.tasks[name] = prompt
         self._compiled.pop(name, None)
 

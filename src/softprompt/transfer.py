@@ -12,8 +12,9 @@ target's run: ``PromptTuningConfig(init="file", init_file=source)`` (:func:`soft
 **MPT** (Wang et al. 2023, arXiv 2303.02861): one prompt shared by several tasks, each task's prompt
 the shared one times a rank-1 matrix of its own (:mod:`softprompt.methods.multitask`).
 :class:`MultitaskObjective` trains it on batches whose rows carry a task (:func:`multitask_batches`,
-examples-proportional mixing), each row with its own task's prompt and label words; :func:`load_task`
-gives one task back as an ordinary prompt-tuning model, :func:`load_multitask` the whole prompt.
+examples-proportional mixing), each row with its own task's prompt and label words;
+``softprompt.load(base, path, task=name)`` gives one task back as an ordinary prompt-tuning model,
+:func:`load_multitask` the whole prompt.
 The paper distils the shared prompt from single-task teachers first; this trains it directly, the
 variant its ablation reports as a few points lower.
 
@@ -43,7 +44,7 @@ from softprompt.files.validate import read_prompt
 from softprompt.injection import RowPrompts
 from softprompt.kinds import KINDS
 from softprompt.methods import method_of
-from softprompt.methods.multitask import MultitaskPrompt, read_multitask, read_task
+from softprompt.methods.multitask import MultitaskPrompt, read_multitask
 from softprompt.models import PromptedModel, SoftPromptModel
 from softprompt.train.build import (
     load_base,
@@ -62,14 +63,6 @@ Similarity = Literal["average", "per_token"]
 
 
 # ------------------------------------------------------------------------------ multitask files
-def load_task(base_model: nn.Module, path: str | os.PathLike, task: str) -> PromptedModel:
-    """Task ``task`` of the multitask file at ``path`` on ``base_model``: an ordinary prompt-tuning model
-    (its composed (P, E) prompt), which trains, saves and serves as any other."""
-    shape = model_shape(base_model)
-    prompt = read_task(path, shape, task).to(base_model.device)
-    return KINDS[shape.kind].model_class(base_model, prompt, shape)
-
-
 def load_multitask(base_model: nn.Module, path: str | os.PathLike) -> PromptedModel:
     """The whole multitask prompt saved at ``path`` on ``base_model`` (shared prompt and every task's
     factors, trainable): to train further with :class:`MultitaskObjective`."""

@@ -16,7 +16,7 @@ from softprompt.methods import MultitaskPromptTuningConfig
 from softprompt.methods.multitask import MultitaskPrompt, read_multitask, read_task
 from softprompt.train.config import TrainSection
 from softprompt.train.objectives import ClassificationObjective
-from softprompt.transfer import MultitaskObjective, load_multitask, load_task, multitask_batches, train_steps
+from softprompt.transfer import MultitaskObjective, load_multitask, multitask_batches, train_steps
 
 TASKS = ("rte", "cb", "sst2")
 
@@ -100,7 +100,7 @@ def test_the_file_round_trips_the_shared_prompt_and_every_task(tmp_path):
     ids = random_ids(2, 5)
     for task in TASKS:
         alone = softprompt.SoftPromptModel(base, model.prompt.task(task), model.shape)
-        loaded = load_task(base, path, task)
+        loaded = softprompt.load(base, path, task=task)
         assert loaded.prompt_config.method == "prompt_tuning"
         torch.testing.assert_close(loaded(input_ids=ids).logits, alone(input_ids=ids).logits)
     # softprompt.load reads one prompt: the shared one (the start for a new task)
@@ -185,7 +185,7 @@ def test_a_bank_mixes_multitask_tasks_with_other_prompts_row_by_row(tmp_path, si
         bank.add(task, path, task=task)
     bank.add("prefix", other)
     bank.add("plain", plain)
-    singles = {task: load_task(base, path, task).eval() for task in TASKS}
+    singles = {task: softprompt.load(base, path, task=task).eval() for task in TASKS}
     singles |= {"prefix": other, "plain": plain, None: softprompt.SoftPromptModel(base, None, other.shape)}
     tasks = ["cb", "prefix", "rte", None, "plain", "sst2", "cb"]
     rows = [random_ids(1, n, seed=n)[0] for n in (5, 3, 6, 4, 7, 2, 3)]

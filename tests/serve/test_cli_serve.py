@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -103,3 +104,14 @@ def test_a_model_the_scheduler_cannot_decode_is_refused(tmp_path):
         "softprompt serve decodes causal LMs (one key/value cache per sequence); t5 is a seq2seq model"
         in result.output
     )
+
+
+def test_a_task_option_names_one_task_of_a_multitask_file(tmp_path):
+    from softprompt.cli.serve import _adapter_and_task
+
+    assert _adapter_and_task("runs/mpt.safetensors#rte") == (Path("runs/mpt.safetensors"), "rte")
+    assert _adapter_and_task("runs/example") == (Path("runs/example"), None)
+    assert _adapter_and_task("runs#2/adapter.safetensors") == (Path("runs#2/adapter.safetensors"), None)
+    odd = tmp_path / "a#b.safetensors"  # a file whose own name has a '#'
+    odd.write_bytes(b"")
+    assert _adapter_and_task(str(odd)) == (odd, None)

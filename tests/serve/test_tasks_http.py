@@ -155,3 +155,34 @@ def test_a_prompted_model_of_another_base_model_is_refused(base, tokenizer):
     with pytest.raises(TaskRefused, match="made for another base model"):
         registry.add("x", other)
     assert registry.names() == []
+
+
+def _multitask_file(base, folder) -> object:
+    """A multitask (MPT) file with tasks "a" and "b" whose factors differ."""
+    config = softprompt.methods.MultitaskPromptTuningConfig(num_virtual_tokens=3, tasks=("a", "b"), rank=1)
+    model = softprompt.wrap(base, config)
+    with torch.no_grad():
+        model.prompt.task_u.normal_(generator=torch.Generator().manual_seed(0))
+    return model.save(folder / "mpt.safetensors")
+
+
+def test_one_task_of_a_multitask_file_is_served_under_a_name(client, base, tokenizer, tmp_path):
+    path = _multitask_file(base, tmp_path)
+    added = client.put(
+        "/v1/soft_prompts/second", params={"task": "b"}, content=path.read_bytes(), headers=ADMIN
+    )
+    assert added.status_code == 200, added.text
+    assert added.json()["method"] == "prompt_tuning"
+    single = softprompt.load(base, path, task="b").save(tmp_path / "b.safetensors")  # the task on its own
+    ids = tokenizer(PROMPT)["input_ids"]
+    assert complete(client, "second").json()["choices"][0]["text"] == greedy_alone(
+        base, tokenizer, single, ids, 6
+    )
+
+
+def test_a_task_a_multitask_file_lacks_is_refused_with_its_tasks(client, base, tmp_path):
+    path = _multitask_file(base, tmp_path)
+    refused = client.put("/v1/soft_prompts/x", params={"task": "c"}, content=path.read_bytes(), headers=ADMIN)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == "the uploaded file has no task 'c'; its tasks: a, b"
+    assert "x" not in models(client)

@@ -32,7 +32,8 @@ def serve(
         typer.Option(
             "--task",
             "-t",
-            help="A task to serve, NAME=ADAPTER (an adapter file, run folder or peft folder); repeat for more.",
+            help="A task to serve, NAME=ADAPTER (an adapter file, run folder or peft folder; "
+            "NAME=FILE#TASK for one task of a multitask file); repeat for more.",
             show_default=False,
         ),
     ] = None,
@@ -101,7 +102,10 @@ def serve(
     from softprompt.serve.registry import TaskRefused, TaskRegistry
 
     quiet_libraries()
-    tasks = {name: Path(path) for name, path in (_key_value(option, "--task") for option in task or [])}
+    tasks = {
+        name: _adapter_and_task(path)
+        for name, path in (_key_value(option, "--task") for option in task or [])
+    }
     head = KINDS[_or_fail(lambda: family_kind(model))].run_head
     base, tokenizer = _or_fail(lambda: load_base_model(model, head=head))
     bank = _or_fail(lambda: TaskBank(base))
@@ -122,12 +126,13 @@ def serve(
         )
     )
     registry = TaskRegistry(bank, chosen)
-    for name, path in tasks.items():
+    for name, (path, of_task) in tasks.items():
+        shown = f"{path}#{of_task}" if of_task else str(path)
         try:
-            info = registry.add_file(name, path)
+            info = registry.add_file(name, path, task=of_task)
         except TaskRefused as refused:
-            fail(f"--task {name}={path}: {refused}")
-        typer.echo(f"task {name}: {info.method}, {info.length} virtual tokens ({path})", err=True)
+            fail(f"--task {name}={shown}: {refused}")
+        typer.echo(f"task {name}: {info.method}, {info.length} virtual tokens ({shown})", err=True)
     settings = ServerSettings(api_key, admin_key, request_timeout_s=request_timeout)
     logging.getLogger("softprompt.serve").setLevel(logging.INFO)
     uvicorn.run(create_app(chosen, registry, tokenizer, settings), host=host, port=port, log_level="info")
@@ -150,6 +155,15 @@ def _key_value(option: str, flag: str) -> tuple[str, str]:
     if not sep or not key or not value:
         fail(f"{flag} takes KEY=VALUE (e.g. {flag} {_EXAMPLES[flag]}), got {option!r}")
     return key, value
+
+
+def _adapter_and_task(value: str) -> tuple[Path, str | None]:
+    """``FILE#TASK`` -> (FILE, TASK): one task of a multitask file; a path (even one with a '#' in its
+    name) names no task."""
+    path, mark, task = value.rpartition("#")
+    if not mark or not task or "/" in task or Path(value).exists():
+        return Path(value), None
+    return Path(path), task
 
 
 _EXAMPLES = {"--task": "tickets=runs/example", "--vllm-arg": "tensor_parallel_size=2"}

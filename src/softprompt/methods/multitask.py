@@ -172,7 +172,7 @@ class MultitaskPromptTuning(Method):
     def peft_fields(self, config) -> dict:
         raise ValueError(
             "softprompt does not write peft's multitask layout; export a task's composed prompt instead: "
-            "softprompt.transfer.load_task(base_model, path, task).export_peft(folder)"
+            "softprompt.load(base_model, path, task=task).export_peft(folder)"
         )
 
     def from_peft(self, length, fields, shape):

@@ -9,7 +9,8 @@ as server-sent events. Every error is OpenAI's error JSON (:mod:`softprompt.serv
 ``POST /v1/completions``               text (or token ids) in, text out; ``"stream": true`` for SSE
 ``POST /v1/chat/completions``          messages through the tokenizer's chat template
 ``GET /v1/soft_prompts``               the tasks with their method and size
-``PUT /v1/soft_prompts/{name}``        add or replace a task: the adapter file is the body (admin key)
+``PUT /v1/soft_prompts/{name}``        add or replace a task: the adapter file is the body (admin key;
+                                       ``?task=T`` picks task T of a multitask file)
 ``DELETE /v1/soft_prompts/{name}``     remove a task (admin key)
 ``GET /health``, ``GET /metrics``      liveness and load; Prometheus metrics
 =====================================  ======================================================
@@ -138,11 +139,11 @@ def create_app(
         return {"object": "list", "data": [_task_card(info) for info in registry.info().values()]}
 
     @app.put("/v1/soft_prompts/{name}")
-    async def add_soft_prompt(name: str, request: Request):
+    async def add_soft_prompt(name: str, request: Request, task: str | None = None):
         service.keys.check(request.headers.get("authorization"), admin=True)
         data = await _read_body(request, service.settings.max_upload_bytes)
         try:
-            info = await run_in_threadpool(registry.add_bytes, name, data)
+            info = await run_in_threadpool(registry.add_bytes, name, data, task)
         except TaskRefused as refused:
             raise bad_request(str(refused), code="invalid_adapter") from refused
         return _task_card(info)

@@ -89,25 +89,28 @@ class TaskRegistry:
         except ValueError as err:
             raise TaskRefused(str(err)) from err
 
-    def add_file(self, name: str, path: str | os.PathLike, source: str | None = None) -> TaskInfo:
-        """Add (or replace) task ``name`` from an adapter file or folder on this machine."""
+    def add_file(
+        self, name: str, path: str | os.PathLike, source: str | None = None, task: str | None = None
+    ) -> TaskInfo:
+        """Add (or replace) task ``name`` from an adapter file or folder on this machine; ``task`` names
+        one task of a multitask (MPT) file, served as its composed prompt."""
         self._check_name(name)
         try:
-            model = softprompt.load(self.bank.base_model, path)
+            model = softprompt.load(self.bank.base_model, path, task=task)
         except (ValueError, FileNotFoundError, KeyError) as err:  # AdapterFileError is a ValueError
-            message = str(err)
+            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
             if source is not None:  # never show a client where the server keeps its files
                 message = message.replace(str(path), source)
             raise TaskRefused(message) from err
         return self.add(name, model)
 
-    def add_bytes(self, name: str, data: bytes) -> TaskInfo:
-        """Add (or replace) task ``name`` from an uploaded adapter file's bytes."""
+    def add_bytes(self, name: str, data: bytes, task: str | None = None) -> TaskInfo:
+        """Add (or replace) task ``name`` from an uploaded adapter file's bytes (``task``: as in :meth:`add_file`)."""
         self._check_name(name)
         with tempfile.TemporaryDirectory(prefix="softprompt-upload-") as folder:
             path = Path(folder) / "adapter.safetensors"
             path.write_bytes(data)
-            return self.add_file(name, path, source="the uploaded file")
+            return self.add_file(name, path, source="the uploaded file", task=task)
 
     def remove(self, name: str) -> None:
         with self._lock:
