@@ -87,6 +87,29 @@ class SlowSteps:
         self.handle.remove()
 
 
+class HoldStep:
+    """A forward pre-hook on the backbone that records the (rows, tokens) of every call and holds the first
+    call of ``shape`` (``None``: the first call, whatever its shape) until ``released`` is set: the
+    scheduler then stands still inside that step, however loaded the machine is."""
+
+    def __init__(self, model, shape: tuple[int, int] | None = None) -> None:
+        self.shape, self.calls = shape, []
+        self.holding, self.released = threading.Event(), threading.Event()
+        self.handle = model.model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        if kwargs.get("input_ids") is None:  # compiling a prompt (virtual tokens)
+            return
+        self.calls.append(tuple(kwargs["input_ids"].shape))
+        if (self.shape is None or self.calls[-1] == self.shape) and not self.holding.is_set():
+            self.holding.set()
+            self.released.wait()
+
+    def remove(self) -> None:
+        self.released.set()
+        self.handle.remove()
+
+
 @contextlib.contextmanager
 def served(app):
     """A real uvicorn server for ``app`` on a free loopback port: yields (base URL, server)."""

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 from fastapi.testclient import TestClient
-from serve_helpers import BARE, SlowSteps, build_app, served
+from serve_helpers import BARE, HoldStep, SlowSteps, build_app, served
 
 from softprompt.serve import auth
 from softprompt.serve.app import ServerSettings
@@ -110,15 +110,9 @@ def test_api_keys_401_and_constant_time_comparison(base, tokenizer, adapters, mo
 
 def test_a_full_queue_answers_429_with_retry_after_and_then_serves(base, tokenizer, adapters):
     app, engine, _ = build_app(base, tokenizer, {}, max_batch=1, max_queue=1)
-    # Every forward waits for `released`: the first request holds the worker (and its one row) and the
-    # second the one queue slot for as long as the test needs, however loaded the machine is.
-    entered, released = threading.Event(), threading.Event()
-
-    def hold(*_) -> None:
-        entered.set()
-        released.wait(60)
-
-    hook = base.model.register_forward_pre_hook(hold)
+    # The first request's first forward is held: it keeps the worker (and its one row) and the second
+    # request the one queue slot for as long as the test needs, however loaded the machine is.
+    held = HoldStep(base)
     try:
         with TestClient(app) as client:
             replies = {}
@@ -128,13 +122,13 @@ def test_a_full_queue_answers_429_with_retry_after_and_then_serves(base, tokeniz
 
             threads = [threading.Thread(target=post, args=(name,)) for name in ("running", "waiting")]
             threads[0].start()
-            assert entered.wait(30)
+            assert held.holding.wait(30)
             threads[1].start()
             assert wait_until(lambda: engine.load()["waiting"] == 1)
             refused = client.post("/v1/completions", json=GOOD)
             error = error_of(refused, 429)
             assert refused.headers["retry-after"] == "1" and error["type"] == "rate_limit_error"
-            released.set()
+            held.released.set()
             for thread in threads:
                 thread.join(30)
             assert {name: reply.status_code for name, reply in replies.items()} == {
@@ -142,8 +136,7 @@ def test_a_full_queue_answers_429_with_retry_after_and_then_serves(base, tokeniz
                 "waiting": 200,
             }
     finally:
-        released.set()
-        hook.remove()
+        held.remove()
 
 
 def test_a_request_past_its_time_is_408_and_its_rows_are_freed(base, tokenizer, adapters):

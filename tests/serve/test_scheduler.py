@@ -4,11 +4,10 @@ request's output equals its output alone."""
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import pytest
 import torch
-from serve_helpers import TASKS, greedy_tokens
+from serve_helpers import TASKS, HoldStep, greedy_tokens
 
 import softprompt
 from softprompt.bank import TaskBank
@@ -225,28 +224,6 @@ def test_a_request_that_fails_in_a_decoding_step_fails_alone(engine, base, in_la
         hook.remove()
     assert isinstance(outs[victim], APIError) and outs[victim].status == 500
     assert {i: outs[i] for i in others} == {i: firsts[i] for i in others}
-
-
-class HoldStep:
-    """A forward pre-hook on the backbone that records the (rows, tokens) of every call and holds the first
-    call of ``shape`` until ``released`` is set: the scheduler then stands still inside that step."""
-
-    def __init__(self, model, shape: tuple[int, int]) -> None:
-        self.shape, self.calls = shape, []
-        self.holding, self.released = threading.Event(), threading.Event()
-        self.handle = model.model.register_forward_pre_hook(self, with_kwargs=True)
-
-    def __call__(self, module, args, kwargs):
-        if kwargs.get("input_ids") is None:  # compiling a prompt (virtual tokens)
-            return
-        self.calls.append(tuple(kwargs["input_ids"].shape))
-        if self.calls[-1] == self.shape and not self.holding.is_set():
-            self.holding.set()
-            self.released.wait()
-
-    def remove(self) -> None:
-        self.released.set()
-        self.handle.remove()
 
 
 def test_a_cancelled_request_frees_its_rows(engine, base):
