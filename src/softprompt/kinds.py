@@ -158,9 +158,9 @@ KINDS: dict[ModelKind, Kind] = {
         label="causal LMs",
         sites=("self",),
         model_path="softprompt.models.causal:SoftPromptModel",
-        # Not sequence-classification: decoder classifiers pool rows in ways a prompt in front breaks
-        # for some models (Helium, OLMo, OPT score a padded row differently from the row alone).
-        heads=("causal-lm", "token-classification"),
+        # Classifiers: softprompt pools each row's last real token by the mask itself (a model's own
+        # pooling reads pad ids, which a prompt in front or a left pad breaks) and trains the new head.
+        heads=("causal-lm", "sequence-classification", "token-classification"),
         run_head="causal-lm",
         objective_paths={
             "classification": f"{_OBJECTIVES}:ClassificationObjective",

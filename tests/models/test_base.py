@@ -257,8 +257,10 @@ SMALL_LLAMA = dict(
 @pytest.mark.parametrize(
     "build, message",
     [
-        (lambda: T.LlamaForSequenceClassification(T.LlamaConfig(**SMALL_LLAMA, pad_token_id=0)),
-         "cannot adapt a LlamaForSequenceClassification: on llama causal LMs it supports causal-lm"),
+        (lambda: T.LlamaForQuestionAnswering(T.LlamaConfig(**SMALL_LLAMA, pad_token_id=0)),
+         "cannot adapt a LlamaForQuestionAnswering: on llama causal LMs it supports causal-lm "
+         "(AutoModelForCausalLM); sequence-classification (AutoModelForSequenceClassification); "
+         "token-classification"),
         (lambda: T.BertForMaskedLM(T.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                                 intermediate_size=32, vocab_size=64)),
          "cannot adapt a BertForMaskedLM: on bert encoders it supports sequence-classification"),

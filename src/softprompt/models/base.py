@@ -39,6 +39,7 @@ from softprompt.files.adapter import AdapterFileError, write_adapter
 from softprompt.injection import IGNORE_INDEX, CompiledPrompt, RowPrompts, gather, place
 from softprompt.kinds import KINDS, supported_heads
 from softprompt.methods import SoftPrompt, method_of
+from softprompt.models.heads import head_tensors, load_head_tensors
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -101,6 +102,9 @@ class PromptedModel(nn.Module, ABC):
         self.prompt = prompt
         self.shape = shape
         self.task: dict[str, Any] | None = None
+        # A classifier's task head (module name -> module of the base model), trainable and saved with
+        # the prompt; set by the subclasses whose models have one (see models.heads).
+        self.head: dict[str, nn.Module] = {}
         self.model_tags: list[str] | None = None
         # (prompt, its parameter versions, compiled prompt) of the last compile without gradients
         self._served: tuple[SoftPrompt, tuple[int, ...], CompiledPrompt] | None = None
@@ -262,8 +266,8 @@ class PromptedModel(nn.Module, ABC):
 
     # ---------------------------------------------------------------------------------------- files
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        """What an adapter file holds: the folded prompt (classifiers add their task head)."""
-        return self.prompt.folded()
+        """What an adapter file holds: the folded prompt plus a classifier's task head (``head.<name>``)."""
+        return {**self.prompt.folded(), **head_tensors(self.head)}
 
     def adapter_record(self) -> dict[str, Any]:
         """What an adapter file says about its tensors: method, the user's config, the base model,
@@ -281,10 +285,13 @@ class PromptedModel(nn.Module, ABC):
         return record
 
     def load_head(self, tensors: dict[str, torch.Tensor], source) -> None:
-        """Set the task head from a file's ``head.*`` tensors (only classifiers have one)."""
-        raise AdapterFileError(
-            f"{source} holds a task head, but this {self.shape.family} {self.shape.kind} model has none"
-        )
+        """Set the task head from a file's ``head.*`` tensors (only classifiers have one); head weights
+        a file lacks stay as they are."""
+        if not self.head:
+            raise AdapterFileError(
+                f"{source} holds a task head, but this {self.shape.family} {self.shape.kind} model has none"
+            )
+        load_head_tensors(self.head, tensors, source, type(self.base_model).__name__)
 
     def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write the folded prompt (optionally as fp16/bf16) and its record to one safetensors file."""

@@ -32,7 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
+)
 from transformers.utils import ModelOutput
 
 from softprompt import compat
@@ -54,18 +58,42 @@ from softprompt.integrations.streaming import real_text_streamer
 from softprompt.methods import SoftPrompt
 from softprompt.methods.base import VirtualTokens
 from softprompt.models.base import PromptedModel
+from softprompt.models.heads import (
+    apply_head,
+    check_last_token_head,
+    classification_loss,
+    head_modules,
+    last_token,
+    trainable,
+)
 
 
 class SoftPromptModel(PromptedModel):
-    """A frozen ``transformers`` causal LM adapted by a trainable soft prompt.
+    """A frozen ``transformers`` causal decoder adapted by a trainable soft prompt.
 
-    Only ``self.prompt`` has trainable parameters; the base model is frozen and never modified.
-    With ``prompt=None`` it runs the bare model unless a call passes per-row prefixes (the task bank).
+    Only ``self.prompt`` (and a classifier's head) has trainable parameters; the backbone is frozen
+    and never modified. With ``prompt=None`` it runs the bare model unless a call passes per-row
+    prefixes (the task bank).
+
+    A decoder with a classification head (``LlamaForSequenceClassification``,
+    ``...ForTokenClassification``) trains its new head (``score``) with the prompt and saves it in the
+    adapter file, as ``peft``'s ``modules_to_save`` does. A sequence classifier reads each row's last
+    real token by the attention mask, whatever the padding side or pad id; wrapping proves on a probe
+    row that the model's own logits are its head over that token, or refuses the model.
+
+    Examples:
+        >>> import transformers as T
+        >>> config = T.LlamaConfig(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                        num_attention_heads=2, num_labels=3, pad_token_id=0)
+        >>> classifier = T.LlamaForSequenceClassification(config)
+        >>> model = softprompt.wrap(classifier, softprompt.PromptTuningConfig(num_virtual_tokens=4))
+        >>> out = model(input_ids, attention_mask=attention_mask, labels=torch.tensor([2, 0]))
+        >>> out.logits.shape                                   # (B, C): each row's last real token
+        torch.Size([2, 3])
+        >>> out.loss.backward()                                # the prompt and the new head learn
+        >>> sorted(model.head), model.head["score"].weight.grad is not None
+        (['score'], True)
     """
-
-    # Its loss is next-token cross-entropy whatever the base class is called (GPT2LMHeadModel has no
-    # loss type): Trainer then counts ``num_items_in_batch`` over shifted labels, as the loss does.
-    loss_type = "ForCausalLM"
 
     def __init__(self, base_model: nn.Module, prompt: SoftPrompt | None, shape: ModelShape) -> None:
         backbone = compat.backbone(base_model)
@@ -75,6 +103,11 @@ class SoftPromptModel(PromptedModel):
                 "own mask from the token ids, so it can be shown neither a batch's pads nor a prompt's slots"
             )
         super().__init__(base_model, prompt, shape)
+        if shape.head in ("sequence-classification", "token-classification"):
+            self.head = head_modules(base_model)
+        if shape.head == "sequence-classification":
+            check_last_token_head(base_model, self.head)
+        trainable(self.head)
         # Whether forward passes ask the attention to keep grouped key/value heads (injection.attention).
         self._grouped_attention = use_grouped_attention(base_model, shape)
         # The module that looks up per-layer inputs by token id (Gemma 4), or None.
@@ -242,6 +275,13 @@ class SoftPromptModel(PromptedModel):
         return torch.cat([lookup(pads, None), lookup(input_ids, inputs_embeds)], dim=1)
 
     @property
+    def loss_type(self) -> str | None:
+        """An LM's loss is next-token cross-entropy whatever its class is called (GPT2LMHeadModel has no
+        loss type): ``Trainer`` then counts ``num_items_in_batch`` over shifted labels, as the loss
+        does. A classifier's is the base model's (unshifted labels)."""
+        return "ForCausalLM" if self.shape.head == "causal-lm" else super().loss_type
+
+    @property
     def _pad_id(self) -> int:
         return self.base_model.generation_config.pad_token_id or 0
 
@@ -317,6 +357,14 @@ class SoftPromptModel(PromptedModel):
         """
         if logits_at not in ("all", "labels"):
             raise ValueError(f"logits_at must be 'all' or 'labels', got {logits_at!r}")
+        if self.shape.head != "causal-lm":
+            if logits_at != "all":
+                raise ValueError(
+                    f"logits_at='labels' is for language models; this one does {self.shape.head}"
+                )
+            if self.shape.head == "sequence-classification":
+                return self._classify(input_ids, attention_mask, labels, **kwargs)
+            return self._tag(input_ids, attention_mask, labels, **kwargs)
         if logits_at == "labels" and labels is None:
             raise ValueError("logits_at='labels' needs labels")
         # Position t predicts token t + 1.
@@ -332,6 +380,32 @@ class SoftPromptModel(PromptedModel):
             logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
         )
         return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+    def _classify(self, input_ids, attention_mask, labels, **kwargs) -> SequenceClassifierOutputWithPast:
+        """A sequence classifier's logits (B, C): its head over each row's last real token, and the
+        loss ``transformers`` computes for its ``problem_type`` (regression, single or multi-label)."""
+        tokens = input_ids if input_ids is not None else kwargs["inputs_embeds"]
+        if attention_mask is None:
+            attention_mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        if attention_mask.dim() != 2:
+            raise ValueError(
+                "a sequence classifier reads each row's last token from a (batch, seq) attention_mask"
+            )
+        hidden = self.hidden_states(input_ids, attention_mask, **kwargs)  # (B, T, H), the caller's layout
+        logits = apply_head(self.head, last_token(hidden, attention_mask))  # (B, H) -> (B, C)
+        loss = None if labels is None else classification_loss(logits, labels, self.config.problem_type)
+        return SequenceClassifierOutputWithPast(loss=loss, logits=logits)
+
+    def _tag(self, input_ids, attention_mask, labels, **kwargs) -> TokenClassifierOutput:
+        """A token classifier's logits (B, T, C) for the caller's tokens and, with ``labels`` (B, T),
+        the cross-entropy of each token's own label (no shift), -100 ignored."""
+        logits = self._all_logits(input_ids, attention_mask, **kwargs)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=IGNORE_INDEX
+            )
+        return TokenClassifierOutput(loss=loss, logits=logits)
 
     def _all_logits(self, input_ids, attention_mask, **kwargs) -> torch.Tensor:
         """The model's own logits at every position, in the caller's layout: (B, T, V)."""
@@ -357,6 +431,11 @@ class SoftPromptModel(PromptedModel):
         rows followed by the new tokens, without virtual tokens. ``row_prompts`` gives each row its
         own prompt instead of the model's (see :meth:`row_prompts`).
         """
+        if self.shape.head != "causal-lm":
+            raise UnsupportedModelError(
+                f"{type(self.base_model).__name__} is a {self.shape.head} model: it does not generate; call "
+                "the model for its logits"
+            )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         input_ids, attention_mask = left_align(input_ids, attention_mask)
