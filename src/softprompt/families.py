@@ -39,7 +39,7 @@ import inspect
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -47,6 +47,8 @@ from transformers.models.auto import modeling_auto
 
 from softprompt import compat
 from softprompt.kinds import KINDS, ModelHead, ModelKind, Site, head_of
+
+EncoderPrefixRoute = Literal["attention", "positions"]
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,11 @@ class ModelShape:
     encoder_prefix: bool = True
     # Why encoder self-attention cannot take a prefix, where it cannot (what the probe found).
     encoder_prefix_refusal: str = ""
+    # How an encoder prefix enters: "attention" — softprompt's attention function prepends it
+    # (injection/attention.py); "positions" — placeholder positions whose key/value projections the
+    # prefix overwrites (injection/positional_prefix.py), for attention computed inline. The layout
+    # (H, P, D) per layer is the same either way.
+    encoder_prefix_route: EncoderPrefixRoute = "attention"
     # Encoder-decoders: (site, why) for the decoder sites ("decoder", "cross") that cannot take one.
     decoder_refusals: tuple[tuple[Site, str], ...] = ()
     position_offset: int = 0
@@ -306,6 +313,7 @@ class _Probed:
     decoder_layers: tuple[LayerShape, ...] = ()
     encoder_prefix: bool = True
     encoder_prefix_refusal: str = ""
+    encoder_prefix_route: EncoderPrefixRoute = "attention"
     decoder_refusals: tuple[tuple[Site, str], ...] = ()
 
 
@@ -344,22 +352,36 @@ def _decoder_probe(model: nn.Module) -> _Probed:
     return _Probed(layers=layers, attention_layers=attention, recurrent_layers=reading.recurrent)
 
 
-def _encoder_layers(model: nn.Module, stack: nn.Module, config: Any) -> tuple[tuple[LayerShape, ...], str]:
-    """An encoder stack's self-attention layers, one per distinct attention module, and why a prefix
-    cannot enter them ("" where it can)."""
-    from softprompt.injection.capture import read_attention_calls
+def _encoder_layers(
+    model: nn.Module, stack: nn.Module, config: Any, positions: bool = True
+) -> tuple[tuple[LayerShape, ...], str, EncoderPrefixRoute]:
+    """An encoder stack's self-attention layers, one per distinct attention module, why a prefix
+    cannot enter them ("" where it can) and the route it enters by: softprompt's attention function
+    where the attention calls one, else (with ``positions``) the key/value projections at placeholder
+    positions where a probe proves that route."""
+    from softprompt.injection.capture import read_attention_calls, read_projection_layers
 
     calls, refusal = read_attention_calls(model, stack)
+    route: EncoderPrefixRoute = "attention"
+    if refusal and positions:
+        projected, positional_refusal = read_projection_layers(model, stack)
+        if positional_refusal:
+            refusal = (
+                f"{refusal}, and its key/value projections take no prefix at placeholder positions: "
+                f"{positional_refusal}"
+            )
+        else:
+            calls, refusal, route = projected, "", "positions"
     if refusal:
         # Not readable, so no prefix: the layers are the config's, for the adapter fingerprint only.
         # (the stack's own config where it has one: T5Gemma nests its encoder's sizes)
         config = getattr(stack, "config", config)
         heads = _config_value(config, "num_attention_heads")
         layer = LayerShape(num_kv_heads=heads, head_dim=_config_value(config, "hidden_size") // heads)
-        return tuple(layer for _ in range(_config_value(config, "num_hidden_layers"))), refusal
+        return tuple(layer for _ in range(_config_value(config, "num_hidden_layers"))), refusal, route
     # A module called for several layers (ALBERT's shared layer group) reads one prefix in every
     # call: it gets one layer of prefix, never slots that no call reads.
-    return tuple(_layer_shape(config.model_type, i, k, v) for i, (k, v) in enumerate(calls)), ""
+    return tuple(_layer_shape(config.model_type, i, k, v) for i, (k, v) in enumerate(calls)), "", route
 
 
 def _seq2seq_probe(model: nn.Module) -> _Probed:
@@ -381,7 +403,8 @@ def _seq2seq_probe(model: nn.Module) -> _Probed:
                 f"{model_type}'s decoder layer {i} has cross-attention keys/values of another shape than "
                 "its self-attention ones; softprompt needs them alike"
             )
-    layers, refusal = _encoder_layers(model, model.get_encoder(), model.config)
+    # (the positional route is the encoder models' alone: Seq2SeqSoftPromptModel enters the attention one)
+    layers, refusal, _ = _encoder_layers(model, model.get_encoder(), model.config, positions=False)
     return _Probed(
         layers=layers,
         decoder_layers=decoder_layers,
@@ -418,8 +441,13 @@ def _probe(model: nn.Module, kind: ModelKind) -> _Probed:
     elif kind == "seq2seq":
         probed = _seq2seq_probe(model)
     else:
-        layers, refusal = _encoder_layers(model, model.base_model, model.config)
-        probed = _Probed(layers=layers, encoder_prefix=not refusal, encoder_prefix_refusal=refusal)
+        layers, refusal, route = _encoder_layers(model, model.base_model, model.config)
+        probed = _Probed(
+            layers=layers,
+            encoder_prefix=not refusal,
+            encoder_prefix_refusal=refusal,
+            encoder_prefix_route=route,
+        )
     _PROBED[model] = probed
     return probed
 
@@ -482,6 +510,7 @@ def model_shape(model: nn.Module) -> ModelShape:
         head=head,
         encoder_prefix=probed.encoder_prefix and quirk.encoder_prefix,
         encoder_prefix_refusal=probed.encoder_prefix_refusal,
+        encoder_prefix_route=probed.encoder_prefix_route,
         decoder_refusals=probed.decoder_refusals,
         position_offset=_position_offset(model, kind),
         index_positions=_index_positions(model, kind),

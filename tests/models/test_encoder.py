@@ -27,16 +27,9 @@ CONFIGS = {
 }
 METHODS = sorted(CONFIGS)
 TASKS = ["sequence-classification", "token-classification"]
-PREFIX_METHODS = {"deep_prompt", "prefix_mlp"}
-
-
-def supported(family, method):
-    return not (family == "deberta-v2" and method in PREFIX_METHODS)
 
 
 def wrapped(family, method, task="sequence-classification", seed=0):
-    if not supported(family, method):
-        pytest.skip("deberta-v2 takes no encoder prefix (tested in test_deberta_refuses_deep_prompts)")
     model = softprompt.wrap(tiny_encoder(family, task), CONFIGS[method]()).eval()
     with torch.no_grad():  # move the prompt away from its init so it matters
         for p in model.prompt.parameters():
@@ -276,7 +269,9 @@ def test_save_load_round_trip_restores_prompt_and_head(method, task, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "deep_prompt"])
-@pytest.mark.parametrize("family", ["bert", "distilbert"])
+@pytest.mark.parametrize(
+    "family", ["bert", "distilbert", "deberta-v2"]
+)  # deberta-v2: prefix through positions
 def test_gradient_checkpointing_gives_the_same_gradients(family, method):
     def grads(checkpointing):
         model = wrapped(family, method, "token-classification").train()
@@ -293,11 +288,6 @@ def test_gradient_checkpointing_gives_the_same_gradients(family, method):
 
 
 # --------------------------------------------------------------------------------------- refusals
-def test_deberta_refuses_deep_prompts_and_says_what_works():
-    with pytest.raises(softprompt.UnsupportedModelError, match="deberta-v2.*Prompt tuning and P-tuning are"):
-        softprompt.wrap(tiny_encoder("deberta-v2"), softprompt.PrefixTuningConfig(num_virtual_tokens=2))
-
-
 def test_unsupported_heads_and_labels_say_what_is_supported():
     torch.manual_seed(0)
     masked_lm = T.BertForMaskedLM(ENCODER_CONFIGS["bert"]())

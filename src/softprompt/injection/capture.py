@@ -3,8 +3,9 @@
 * :class:`RecordingCache` records the keys/values each decoder layer hands its cache in one forward
   pass and stores nothing; its layers are the model's own cache layers (recurrent, sliding, shared
   layers typed as the model expects them), so hybrid models run through it too;
-* :func:`read_decoder_cache`, :func:`read_encoder_decoder_cache` and :func:`read_attention_calls`
-  are the probes :func:`softprompt.families.model_shape` reads a model's shape with;
+* :func:`read_decoder_cache`, :func:`read_encoder_decoder_cache`, :func:`read_attention_calls` and
+  :func:`read_projection_layers` (encoder prefixes through positions) are the probes
+  :func:`softprompt.families.model_shape` reads a model's shape with;
   :func:`unread_decoder_layers` and :func:`unread_encoder_modules` prove what they found: a random
   prefix through the real injection path must reach the output from every layer it is laid out in;
 * :func:`virtual_tokens_prefix` turns a causal decoder's virtual tokens into the prefix they amount
@@ -45,6 +46,7 @@ from softprompt.injection.attention import (
     use_prefix_attention,
 )
 from softprompt.injection.caches import encoder_decoder_prefix_cache, prefix_cache
+from softprompt.injection.positional_prefix import PositionalPrefix, positional_prefix
 from softprompt.kinds import Site
 from softprompt.methods.base import PrefixStates, PromptOutput
 from softprompt.sharding import whole_while_running
@@ -251,6 +253,48 @@ def read_attention_calls(
     return [(keys, values) for _, keys, values in first], ""
 
 
+def read_projection_layers(
+    model: nn.Module, stack: nn.Module
+) -> tuple[list[tuple[torch.Size, torch.Size]], str]:
+    """The (keys, values) shapes (1, H, 1, D) of each layer of encoder ``stack`` whose key/value
+    projections take a positional prefix, and "" — or no shapes and why they cannot.
+
+    The route is proven: a random prefix of 2 slots per layer, written through the real hooks after
+    one token, must reach the stack's output from every layer (its gradient, as
+    :func:`unread_encoder_modules` proves the attention route).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        found = positional_prefix(model, stack)
+        shapes = [layer.shapes() for layer in found.layers]
+        with torch.random.fork_rng():
+            like = stack.get_input_embeddings().weight
+            unread = _unread(lambda states: _proof_forward(found, states), shapes, like)
+    except UnsupportedModelError as refusal:
+        return [], str(refusal)
+    except Exception as error:
+        return [], f"a forward through its key/value projections failed ({type(error).__name__}: {error})"
+    finally:
+        model.train(was_training)
+    if unread:
+        names = {module: name for name, module in stack.named_modules()}
+        return [], (
+            f"its projections {[names[found.layers[i].keys[0]] for i in unread]} do not reach the output "
+            "(a random prefix written there left it as it was)"
+        )
+    return shapes, ""
+
+
+def _proof_forward(found: PositionalPrefix, states: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The stack's output (1, 1 + P, H) for one token and P placeholder tokens after it (the model's own
+    token ids and positions: what a placeholder holds is overwritten where it is read)."""
+    slots = states[0][0].shape[-2]
+    ids = _probe_ids(found.stack, 1 + slots)
+    with found.entered(states, start=1):
+        return found.stack(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+
+
 def _first_calls(calls) -> list[tuple[nn.Module, torch.Size, torch.Size]]:
     """Each distinct module of attention ``calls`` once, in call order, with its key/value shapes."""
     first: dict[nn.Module, tuple[nn.Module, torch.Size, torch.Size]] = {}
@@ -419,8 +463,16 @@ def _self_states(model: nn.Module, shape: ModelShape, ids: torch.Tensor) -> list
     return recorded_states(cache, shape.layer_indices)
 
 
-def _encoder_states(stack: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, list]:
-    """An encoder stack's output (1, P, H) and its keys/values per distinct attention module."""
+def _encoder_states(model: nn.Module, shape: ModelShape, stack: nn.Module, ids: torch.Tensor):
+    """An encoder stack's output (1, P, H) and its keys/values per distinct attention module (or, on
+    the positional route, per layer's key/value projections)."""
+    if shape.encoder_prefix_route == "positions":
+        with positional_prefix(model, stack).recorded() as states:
+            encoded = stack(input_ids=ids).last_hidden_state
+        # (B, H, L, D) of ids' own positions: Longformer pads its input to its attention window
+        length = ids.shape[-1]
+        return encoded[:, :length], [(k[:, :, :length], v[:, :, :length]) for k, v in states]
+    use_prefix_attention(model)
     capture = AttentionCapture()
     encoded = stack(input_ids=ids, softprompt_capture=capture).last_hidden_state
     first: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -458,9 +510,8 @@ def site_states(model: nn.Module, shape: ModelShape, ids: torch.Tensor) -> dict[
             if "self" in shape.sites:
                 states["self"] = _self_states(model, shape, ids)
             if "encoder" in shape.sites:
-                use_prefix_attention(model)
                 stack = model.get_encoder() if "decoder" in shape.sites else model.base_model
-                encoded, states["encoder"] = _encoder_states(stack, ids)
+                encoded, states["encoder"] = _encoder_states(model, shape, stack, ids)
             if "decoder" in shape.sites:
                 states |= _decoder_states(model, shape, ids, encoded)
     finally:

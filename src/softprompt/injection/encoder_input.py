@@ -5,7 +5,13 @@ decoder) they cannot be compiled into a prefix once: they are prepended to every
 embeddings. The attention mask grows by ``P``, token types are 0 for them, and the caller's tokens
 take the positions after them. An ``encoder`` prefix enters each layer's attention module through
 :class:`~softprompt.injection.attention.AttentionPrefix`; the caller's tokens take the positions
-after it (prefix slots carry no position of their own).
+after it (prefix slots carry no position of their own). Where the model's attention is computed
+inline (``ModelShape.encoder_prefix_route == "positions"``) the prefix takes ``P`` placeholder
+positions right after the first position the encoder sees — zero embeddings, token type 0,
+positions ``0 .. P - 1``, the row's prefix mask — whose keys and values
+:class:`~softprompt.injection.positional_prefix.PositionalPrefix` overwrites; the caller's tokens
+keep the positions they have with the attention route, and the first position (``[CLS]``, which
+sequence heads read) stays first.
 
 Rows are right-aligned first (pads after the tokens), so each row's prompt, tokens and positions
 are what they would be if it ran alone, whatever the padding side. :class:`EncoderBatch` maps the
@@ -18,6 +24,12 @@ Examples:
     >>> batch = arrange(embed, model_shape(encoder_model), prompts, None, torch.tensor([[5, 6, 7]]))
     >>> batch.kwargs["inputs_embeds"].shape, batch.kwargs["attention_mask"].tolist()
     (torch.Size([1, 5, 4]), [[1, 1, 1, 1, 1]])
+    >>> import dataclasses                                    # a 2-slot prefix through positions
+    >>> prefix = BatchPrefix([(torch.zeros(1, 4, 2, 8), torch.zeros(1, 4, 2, 8))], torch.tensor([[0, 1]]))
+    >>> shape = dataclasses.replace(model_shape(encoder_model), encoder_prefix_route="positions")
+    >>> batch = arrange(embed, shape, RowPrompts(sites={"encoder": prefix}), None, torch.tensor([[5, 6, 7]]))
+    >>> batch.kwargs["attention_mask"].tolist(), batch.kwargs["position_ids"].tolist(), batch.start
+    ([[1, 0, 1, 1, 1]], [[1, 0, 0, 2, 3]], 1)
 """
 
 from __future__ import annotations
@@ -31,24 +43,37 @@ from torch import nn
 from softprompt.compat import token_embeddings
 from softprompt.families import ModelShape
 from softprompt.injection.attention import AttentionPrefix
+from softprompt.injection.positional_prefix import with_placeholders, without_placeholders
 from softprompt.injection.positions import IGNORE_INDEX
-from softprompt.injection.prompts import RowPrompts
+from softprompt.injection.prompts import BatchPrefix, RowPrompts
 
 
 @dataclass
 class EncoderBatch:
     """The caller's batch as the encoder sees it: rows right-aligned, virtual tokens first.
 
-    ``kwargs`` go to the encoder; ``order`` (B, T) is the caller position of each aligned token.
+    ``kwargs`` go to the encoder; ``order`` (B, T) is the caller position of each aligned token;
+    ``virtual``: the virtual tokens' count; ``prefix``: an encoder prefix that enters through
+    placeholder positions from :attr:`start` (the positional route), else None.
     """
 
     kwargs: dict
     order: torch.Tensor
     virtual: int
+    prefix: BatchPrefix | None = None
+
+    @property
+    def start(self) -> int:
+        """Where the placeholders stand: after the first position the encoder sees."""
+        return self.virtual + 1
+
+    @property
+    def placeholders(self) -> int:
+        return 0 if self.prefix is None else self.prefix.mask.shape[-1]
 
     def tokens(self, states: torch.Tensor) -> torch.Tensor:
         """Encoder outputs (B, P + T, ...) -> the caller's tokens (B, T, ...), in the caller's layout."""
-        aligned = states[:, self.virtual :]
+        aligned = without_placeholders(states, self.placeholders, self.start)[:, self.virtual :]
         back = torch.argsort(self.order, dim=-1)
         index = back.view(*back.shape, *([1] * (aligned.dim() - 2))).expand(-1, -1, *aligned.shape[2:])
         return aligned.gather(1, index)
@@ -57,23 +82,41 @@ class EncoderBatch:
         """A per-token 0/1 mask (B, T) of the caller's (Longformer's ``global_attention_mask``) -> (B, P + T)
         aligned, 0 at virtual tokens; without one, where virtual tokens lead, the model's own default
         for its first position ([CLS], global) goes to the first position it sees: the first virtual token.
+        Placeholders of a prefix are global (1) where the row has a prefix slot, so every token reads
+        them, however far its attention window reaches.
         """
         if mask is None:
-            if not self.virtual:
+            if not self.virtual and self.prefix is None:
                 return None  # the model's default, on its own first token
             batch, length = self.order.shape
             mask = torch.zeros(batch, self.virtual + length, dtype=torch.long, device=self.order.device)
             mask[:, 0] = 1
-            return mask
-        return F.pad(mask.gather(1, self.order.to(mask.device)), (self.virtual, 0))
+        else:
+            mask = F.pad(mask.gather(1, self.order.to(mask.device)), (self.virtual, 0))
+        return self._with_placeholders(mask, self.prefix.mask if self.prefix is not None else None)
 
     def labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Token labels (B, T) in the caller's layout -> (B, P + T) aligned, ignored at virtual tokens."""
         aligned = labels.gather(1, self.order.to(labels.device))
         ignored = torch.full(
-            (labels.shape[0], self.virtual), IGNORE_INDEX, dtype=labels.dtype, device=labels.device
+            (labels.shape[0], self.virtual + self.placeholders),
+            IGNORE_INDEX,
+            dtype=labels.dtype,
+            device=labels.device,
         )
-        return torch.cat([ignored, aligned], dim=-1)
+        return self._with_placeholders(torch.cat([ignored[:, : self.virtual], aligned], -1), ignored)
+
+    def _with_placeholders(self, aligned: torch.Tensor, block: torch.Tensor | None) -> torch.Tensor:
+        if self.prefix is None:
+            return aligned
+        return with_placeholders(aligned, block[:, : self.placeholders].to(aligned.device), self.start)
+
+
+def _positions(mask: torch.Tensor, first: torch.Tensor | int, offset: int) -> torch.Tensor:
+    """Position ids (B, L) of ``mask``'s real slots, counting from ``first`` (B,) (RoBERTa counts from
+    its offset); masked slots take the position before the first (the padding one), or 0."""
+    positions = mask.cumsum(-1) - 1 + (first[:, None] if torch.is_tensor(first) else first) + offset
+    return positions.masked_fill(mask == 0, max(offset - 1, 0))
 
 
 def arrange(
@@ -89,7 +132,8 @@ def arrange(
     """Arrange a batch and its prompt for an encoder (see the module docstring).
 
     ``embed`` is the model's input embedding; ``modules`` the encoder's attention modules, one per
-    layer, which an ``encoder`` prefix enters (see :func:`softprompt.injection.capture.attention_modules`).
+    layer, which an ``encoder`` prefix enters on the attention route (see
+    :func:`softprompt.injection.capture.attention_modules`); unused on the positional route.
     """
     tokens = input_ids if input_ids is not None else inputs_embeds
     batch, length = tokens.shape[:2]
@@ -99,10 +143,12 @@ def arrange(
     mask = attention_mask.long()
     order = torch.argsort(1 - mask, dim=-1, stable=True)  # tokens first, pads last, tokens keep order
     mask = mask.gather(1, order)
+    prefix = prompt.sites.get("encoder")
+    positional = prefix if prefix is not None and shape.encoder_prefix_route == "positions" else None
     kwargs: dict = {}
     if inputs_embeds is not None:
         inputs_embeds = inputs_embeds.gather(1, order[..., None].expand(-1, -1, inputs_embeds.shape[-1]))
-    elif prompt.tokens is None:
+    elif prompt.tokens is None and positional is None:
         # No virtual tokens: the model embeds the ids itself, as it does alone (ESM-C takes no embeddings).
         kwargs["input_ids"] = input_ids.gather(1, order)
     else:
@@ -116,21 +162,33 @@ def arrange(
         mask = torch.cat([prompt.tokens_mask, mask], dim=-1)
         if token_type_ids is not None:
             token_type_ids = torch.cat([torch.zeros_like(prompt.tokens_mask), token_type_ids], dim=-1)
+    prefix_lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    if prefix is not None:
+        prefix_lengths = prefix.lengths
+        if positional is None:
+            kwargs["softprompt_prefix"] = AttentionPrefix(
+                dict(zip(modules, prefix.layers, strict=True)), prefix.mask
+            )
+    positions = None
+    if shape.takes_position_ids:
+        # Real slots count from the end of the row's prompt, skipping pads.
+        positions = _positions(mask, prefix_lengths, shape.position_offset)
+    if positional is not None:
+        start, slots = virtual + 1, positional.mask
+        inputs_embeds = with_placeholders(
+            inputs_embeds, inputs_embeds.new_zeros(batch, slots.shape[1], inputs_embeds.shape[-1]), start
+        )
+        if token_type_ids is not None:
+            token_type_ids = with_placeholders(token_type_ids, torch.zeros_like(slots), start)
+        if positions is not None:
+            positions = with_placeholders(positions, _positions(slots, 0, shape.position_offset), start)
+        mask = with_placeholders(mask, slots, start)
     if token_type_ids is not None:
         kwargs["token_type_ids"] = token_type_ids
-    prefix_lengths = torch.zeros(batch, dtype=torch.long, device=device)
-    if "encoder" in prompt.sites:
-        prefix = prompt.sites["encoder"]
-        kwargs["softprompt_prefix"] = AttentionPrefix(
-            dict(zip(modules, prefix.layers, strict=True)), prefix.mask
-        )
-        prefix_lengths = prefix.lengths
-    if shape.takes_position_ids:
-        # Real slots count from the end of the row's prompt, skipping pads (RoBERTa counts from its offset).
-        positions = mask.cumsum(-1) - 1 + prefix_lengths[:, None] + shape.position_offset
-        kwargs["position_ids"] = positions.masked_fill(mask == 0, max(shape.position_offset - 1, 0))
+    if positions is not None:
+        kwargs["position_ids"] = positions
     if inputs_embeds is not None:
         # (input_ids named too: FSMT's encoder cannot do without the argument, even as None)
         kwargs |= {"input_ids": None, "inputs_embeds": inputs_embeds}
     kwargs["attention_mask"] = mask
-    return EncoderBatch(kwargs, order, virtual)
+    return EncoderBatch(kwargs, order, virtual, positional)

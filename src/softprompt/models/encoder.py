@@ -13,8 +13,11 @@ How each method enters an encoder (arranged by :mod:`softprompt.injection.encode
   ids the caller's tokens take the positions after the prefix (as in P-tuning v2 and ``peft``).
   One attention module that runs as several layers (ALBERT's shared layer group) takes one layer
   of prefix, read in each of its runs. Encoders whose attention calls no replaceable function
-  (DeBERTa-v2, MPNet, RoFormer, Megatron-BERT) cannot take one: prefix tuning is refused there with
-  the reason, the probe in ``families.py`` finds them.
+  (DeBERTa-v2, MPNet, XLM, Longformer...) take it through positions instead
+  (:mod:`softprompt.injection.positional_prefix`): placeholders after ``[CLS]`` whose key/value
+  projections the prefix overwrites in every layer, proven read by the probe in ``families.py``;
+  where neither route is proven (DeBERTa's fused query-key-value projection) prefix tuning is
+  refused with the reason.
 
 Each row's prompt, tokens and positions are what they would be if it ran alone, whatever the
 padding side. Token outputs (hidden states,
@@ -42,6 +45,7 @@ Examples:
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal
 
 import torch
@@ -55,6 +59,7 @@ from softprompt.files.adapter import HEAD_PREFIX, AdapterFileError
 from softprompt.injection import RowPrompts
 from softprompt.injection.capture import prefix_attention_modules
 from softprompt.injection.encoder_input import EncoderBatch, arrange
+from softprompt.injection.positional_prefix import positional_prefix
 from softprompt.methods import SoftPrompt
 from softprompt.models.base import PromptedModel
 
@@ -111,7 +116,8 @@ class EncoderSoftPromptModel(PromptedModel):
         tokens = input_ids if input_ids is not None else inputs_embeds
         if row_prompts is None:
             row_prompts = self.own_prompts(tokens.shape[0], tokens.device)
-        if "encoder" in row_prompts.sites and self._attention is None:
+        attention_route = self.shape.encoder_prefix_route == "attention"
+        if "encoder" in row_prompts.sites and attention_route and self._attention is None:
             self._attention = prefix_attention_modules(self.base_model, self.base_model.base_model)
         if row_prompts.tokens is not None and not compat.takes_argument(
             self.base_model.base_model, "inputs_embeds"
@@ -132,6 +138,13 @@ class EncoderSoftPromptModel(PromptedModel):
             token_type_ids,
         )
 
+    def _entered(self, batch: EncoderBatch) -> AbstractContextManager:
+        """The positional route's prefix written into the encoder's key/value projections for one forward."""
+        if batch.prefix is None:
+            return nullcontext()
+        projections = positional_prefix(self.base_model, self.base_model.base_model)
+        return projections.entered(batch.prefix.layers, batch.start)
+
     # -------------------------------------------------------------------------------------- forward
     def hidden_states(
         self,
@@ -144,7 +157,8 @@ class EncoderSoftPromptModel(PromptedModel):
     ) -> torch.Tensor:
         """Last hidden states of the caller's tokens (not the virtual ones): (B, T, H)."""
         batch = self._batch(input_ids, attention_mask, inputs_embeds, token_type_ids, row_prompts)
-        outputs = self.base_model.base_model(**batch.kwargs, **kwargs)
+        with self._entered(batch):
+            outputs = self.base_model.base_model(**batch.kwargs, **kwargs)
         return batch.tokens(outputs.last_hidden_state)
 
     def forward(
@@ -179,7 +193,8 @@ class EncoderSoftPromptModel(PromptedModel):
             kwargs["labels"] = batch.labels(labels) if token_level else labels
         if compat.takes_argument(self.base_model, "global_attention_mask"):
             kwargs["global_attention_mask"] = batch.token_mask(kwargs.get("global_attention_mask"))
-        outputs = self.base_model(**batch.kwargs, **kwargs)
+        with self._entered(batch):
+            outputs = self.base_model(**batch.kwargs, **kwargs)
         if token_level:
             outputs.logits = batch.tokens(outputs.logits)
         if self.shape.head == "features":

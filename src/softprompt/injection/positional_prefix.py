@@ -1,0 +1,295 @@
+"""Encoder prefixes through positions: deep prompts for encoders whose attention is computed inline.
+
+Encoders that call no replaceable attention function (DeBERTa-v2, MPNet, TAPAS, XLM, Longformer...)
+cannot take :class:`~softprompt.injection.attention.AttentionPrefix`. Their prefix takes positions
+instead: ``P`` placeholder positions enter the encoder's input right after the first position it sees
+(the ``[CLS]`` a sequence head reads stays first), and in every layer a forward hook on the attention's
+key and value projections overwrites the projection's output at those positions with the layer's
+prefix keys and values. Every other position then attends to the prefix in every layer (P-tuning v2's
+deep prompts); the model builds its own mask, the placeholders' slots carrying the row's prefix mask,
+and the placeholders' own outputs are dropped
+(:mod:`softprompt.injection.encoder_input`). A prefix layer (H, P, D) is written as (P, H * D) in
+``transformers``' head order (the ``view(B, L, H, D)`` every attention splits its projection by).
+
+Hooks are registered for one forward (:meth:`PositionalPrefix.entered`) and removed after it: a model
+used without a prefix runs as it did, bit for bit. Where a model mixes positions outside attention
+(ConvBERT's span convolution, Nystromformer's landmarks, YOSO's hashing, MRA's blocks) the prefix is
+that model's own computation over ``P`` extra positions whose keys and values are the prefix's.
+
+:func:`find_positional_prefix` finds the projections by ``transformers``' naming conventions and
+reads their output layout from a probe of known batch and length;
+:func:`softprompt.injection.capture.read_projection_layers` proves the route: a random prefix
+through the hooks must reach the output from every layer.
+
+Examples:
+    >>> import transformers as T
+    >>> config = T.DebertaV2Config(hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+    ...                            intermediate_size=16, vocab_size=32)
+    >>> model = T.DebertaV2Model(config).eval()
+    >>> [(layer.layout, layer.heads, layer.key_width) for layer in positional_prefix(model, model).layers]
+    [('blc', 2, 8), ('blc', 2, 8)]
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from softprompt.families import UnsupportedModelError
+
+# Key / value projection names in transformers' attention modules, as sibling pairs.
+KEY_VALUE_NAMES = (
+    ("key", "value"),
+    ("k", "v"),
+    ("k_proj", "v_proj"),
+    ("key_proj", "value_proj"),
+    ("k_lin", "v_lin"),
+)
+# One projection giving queries, keys and values together (DeBERTa v1's in_proj): not split here.
+FUSED_NAMES = ("in_proj", "qkv", "qkv_proj", "query_key_value", "Wqkv", "c_attn")
+# Longformer's global attention projects every position again for its global tokens.
+GLOBAL_SUFFIX = "_global"
+
+# Probe sizes, distinct from each other and from any projection width, to tell the dimensions apart.
+_PROBE_BATCH, _PROBE_LENGTH = 3, 5
+
+
+@dataclass(frozen=True)
+class ProjectionLayer:
+    """One encoder layer's key and value projections and the layout of their outputs.
+
+    ``keys`` / ``values``: the projection modules (Longformer: the local one and the global one);
+    ``layout``: the order of the output's dimensions, ``"b"`` batch, ``"l"`` sequence, ``"c"``
+    channels (H * D): ``"blc"`` mostly, ``"lbc"`` sequence-first (Longformer, FSMT), ``"bcl"`` for
+    SqueezeBERT's convolutions; ``heads``: H; ``key_width`` / ``value_width``: H * D of each.
+    """
+
+    keys: tuple[nn.Module, ...]
+    values: tuple[nn.Module, ...]
+    layout: str
+    heads: int
+    key_width: int
+    value_width: int
+
+    def shapes(self) -> tuple[torch.Size, torch.Size]:
+        """The (keys, values) shapes (1, H, 1, D) of one token, as the attention route's probe reads them."""
+        return (
+            torch.Size((1, self.heads, 1, self.key_width // self.heads)),
+            torch.Size((1, self.heads, 1, self.value_width // self.heads)),
+        )
+
+
+class PositionalPrefix:
+    """The key/value projections of encoder ``stack``, one :class:`ProjectionLayer` per layer, in call
+    order; :meth:`entered` writes a prefix into them for one forward."""
+
+    def __init__(self, stack: nn.Module, layers: Sequence[ProjectionLayer]) -> None:
+        self.stack = stack
+        self.layers = tuple(layers)
+
+    @contextmanager
+    def entered(self, states: Sequence[tuple[torch.Tensor, torch.Tensor]], start: int) -> Iterator[None]:
+        """Within the block, layer ``l``'s projections write ``states[l]`` — (keys, values), each
+        (B, H, P, D) — at sequence positions ``start .. start + P - 1``.
+
+        Gradient checkpointing is held off meanwhile: its replay in backward would run outside the
+        block, without the prefix, and differentiate other keys than the forward used.
+        """
+        with ExitStack() as stack:
+            for layer, (keys, values) in zip(self.layers, states, strict=True):
+                for modules, prefix in ((layer.keys, keys), (layer.values, values)):
+                    hook = _overwrite(prefix, start, layer.layout)
+                    for module in modules:
+                        stack.callback(module.register_forward_hook(hook).remove)
+            for module in self.stack.modules():
+                if getattr(module, "gradient_checkpointing", False) is True:
+                    module.gradient_checkpointing = False
+                    stack.callback(setattr, module, "gradient_checkpointing", True)
+            yield
+
+    @contextmanager
+    def recorded(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Within the block, the stack's keys and values per layer, each (B, H, L, D), are collected
+        (first call of each layer) into the list it yields, filled when the block ends."""
+        found: dict[tuple[int, str], torch.Tensor] = {}
+
+        def record(index: int, kind: str, layer: ProjectionLayer):
+            def hook(module, args, output):
+                found.setdefault((index, kind), _heads(_tensor(output), layer))
+
+            return hook
+
+        states: list[tuple[torch.Tensor, torch.Tensor]] = []
+        with ExitStack() as stack:
+            for index, layer in enumerate(self.layers):
+                for kind, module in (("keys", layer.keys[0]), ("values", layer.values[0])):
+                    stack.callback(module.register_forward_hook(record(index, kind, layer)).remove)
+            yield states
+        states.extend((found[i, "keys"], found[i, "values"]) for i in range(len(self.layers)))
+
+
+def with_placeholders(tensor: torch.Tensor, block: torch.Tensor, start: int) -> torch.Tensor:
+    """``tensor`` (B, T, ...) with ``block`` (B, P, ...) inserted at sequence position ``start``."""
+    return torch.cat([tensor[:, :start], block.to(tensor.dtype), tensor[:, start:]], dim=1)
+
+
+def without_placeholders(tensor: torch.Tensor, count: int, start: int) -> torch.Tensor:
+    """``tensor`` (B, P + T, ...) without the ``count`` positions from ``start``: (B, T, ...)."""
+    return torch.cat([tensor[:, :start], tensor[:, start + count :]], dim=1)
+
+
+def _tensor(output) -> torch.Tensor:
+    # I-BERT's QuantLinear returns (tensor, scaling factor)
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _heads(projected: torch.Tensor, layer: ProjectionLayer) -> torch.Tensor:
+    """A projection's output in ``layer.layout`` -> (B, H, L, D)."""
+    batch_first = projected.permute(*(layer.layout.index(dim) for dim in "blc"))  # (B, L, H * D)
+    batch, length, channels = batch_first.shape
+    return batch_first.reshape(batch, length, layer.heads, channels // layer.heads).transpose(1, 2)
+
+
+def _overwrite(prefix: torch.Tensor, start: int, layout: str):
+    """A forward hook writing ``prefix`` (B, H, P, D) over its module's output from position ``start``."""
+    batch, heads, length, dim = prefix.shape
+    flat = prefix.transpose(1, 2).reshape(batch, length, heads * dim)  # (B, P, H * D), heads outer
+    placed = flat.permute(*("blc".index(d) for d in layout))  # the output's layout
+    sequence = layout.index("l")
+
+    def hook(module, args, output):
+        projected = _tensor(output)
+        end = start + length
+        written = torch.cat(
+            [
+                projected.narrow(sequence, 0, start),
+                placed.to(projected.dtype),
+                projected.narrow(sequence, end, projected.shape[sequence] - end),
+            ],
+            dim=sequence,
+        )
+        return (written, *output[1:]) if isinstance(output, tuple) else written
+
+    return hook
+
+
+# ------------------------------------------------------------------------------------------ probe
+_FOUND: weakref.WeakKeyDictionary[nn.Module, PositionalPrefix] = weakref.WeakKeyDictionary()
+
+
+def _projection_pairs(
+    stack: nn.Module,
+) -> tuple[list[tuple[tuple[nn.Module, ...], tuple[nn.Module, ...]]], list[str]]:
+    """Sibling key/value projections under ``stack`` (with Longformer's global ones), and the names
+    of fused query-key-value projections in modules that have no separate ones."""
+    pairs, fused = [], []
+    for name, module in stack.named_modules():
+        children = dict(module.named_children())
+        found = next(((k, v) for k, v in KEY_VALUE_NAMES if k in children and v in children), None)
+        if found is None:
+            fused += [f"{name}.{child}" for child in FUSED_NAMES if child in children]
+            continue
+        pairs.append(tuple((children[n], *_global(children, n)) for n in found))
+    return pairs, fused
+
+
+def _global(children: dict[str, nn.Module], name: str) -> tuple[nn.Module, ...]:
+    """Longformer's global projection beside ``name``, if there is one."""
+    return (children[name + GLOBAL_SUFFIX],) if name + GLOBAL_SUFFIX in children else ()
+
+
+def _heads_of(stack: nn.Module, model: nn.Module) -> int:
+    config = getattr(stack, "config", model.config)
+    for name in ("num_attention_heads", "encoder_attention_heads", "n_heads"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    raise UnsupportedModelError("its config names no number of attention heads")
+
+
+def _layout(module: nn.Module, shape: torch.Size, name: str) -> str:
+    """Which dimension of a projection's output is which: batch (the probe's), channels (the module's
+    output width, or else what is neither batch nor the probe's length), sequence (the rest: Longformer
+    pads the probe's length to its attention window)."""
+    width = getattr(module, "out_features", None) or getattr(module, "out_channels", None)
+    dims = ["b" if size == _PROBE_BATCH else "c" if size == width else "" for size in shape]
+    if width is None:
+        dims = [dim or ("l" if size == _PROBE_LENGTH else "c") for dim, size in zip(dims, shape, strict=True)]
+    layout = "".join(dim or "l" for dim in dims)
+    if len(shape) != 3 or sorted(layout) != ["b", "c", "l"]:
+        raise UnsupportedModelError(
+            f"its projection {name} gives an output of shape {tuple(shape)} for a batch of {_PROBE_BATCH} "
+            f"rows of {_PROBE_LENGTH} tokens, not (batch, length, channels) in any order"
+        )
+    return layout
+
+
+def find_positional_prefix(model: nn.Module, stack: nn.Module) -> PositionalPrefix:
+    """The key/value projections encoder ``stack`` calls, in call order, with their output layouts
+    (one probe forward of ``_PROBE_BATCH`` rows of ``_PROBE_LENGTH`` tokens); cached per stack.
+
+    Raises :class:`~softprompt.families.UnsupportedModelError` saying why where there are none, or
+    only fused ones, or their outputs are not laid out as (batch, length, channels) in some order.
+    """
+    if stack in _FOUND:
+        return _FOUND[stack]
+    pairs, fused = _projection_pairs(stack)
+    if not pairs:
+        if fused:
+            raise UnsupportedModelError(
+                f"its attention projects queries, keys and values in one fused projection ({fused[0]}), "
+                "which softprompt does not split into keys and values"
+            )
+        raise UnsupportedModelError(
+            f"it has no key/value projections named as transformers names them {KEY_VALUE_NAMES}"
+        )
+    names = {module: name for name, module in stack.named_modules()}
+    calls: dict[nn.Module, torch.Size] = {}
+
+    def record(module, args, output):
+        calls.setdefault(module, _tensor(output).shape)
+
+    with ExitStack() as hooks:
+        for keys, values in pairs:
+            for module in (keys[0], values[0]):
+                hooks.callback(module.register_forward_hook(record).remove)
+        ids = torch.zeros(_PROBE_BATCH, _PROBE_LENGTH, dtype=torch.long, device=_device(stack))
+        stack(input_ids=ids)
+    order = list(calls)
+    called = sorted(
+        (pair for pair in pairs if pair[0][0] in calls and pair[1][0] in calls),
+        key=lambda pair: order.index(pair[0][0]),
+    )
+    if not called:
+        raise UnsupportedModelError("a forward called none of its key/value projections")
+    heads = _heads_of(stack, model)
+    layers = []
+    for keys, values in called:
+        layout = _layout(keys[0], calls[keys[0]], names[keys[0]])
+        if _layout(values[0], calls[values[0]], names[values[0]]) != layout:
+            raise UnsupportedModelError(
+                f"its projections {names[keys[0]]} and {names[values[0]]} lay out their outputs apart"
+            )
+        widths = [calls[module][layout.index("c")] for module in (keys[0], values[0])]
+        if any(width % heads for width in widths):
+            raise UnsupportedModelError(
+                f"its projections {names[keys[0]]} give {widths} channels for {heads} heads"
+            )
+        layers.append(ProjectionLayer(keys, values, layout, heads, *widths))
+    _FOUND[stack] = found = PositionalPrefix(stack, layers)
+    return found
+
+
+def positional_prefix(model: nn.Module, stack: nn.Module) -> PositionalPrefix:
+    """:func:`find_positional_prefix` as a model in training uses it: its probe forward (once per
+    stack) runs without gradients on a forked random state, so it draws none of the run's dropout."""
+    with torch.no_grad(), torch.random.fork_rng():
+        return find_positional_prefix(model, stack)
+
+
+def _device(stack: nn.Module) -> torch.device:
+    return stack.get_input_embeddings().weight.device
