@@ -45,7 +45,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 import softprompt
-from softprompt import sharing
+from softprompt import sharding, sharing
 from softprompt.data import StreamedExamples
 from softprompt.files import ADAPTER_FILENAME, atomic_write
 from softprompt.files import peft as peft_files
@@ -246,7 +246,8 @@ def train(
     if resume:
         progress = load_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, scheduler)
         say(f"resuming at step {progress.step} of {steps}")
-    wrapped, optimizer = accelerator.prepare(objective, optimizer)
+    # FSDP2 / ZeRO-3: the frozen base sharded, the prompt whole (plain accelerator.prepare otherwise).
+    wrapped, optimizer = sharding.prepare(accelerator, objective, optimizer)
     resume_step = progress.step if resume else None
     start_trackers(accelerator, config, run_dir.name, resume_step=resume_step)
     log = (
@@ -261,7 +262,9 @@ def train(
     )
 
     def evaluate(split_examples, scoring: Objective) -> dict[str, float]:
-        return score_split(config, scoring, split_examples, tokenizer, accelerator)
+        # Scoring runs outside the prepared forward: what it reads of a sharded base is gathered first.
+        with sharding.unsharded(wrapped):
+            return score_split(config, scoring, split_examples, tokenizer, accelerator)
 
     def write_log(split: str, step: int, values: dict[str, float]) -> None:
         if log is not None:
