@@ -1,0 +1,188 @@
+"""Encoder prefixes through positions (injection/positional_prefix.py): placeholders whose key/value
+projections the prefix overwrites in every layer.
+
+The reference is the attention route on models that have both (BERT, RoBERTa, ALBERT): the same prefix
+must give the same outputs and gradients. Encoders whose attention is computed inline (DeBERTa-v2, MPNet,
+TAPAS, XLM, SqueezeBERT's convolutions, Longformer's sequence-first projections, I-BERT's quantised
+linears) take prefix tuning through positions: the prompt matters, a row gives what it gives alone
+under either padding side, files round-trip, and the bare model is unchanged. A fused query-key-value
+projection (DeBERTa v1) is refused, naming it.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+import transformers as T
+from tiny import padded_batch, random_ids, tiny_encoder, tiny_model
+
+import softprompt
+from softprompt.families import model_shape
+from softprompt.injection.capture import read_attention_calls, read_projection_layers, site_states
+from softprompt.injection.positional_prefix import positional_prefix
+
+DEEP_PROMPT = softprompt.PrefixTuningConfig(num_virtual_tokens=3, init="random")
+TASKS = ["sequence-classification", "token-classification"]
+
+
+def moved(model, seed: int = 1):
+    """``model`` with its prompt moved away from its init, so that it matters."""
+    with torch.no_grad():
+        for p in model.prompt.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 0.5)
+    return model.eval()
+
+
+def through_positions(model):
+    """The same wrapped model with its encoder prefix entering through positions."""
+    model.shape = dataclasses.replace(model.shape, encoder_prefix_route="positions")
+    return model
+
+
+def rows_of_three_lengths():
+    return [random_ids(1, n, seed=n)[0] for n in (6, 3, 5)]
+
+
+def outputs(model, ids, mask):
+    """The model's logits (B, C) or (B, T, C) and the prompt's gradient for a fixed random projection."""
+    model.zero_grad()
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(0))
+    if logits.dim() == 3:
+        weights = weights * mask[..., None]
+    (logits * weights).sum().backward()
+    return logits.detach(), [p.grad.clone() for p in model.prompt.parameters()]
+
+
+# ---------------------------------------------------------------------------- the reference: BERT
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_positions_give_the_attention_routes_logits_and_gradients(family, task):
+    attention = moved(softprompt.wrap(tiny_encoder(family, task), DEEP_PROMPT))
+    positions = through_positions(moved(softprompt.wrap(tiny_encoder(family, task), DEEP_PROMPT)))
+    assert attention.shape.encoder_prefix_route == "attention"
+    ids, mask = padded_batch(rows_of_three_lengths(), "left")
+    (expected, expected_grads), (got, got_grads) = (
+        outputs(attention, ids, mask),
+        outputs(positions, ids, mask),
+    )
+    if task == "token-classification":
+        expected, got = expected[mask.bool()], got[mask.bool()]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    for g, e in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+
+
+def test_a_layer_shared_by_several_layers_reads_its_one_prefix_in_each_run():
+    # ALBERT runs one attention module as every layer: one layer of prefix, written in each of its calls.
+    base = tiny_model("albert", "sequence-classification")
+    attention = moved(softprompt.wrap(base, DEEP_PROMPT))
+    assert attention.shape.num_layers == 1
+    ids, mask = padded_batch(rows_of_three_lengths(), "right")
+    expected, _ = outputs(attention, ids, mask)
+    got, _ = outputs(through_positions(attention), ids, mask)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_probe_reads_the_attention_routes_shapes_and_text_init_its_states():
+    model = tiny_encoder("bert")
+    calls, refusal = read_attention_calls(model, model.base_model)
+    shapes, positional_refusal = read_projection_layers(model, model.base_model)
+    assert refusal == positional_refusal == ""
+    assert shapes == [(keys, values) for keys, values in calls]
+    shape = model_shape(model)
+    ids = random_ids(1, 4)[0]
+    expected = site_states(model, shape, ids)["encoder"]
+    got = site_states(model, dataclasses.replace(shape, encoder_prefix_route="positions"), ids)["encoder"]
+    for (k, v), (ek, ev) in zip(got, expected, strict=True):
+        torch.testing.assert_close(k, ek, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(v, ev, atol=1e-6, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- encoders with attention computed inline
+INLINE = {  # model type -> how its key/value projections lay their outputs out
+    "deberta-v2": "blc",
+    "mpnet": "blc",
+    "tapas": "blc",
+    "xlm": "blc",
+    "ibert": "blc",  # QuantLinear returns (tensor, scale)
+    "squeezebert": "bcl",  # Conv1d
+    "longformer": "lbc",  # sequence-first, with global projections beside the local ones
+}
+
+
+def inline(model_type: str, head: str = "sequence-classification"):
+    if model_type != "longformer":
+        return tiny_model(model_type, head)
+    # A window of 4 (not 512): fast, and most tokens then lie beyond the placeholders' window.
+    torch.manual_seed(0)
+    config = T.LongformerConfig(
+        vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        attention_window=4, max_position_embeddings=128, pad_token_id=1,
+    )  # fmt: skip
+    return T.LongformerForSequenceClassification(config).eval()
+
+
+@pytest.mark.parametrize("model_type", sorted(INLINE))
+def test_inline_attention_takes_prefix_tuning_through_positions(model_type, tmp_path):
+    base = inline(model_type)
+    ids, mask = padded_batch(rows_of_three_lengths(), "right")
+
+    def bare():
+        with torch.no_grad():
+            return base(input_ids=ids, attention_mask=mask).logits
+
+    before = bare()
+    model = moved(softprompt.wrap(base, DEEP_PROMPT))
+    after = bare()
+    if model_type == "longformer":  # its sums change order once its weights stop requiring grad
+        torch.testing.assert_close(after, before, atol=1e-6, rtol=1e-6)
+    else:
+        assert torch.equal(after, before)
+    assert model.shape.encoder_prefix_route == "positions"
+    assert [layer.layout for layer in positional_prefix(base, base.base_model).layers] == [
+        INLINE[model_type]
+    ] * model.shape.num_layers
+    with torch.no_grad():
+        prompted = {
+            side: model(*padded_batch(rows_of_three_lengths(), side)).logits for side in ("left", "right")
+        }
+        alone = torch.cat([model(input_ids=row[None]).logits for row in rows_of_three_lengths()])
+    assert torch.equal(bare(), after)  # hooks act only within a prompted forward
+    assert not torch.allclose(prompted["right"], after, atol=1e-3)
+    for side in ("left", "right"):
+        torch.testing.assert_close(prompted[side], alone, atol=1e-5, rtol=1e-5)
+    _, grads = outputs(model, ids, mask)
+    assert all(bool(g.abs().sum() > 0) for g in grads)
+    path = model.save(tmp_path / "deep.safetensors")
+    loaded = softprompt.load(inline(model_type), path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask).logits, prompted["right"])
+
+
+def test_token_outputs_and_labels_cover_the_callers_tokens_only():
+    model = moved(softprompt.wrap(tiny_model("deberta-v2", "token-classification"), DEEP_PROMPT))
+    ids, mask = padded_batch(rows_of_three_lengths(), "left")
+    labels = (ids % 3).masked_fill(mask == 0, -100)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    assert out.logits.shape[:2] == ids.shape
+    expected = torch.nn.functional.cross_entropy(out.logits[mask.bool()], labels[mask.bool()])
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_longformer_placeholders_are_global_so_every_token_reads_them():
+    model = softprompt.wrap(inline("longformer"), DEEP_PROMPT)
+    batch = model._batch(random_ids(1, 4), None, None, None, None)
+    # [CLS] first (the model's own global default), then the 3 placeholders, then the tokens
+    assert batch.token_mask(None).tolist() == [[1, 1, 1, 1, 0, 0, 0]]
+
+
+# -------------------------------------------------------------------------------------------- refusal
+def test_a_fused_query_key_value_projection_is_refused_naming_it():
+    with pytest.raises(
+        softprompt.UnsupportedModelError,
+        match=r"deberta encoders cannot take a key/value prefix: its attention calls no replaceable attention "
+        r"function .*one fused projection \(encoder\.layer\.0\.attention\.self\.in_proj\), which softprompt does "
+        r"not split .*Prompt tuning and P-tuning are",
+    ):
+        softprompt.wrap(tiny_model("deberta", "sequence-classification"), DEEP_PROMPT)
