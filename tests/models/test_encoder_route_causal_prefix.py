@@ -3,21 +3,16 @@ model, causal, as the encoder): a row alone must compute what it computes in a p
 
 Alone, transformers skips the all-ones causal mask (sdpa's ``is_causal``); with the prefix's keys in front,
 sdpa then keeps only the first Q keys and aligns its triangle top-left, so the prefix hides tokens. A
-padded batch has an explicit causal mask and is right.
+padded batch has an explicit causal mask and is right; softprompt's attention makes the skipped
+triangle explicit (aligned bottom-right over the layer's own keys) before it prepends the prefix.
 """
 
-import pytest
 import torch
 from tiny import padded_batch, random_ids, tiny_model
 
 import softprompt
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="softprompt_attention keeps a skipped causal mask missing when it prepends a prefix "
-    "(injection/attention.py, _prefix_attention / _mask_with_prefix)",
-)
 def test_a_causal_encoder_row_with_a_prefix_is_the_same_alone_and_left_padded():
     base = tiny_model("qwen3_asr", "token-classification")
     model = softprompt.wrap(base, softprompt.PrefixTuningConfig(num_virtual_tokens=3, init="random")).eval()

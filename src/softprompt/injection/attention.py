@@ -89,6 +89,10 @@ def _prefix_attention(
         key = torch.cat([prefix_keys.to(key.dtype), key], dim=-2)  # (B, H, P + T, D)
         value = torch.cat([prefix_values.to(value.dtype), value], dim=-2)
         additive = attend is not sdpa_attention_forward  # eager functions add their mask to the scores
+        if attention_mask is None and not additive and _is_causal_call(module, query, kwargs):
+            # sdpa skipped an all-ones causal mask and would align its triangle top-left over P + T
+            # keys, hiding the last tokens from the prefix-less rows: the triangle is made explicit.
+            attention_mask = _causal_mask(query, key.shape[-2] - prefix_keys.shape[-2])
         attention_mask = _mask_with_prefix(attention_mask, softprompt_prefix.mask, query, key, additive)
         if kwargs.get("position_bias") is not None:
             # T5's relative-position bias (.., Q, T): prefix slots carry no position, so no bias.
@@ -100,6 +104,19 @@ def _prefix_attention(
     ):
         return _grouped_sdpa(query, key, value, attention_mask, **kwargs)
     return attend(module, query, key, value, attention_mask, **kwargs)
+
+
+def _is_causal_call(module: nn.Module, query: torch.Tensor, kwargs: dict) -> bool:
+    """Whether sdpa would run this call causally (as ``sdpa_attention_forward`` decides, for > 1 query)."""
+    causal = kwargs.get("is_causal")
+    return query.shape[-2] > 1 and bool(getattr(module, "is_causal", False) if causal is None else causal)
+
+
+def _causal_mask(query: torch.Tensor, keys: int) -> torch.Tensor:
+    """The boolean causal mask (B, 1, Q, T) over a layer's own ``keys``, aligned bottom-right."""
+    queries = query.shape[-2]
+    visible = torch.ones(queries, keys, dtype=torch.bool, device=query.device).tril(keys - queries)
+    return visible.expand(query.shape[0], 1, queries, keys)
 
 
 def _sdpa(module: nn.Module) -> Callable:
