@@ -125,8 +125,10 @@ def check_last_token_head(base_model: nn.Module, head: dict[str, nn.Module]) -> 
     name = type(base_model).__name__
     if not head:
         raise UnsupportedModelError(f"{name} has no head module beside its backbone to classify with")
-    pad = base_model.config.pad_token_id
-    ids = torch.tensor([[i for i in range(3, 3 + PROBE_LENGTH + 1) if i != pad][:PROBE_LENGTH]])
+    config = base_model.config
+    # A composite config (Gemma 3, Qwen3.5) keeps the pad id in its text part.
+    pads = {getattr(c, "pad_token_id", None) for c in (config, config.get_text_config(decoder=True))}
+    ids = torch.tensor([[i for i in range(3, 3 + PROBE_LENGTH + len(pads)) if i not in pads][:PROBE_LENGTH]])
     ids = ids.to(base_model.device)
     training = base_model.training
     base_model.eval()  # no dropout: the same numbers both ways
