@@ -43,7 +43,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would bury the tables
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common and quality, when run from anywhere
@@ -81,6 +81,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "panel.json"
 EXAMPLE_DATA = ROOT / "src" / "softprompt" / "examples" / "data"
 MR_DEV_ROWS = 1000
+R = TypeVar("R")  # what a journal's lines are read back as
 
 
 # ------------------------------------------------------------------------------------------- tasks
@@ -440,9 +441,7 @@ class Bench:
             eval_seconds=round(time.perf_counter() - started - train_seconds, 1),
         )
         self.runs.append(run)
-        if self.journal is not None:
-            with self.journal.open("a", encoding="utf-8") as lines:
-                lines.write(json.dumps(asdict(run)) + "\n")
+        append_to_journal(self.journal, asdict(run))
         print(
             f"  {run.task} {run.setup} seed {seed}: {run.metric} {run.score:.1f} "
             f"({run.train_seconds:.0f} s training, {run.eval_seconds:.0f} s scoring)",
@@ -696,14 +695,24 @@ def names(text: str, known: Sequence[str], flag: str) -> list[str]:
     return chosen
 
 
-def add_run_flags(parser) -> None:
-    """The flags every reproduction script shares: seeds, steps, dev rows, and ``--journal`` (every
-    finished run appended as a JSON line: a long run interrupted keeps its runs) / ``--from-journal``
-    (the tables and JSON from such a file, nothing trained)."""
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (data order and init)")
-    parser.add_argument("--steps", type=int, help="optimiser steps per run (default 150; --quick 3)")
-    parser.add_argument("--dev-rows", type=int, help="classification dev rows (default 200)")
-    parser.add_argument("--dev-sources", type=int, help="generation dev sources (default 50)")
+def add_run_flags(
+    parser, *, seeds: str = "0,1,2", dev_rows: int | None = Budget.dev_rows, generation: bool = True
+) -> None:
+    """The flags every reproduction script shares: seeds, steps, dev rows (and generation dev sources,
+    for a script with generation tasks), and ``--journal`` (every finished run appended as a JSON line:
+    a long run interrupted keeps its runs) / ``--from-journal`` (the tables and JSON from such a file,
+    nothing trained). ``seeds`` and ``dev_rows`` are the script's defaults for a full run."""
+    parser.add_argument("--seeds", default=seeds, help="comma-separated seeds (data order and init)")
+    parser.add_argument(
+        "--steps", type=int, help=f"optimiser steps per run (default {Budget.steps}; fewer with --quick)"
+    )
+    parser.add_argument("--dev-rows", type=int, help=f"classification dev rows (default {dev_rows})")
+    if generation:
+        parser.add_argument(
+            "--dev-sources",
+            type=int,
+            help=f"generation dev sources (default {Budget.generation_dev_sources})",
+        )
     parser.add_argument("--journal", type=Path, help="append every finished run to this JSON-lines file")
     parser.add_argument("--from-journal", type=Path, help="report the runs of a journal; train nothing")
 
@@ -724,12 +733,20 @@ def budget_from(args) -> Budget:
     return replace(budget, **changes)
 
 
-def collect_runs(args, train: Callable[[Path | None], list[Run]]) -> list[Run]:
-    """The runs of ``--from-journal``, or those ``train(journal)`` makes."""
+def collect_runs(args, train: Callable[[Path | None], list[R]], row: Callable[..., R] = Run) -> list[R]:
+    """The runs of ``--from-journal`` (each line's fields given to ``row``), or those ``train(journal)``
+    makes."""
     if args.from_journal is not None:
         lines = args.from_journal.read_text(encoding="utf-8").splitlines()
-        return [Run(**json.loads(line)) for line in lines if line.strip()]
+        return [row(**json.loads(line)) for line in lines if line.strip()]
     return train(args.journal)
+
+
+def append_to_journal(journal: Path | None, run: dict[str, Any]) -> None:
+    """Append one finished run to ``--journal`` as a JSON line (nothing without a journal)."""
+    if journal is not None:
+        with journal.open("a", encoding="utf-8") as lines:
+            lines.write(json.dumps(run) + "\n")
 
 
 def write_report(

@@ -20,7 +20,7 @@ from _common import SHARED_DATA  # noqa: E402  (real data sets and GPT-2's token
 needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no {SHARED_DATA}")
 
 
-@pytest.mark.parametrize("script", ["panel", "lester", "li_liang", "storage"])
+@pytest.mark.parametrize("script", ["panel", "lester", "li_liang", "search", "storage"])
 def test_help_names_the_reproduction_flags(script, capsys):
     module = importlib.import_module(script)
     with pytest.raises(SystemExit) as exit_:
@@ -91,6 +91,31 @@ def test_panel_quick_compares_setups_per_seed_and_reports_the_goal(tmp_path, cap
     # the journal reproduces the report without training
     again = panel.main([*argv, "--from-journal", str(tmp_path / "runs.jsonl")])
     assert again["summary"] == result["summary"]
+
+
+@needs_shared_data
+def test_search_quick_contests_every_seed_and_reports_again_from_its_journal(tmp_path, monkeypatch, capsys):
+    search = importlib.import_module("search")
+    argv = ["--quick", "--tasks", "example", "--seeds", "0,1", "--out", str(tmp_path / "s.json")]
+    result = search.main([*argv, "--journal", str(tmp_path / "contests.jsonl")])
+    rows, budget = result["results"], result["settings"]["budget"]
+    assert [(r["seed"], r["contestant"]) for r in rows] == [
+        (0, "defaults"), (0, "search 2x"), (1, "defaults"), (1, "search 2x")
+    ]  # fmt: skip
+    assert budget["seeds"] == [0, 1] and result["skipped"] == []
+    one_run = budget["one_run_steps"]
+    for r in rows:
+        assert 0 <= r["dev"] <= 100 and 0 <= r["test"] <= 100
+        # each contestant states its budget: one run's steps; a search more, within its multiple of them
+        if r["contestant"] == "defaults":
+            assert r["steps"] == one_run
+        else:
+            assert one_run < r["steps"] <= 2 * one_run and r["trials"] == 4
+    assert "| example | 1 | search 2x |" in capsys.readouterr().out
+    # the journal reproduces the report, nothing trained
+    monkeypatch.setattr(search, "run_contests", lambda *_: pytest.fail("trained from a journal"))
+    again = search.main([*argv, "--from-journal", str(tmp_path / "contests.jsonl")])
+    assert again["results"] == rows and again["settings"]["from_journal"] == str(tmp_path / "contests.jsonl")
 
 
 def test_panel_goal_needs_every_held_out_task_within_a_point_and_a_lead_on_average():
