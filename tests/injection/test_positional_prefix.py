@@ -20,6 +20,7 @@ import softprompt
 from softprompt.families import model_shape
 from softprompt.injection.capture import read_attention_calls, read_projection_layers, site_states
 from softprompt.injection.positional_prefix import positional_prefix
+from softprompt.injection.prompts import BatchPrefix, RowPrompts
 
 DEEP_PROMPT = softprompt.PrefixTuningConfig(num_virtual_tokens=3, init="random")
 TASKS = ["sequence-classification", "token-classification"]
@@ -186,3 +187,22 @@ def test_a_fused_query_key_value_projection_is_refused_naming_it():
         r"not split .*Prompt tuning and P-tuning are",
     ):
         softprompt.wrap(tiny_model("deberta", "sequence-classification"), DEEP_PROMPT)
+
+
+@pytest.mark.parametrize("model_type", ["deberta-v2", "convbert"])  # relative positions; a convolution
+def test_rows_with_shorter_prefixes_or_none_give_what_they_give_alone(model_type):
+    model = moved(softprompt.wrap(tiny_model(model_type, "token-classification"), DEEP_PROMPT))
+    rows = rows_of_three_lengths()
+    ids, mask = padded_batch(rows, "right")
+    prompts = model.own_prompts(3, ids.device)
+    prefix = prompts.sites["encoder"]
+    prefix.mask = torch.tensor([[1, 1, 1], [0, 1, 1], [0, 0, 0]])  # row 1: its last 2 slots; row 2: none
+    with torch.no_grad():
+        batched = model(input_ids=ids, attention_mask=mask, row_prompts=prompts).logits
+        shorter = BatchPrefix(
+            [(k[1:2, :, 1:], v[1:2, :, 1:]) for k, v in prefix.layers], torch.ones(1, 2, dtype=torch.long)
+        )
+        alone = model(input_ids=rows[1][None], row_prompts=RowPrompts(sites={"encoder": shorter})).logits
+        bare = model.base_model(input_ids=rows[2][None]).logits
+    torch.testing.assert_close(batched[1, : len(rows[1])], alone[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched[2, : len(rows[2])], bare[0], atol=1e-5, rtol=1e-5)

@@ -291,7 +291,7 @@ def _proof_forward(found: PositionalPrefix, states: list[tuple[torch.Tensor, tor
     token ids and positions: what a placeholder holds is overwritten where it is read)."""
     slots = states[0][0].shape[-2]
     ids = _probe_ids(found.stack, 1 + slots)
-    with found.entered(states, start=1):
+    with found.entered(states, torch.arange(1, 1 + slots, device=ids.device)[None]):
         return found.stack(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
 
 

@@ -28,8 +28,10 @@ Examples:
     >>> prefix = BatchPrefix([(torch.zeros(1, 4, 2, 8), torch.zeros(1, 4, 2, 8))], torch.tensor([[0, 1]]))
     >>> shape = dataclasses.replace(model_shape(encoder_model), encoder_prefix_route="positions")
     >>> batch = arrange(embed, shape, RowPrompts(sites={"encoder": prefix}), None, torch.tensor([[5, 6, 7]]))
-    >>> batch.kwargs["attention_mask"].tolist(), batch.kwargs["position_ids"].tolist(), batch.start
-    ([[1, 0, 1, 1, 1]], [[1, 0, 0, 2, 3]], 1)
+    >>> batch.kwargs["attention_mask"].tolist(), batch.kwargs["position_ids"].tolist()
+    ([[1, 1, 1, 1, 0]], [[1, 0, 2, 3, 0]])
+    >>> batch.prefix_index.tolist(), batch.token_index.tolist()    # the masked slot goes last
+    ([[4, 1]], [[0, 2, 3]])
 """
 
 from __future__ import annotations
@@ -37,13 +39,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from softprompt.compat import token_embeddings
 from softprompt.families import ModelShape
 from softprompt.injection.attention import AttentionPrefix
-from softprompt.injection.positional_prefix import with_placeholders, without_placeholders
+from softprompt.injection.positional_prefix import with_placeholders
 from softprompt.injection.positions import IGNORE_INDEX
 from softprompt.injection.prompts import BatchPrefix, RowPrompts
 
@@ -52,64 +53,45 @@ from softprompt.injection.prompts import BatchPrefix, RowPrompts
 class EncoderBatch:
     """The caller's batch as the encoder sees it: rows right-aligned, virtual tokens first.
 
-    ``kwargs`` go to the encoder; ``order`` (B, T) is the caller position of each aligned token;
-    ``virtual``: the virtual tokens' count; ``prefix``: an encoder prefix that enters through
-    placeholder positions from :attr:`start` (the positional route), else None.
+    ``kwargs`` go to the encoder; ``token_index`` (B, T): where each caller token (in the caller's
+    layout) stands in the encoder's sequence; ``virtual``: the virtual tokens' count. On the positional
+    route ``prefix`` is the encoder prefix and ``prefix_index`` (B, P) where each of its slots stands.
     """
 
     kwargs: dict
-    order: torch.Tensor
+    token_index: torch.Tensor
     virtual: int
     prefix: BatchPrefix | None = None
-
-    @property
-    def start(self) -> int:
-        """Where the placeholders stand: after the first position the encoder sees."""
-        return self.virtual + 1
-
-    @property
-    def placeholders(self) -> int:
-        return 0 if self.prefix is None else self.prefix.mask.shape[-1]
+    prefix_index: torch.Tensor | None = None
 
     def tokens(self, states: torch.Tensor) -> torch.Tensor:
-        """Encoder outputs (B, P + T, ...) -> the caller's tokens (B, T, ...), in the caller's layout."""
-        aligned = without_placeholders(states, self.placeholders, self.start)[:, self.virtual :]
-        back = torch.argsort(self.order, dim=-1)
-        index = back.view(*back.shape, *([1] * (aligned.dim() - 2))).expand(-1, -1, *aligned.shape[2:])
-        return aligned.gather(1, index)
+        """Encoder outputs (B, L, ...) -> the caller's tokens (B, T, ...), in the caller's layout."""
+        index = self.token_index.to(states.device)
+        index = index.view(*index.shape, *([1] * (states.dim() - 2))).expand(-1, -1, *states.shape[2:])
+        return states.gather(1, index)
 
     def token_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
-        """A per-token 0/1 mask (B, T) of the caller's (Longformer's ``global_attention_mask``) -> (B, P + T)
-        aligned, 0 at virtual tokens; without one, where virtual tokens lead, the model's own default
-        for its first position ([CLS], global) goes to the first position it sees: the first virtual token.
-        Placeholders of a prefix are global (1) where the row has a prefix slot, so every token reads
-        them, however far its attention window reaches.
+        """A per-token 0/1 mask (B, T) of the caller's (Longformer's ``global_attention_mask``) -> (B, L),
+        0 at virtual tokens; without one, where virtual tokens lead, the model's own default for its first
+        position ([CLS], global) goes to the first position it sees: the first virtual token. Prefix
+        placeholders are global (1) where the row has a prefix slot, so every token reads them, however
+        far its attention window reaches.
         """
+        if mask is None and not self.virtual and self.prefix is None:
+            return None  # the model's default, on its own first token
+        sequence = torch.zeros_like(self.kwargs["attention_mask"])
         if mask is None:
-            if not self.virtual and self.prefix is None:
-                return None  # the model's default, on its own first token
-            batch, length = self.order.shape
-            mask = torch.zeros(batch, self.virtual + length, dtype=torch.long, device=self.order.device)
-            mask[:, 0] = 1
+            sequence[:, 0] = 1
         else:
-            mask = F.pad(mask.gather(1, self.order.to(mask.device)), (self.virtual, 0))
-        return self._with_placeholders(mask, self.prefix.mask if self.prefix is not None else None)
+            sequence = sequence.scatter(1, self.token_index, mask.to(sequence))
+        if self.prefix is not None:
+            sequence = sequence.scatter(1, self.prefix_index, self.prefix.mask.to(sequence))
+        return sequence
 
     def labels(self, labels: torch.Tensor) -> torch.Tensor:
-        """Token labels (B, T) in the caller's layout -> (B, P + T) aligned, ignored at virtual tokens."""
-        aligned = labels.gather(1, self.order.to(labels.device))
-        ignored = torch.full(
-            (labels.shape[0], self.virtual + self.placeholders),
-            IGNORE_INDEX,
-            dtype=labels.dtype,
-            device=labels.device,
-        )
-        return self._with_placeholders(torch.cat([ignored[:, : self.virtual], aligned], -1), ignored)
-
-    def _with_placeholders(self, aligned: torch.Tensor, block: torch.Tensor | None) -> torch.Tensor:
-        if self.prefix is None:
-            return aligned
-        return with_placeholders(aligned, block[:, : self.placeholders].to(aligned.device), self.start)
+        """Token labels (B, T) in the caller's layout -> (B, L), ignored at virtual tokens and placeholders."""
+        ignored = torch.full_like(self.kwargs["attention_mask"], IGNORE_INDEX, dtype=labels.dtype)
+        return ignored.to(labels.device).scatter(1, self.token_index.to(labels.device), labels)
 
 
 def _positions(mask: torch.Tensor, first: torch.Tensor | int, offset: int) -> torch.Tensor:
@@ -173,8 +155,11 @@ def arrange(
     if shape.takes_position_ids:
         # Real slots count from the end of the row's prompt, skipping pads.
         positions = _positions(mask, prefix_lengths, shape.position_offset)
+    # where the caller's tokens (right-aligned) stand in the sequence
+    token_index = virtual + torch.arange(length, device=device).expand(batch, -1)
+    prefix_index = None
     if positional is not None:
-        start, slots = virtual + 1, positional.mask
+        start, slots = virtual + 1, positional.mask.long()
         inputs_embeds = with_placeholders(
             inputs_embeds, inputs_embeds.new_zeros(batch, slots.shape[1], inputs_embeds.shape[-1]), start
         )
@@ -183,6 +168,17 @@ def arrange(
         if positions is not None:
             positions = with_placeholders(positions, _positions(slots, 0, shape.position_offset), start)
         mask = with_placeholders(mask, slots, start)
+        # A shorter prefix's masked slots move after the row's last token, with its pads: its real
+        # positions then stand as they would alone (relative positions, convolutions see no gap).
+        last = (mask == 0) & (torch.arange(mask.shape[1], device=device) >= virtual)
+        sequence = torch.argsort(last.long(), dim=-1, stable=True)  # (B, L): block layout column per slot
+        inputs_embeds = inputs_embeds.gather(1, sequence[..., None].expand(-1, -1, inputs_embeds.shape[-1]))
+        mask, token_type_ids, positions = (
+            None if t is None else t.gather(1, sequence) for t in (mask, token_type_ids, positions)
+        )
+        where = torch.argsort(sequence, dim=-1)  # (B, L): each block layout column's slot
+        prefix_index = where[:, start : start + slots.shape[1]]
+        token_index = torch.cat([where[:, virtual:start], where[:, start + slots.shape[1] :]], dim=-1)
     if token_type_ids is not None:
         kwargs["token_type_ids"] = token_type_ids
     if positions is not None:
@@ -191,4 +187,5 @@ def arrange(
         # (input_ids named too: FSMT's encoder cannot do without the argument, even as None)
         kwargs |= {"input_ids": None, "inputs_embeds": inputs_embeds}
     kwargs["attention_mask"] = mask
-    return EncoderBatch(kwargs, order, virtual, positional)
+    back = torch.argsort(order, dim=-1)  # each caller token's right-aligned column
+    return EncoderBatch(kwargs, token_index.gather(1, back), virtual, positional, prefix_index)

@@ -93,9 +93,11 @@ class PositionalPrefix:
         self.layers = tuple(layers)
 
     @contextmanager
-    def entered(self, states: Sequence[tuple[torch.Tensor, torch.Tensor]], start: int) -> Iterator[None]:
+    def entered(
+        self, states: Sequence[tuple[torch.Tensor, torch.Tensor]], index: torch.Tensor
+    ) -> Iterator[None]:
         """Within the block, layer ``l``'s projections write ``states[l]`` — (keys, values), each
-        (B, H, P, D) — at sequence positions ``start .. start + P - 1``.
+        (B, H, P, D) — at each row's sequence positions ``index`` (B, P).
 
         Gradient checkpointing is held off meanwhile: its replay in backward would run outside the
         block, without the prefix, and differentiate other keys than the forward used.
@@ -103,7 +105,7 @@ class PositionalPrefix:
         with ExitStack() as stack:
             for layer, (keys, values) in zip(self.layers, states, strict=True):
                 for modules, prefix in ((layer.keys, keys), (layer.values, values)):
-                    hook = _overwrite(prefix, start, layer.layout)
+                    hook = _overwrite(prefix, index, layer.layout)
                     for module in modules:
                         stack.callback(module.register_forward_hook(hook).remove)
             for module in self.stack.modules():
@@ -138,11 +140,6 @@ def with_placeholders(tensor: torch.Tensor, block: torch.Tensor, start: int) -> 
     return torch.cat([tensor[:, :start], block.to(tensor.dtype), tensor[:, start:]], dim=1)
 
 
-def without_placeholders(tensor: torch.Tensor, count: int, start: int) -> torch.Tensor:
-    """``tensor`` (B, P + T, ...) without the ``count`` positions from ``start``: (B, T, ...)."""
-    return torch.cat([tensor[:, :start], tensor[:, start + count :]], dim=1)
-
-
 def _tensor(output) -> torch.Tensor:
     # I-BERT's QuantLinear returns (tensor, scaling factor)
     return output[0] if isinstance(output, tuple) else output
@@ -155,24 +152,16 @@ def _heads(projected: torch.Tensor, layer: ProjectionLayer) -> torch.Tensor:
     return batch_first.reshape(batch, length, layer.heads, channels // layer.heads).transpose(1, 2)
 
 
-def _overwrite(prefix: torch.Tensor, start: int, layout: str):
-    """A forward hook writing ``prefix`` (B, H, P, D) over its module's output from position ``start``."""
+def _overwrite(prefix: torch.Tensor, index: torch.Tensor, layout: str):
+    """A forward hook writing ``prefix`` (B, H, P, D) over its module's output at positions ``index`` (B, P)."""
     batch, heads, length, dim = prefix.shape
-    flat = prefix.transpose(1, 2).reshape(batch, length, heads * dim)  # (B, P, H * D), heads outer
-    placed = flat.permute(*("blc".index(d) for d in layout))  # the output's layout
-    sequence = layout.index("l")
+    order = ["blc".index(d) for d in layout]  # (B, P, C) -> the output's layout
+    placed = prefix.transpose(1, 2).reshape(batch, length, heads * dim).permute(*order)  # heads outer
+    where = index.to(prefix.device)[..., None].expand(-1, -1, heads * dim).permute(*order)
 
     def hook(module, args, output):
         projected = _tensor(output)
-        end = start + length
-        written = torch.cat(
-            [
-                projected.narrow(sequence, 0, start),
-                placed.to(projected.dtype),
-                projected.narrow(sequence, end, projected.shape[sequence] - end),
-            ],
-            dim=sequence,
-        )
+        written = projected.scatter(layout.index("l"), where, placed.to(projected.dtype))
         return (written, *output[1:]) if isinstance(output, tuple) else written
 
     return hook

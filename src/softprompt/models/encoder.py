@@ -143,7 +143,7 @@ class EncoderSoftPromptModel(PromptedModel):
         if batch.prefix is None:
             return nullcontext()
         projections = positional_prefix(self.base_model, self.base_model.base_model)
-        return projections.entered(batch.prefix.layers, batch.start)
+        return projections.entered(batch.prefix.layers, batch.prefix_index)
 
     # -------------------------------------------------------------------------------------- forward
     def hidden_states(
