@@ -264,3 +264,17 @@ def test_a_peft_sequence_classifier_loads_with_peft_logits(method, tmp_path):
         torch.testing.assert_close(
             model(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-5, rtol=1e-5
         )
+
+
+def test_an_exported_classifier_runs_in_peft_with_its_head_and_the_same_logits(tmp_path):
+    model = softprompt.wrap(tiny_model("llama", "sequence-classification"), METHODS["prompt_tuning"]).eval()
+    with torch.no_grad():
+        model.head["score"].weight.normal_()  # a trained head, not the base's
+        expected = torch.cat([model(input_ids=row[None]).logits for row in ROWS])
+    model.export_peft(tmp_path / "peft")
+    loaded = peft.PeftModel.from_pretrained(
+        tiny_model("llama", "sequence-classification"), tmp_path / "peft"
+    ).eval()
+    with torch.no_grad():
+        got = torch.cat([loaded(input_ids=row[None]).logits for row in ROWS])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
