@@ -189,7 +189,7 @@ def test_a_fused_query_key_value_projection_is_refused_naming_it():
         softprompt.wrap(tiny_model("deberta", "sequence-classification"), DEEP_PROMPT)
 
 
-@pytest.mark.parametrize("model_type", ["deberta-v2", "convbert"])  # relative positions; a convolution
+@pytest.mark.parametrize("model_type", ["deberta-v2", "mpnet"])  # relative positions by index
 def test_rows_with_shorter_prefixes_or_none_give_what_they_give_alone(model_type):
     model = moved(softprompt.wrap(tiny_model(model_type, "token-classification"), DEEP_PROMPT))
     rows = rows_of_three_lengths()

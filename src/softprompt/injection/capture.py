@@ -266,9 +266,10 @@ def read_projection_layers(
     was_training = model.training
     model.eval()
     try:
-        found = positional_prefix(model, stack)
+        with whole_while_running(model):
+            found = positional_prefix(model, stack)
         shapes = [layer.shapes() for layer in found.layers]
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(), whole_while_running(model):
             like = stack.get_input_embeddings().weight
             unread = _unread(lambda states: _proof_forward(found, states), shapes, like)
     except UnsupportedModelError as refusal:

@@ -89,7 +89,7 @@ class EncoderBatch:
         return sequence
 
     def labels(self, labels: torch.Tensor) -> torch.Tensor:
-        """Token labels (B, T) in the caller's layout -> (B, L), ignored at virtual tokens and placeholders."""
+        """Token labels (B, T) in the caller's layout -> (B, L), ignored at virtual tokens, placeholders."""
         ignored = torch.full_like(self.kwargs["attention_mask"], IGNORE_INDEX, dtype=labels.dtype)
         return ignored.to(labels.device).scatter(1, self.token_index.to(labels.device), labels)
 

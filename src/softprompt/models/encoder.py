@@ -55,13 +55,13 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from softprompt import compat
 from softprompt.families import ModelShape, UnsupportedModelError
-from softprompt.files.adapter import HEAD_PREFIX, AdapterFileError
 from softprompt.injection import RowPrompts
 from softprompt.injection.capture import prefix_attention_modules
 from softprompt.injection.encoder_input import EncoderBatch, arrange
 from softprompt.injection.positional_prefix import positional_prefix
 from softprompt.methods import SoftPrompt
 from softprompt.models.base import PromptedModel
+from softprompt.models.heads import head_tensors, load_head_tensors
 
 
 def head_modules(base_model: nn.Module) -> dict[str, nn.Module]:
@@ -256,35 +256,12 @@ class EncoderSoftPromptModel(PromptedModel):
     # ---------------------------------------------------------------------------------------- files
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """The folded prompt plus the task head's weights (``head.<name>``)."""
-        tensors = super().adapter_tensors()
-        for name, module in self.head.items():
-            for key, value in module.state_dict().items():
-                tensors[f"{HEAD_PREFIX}{name}.{key}"] = value.detach().clone()
-        return tensors
+        return super().adapter_tensors() | head_tensors(self.head)
 
     def load_head(self, tensors: dict[str, torch.Tensor], source) -> None:
-        """Set the task head from a file's ``head.*`` tensors; head weights a file lacks stay as they are
-        (``peft`` saves only ``classifier``/``score``, not e.g. DeBERTa's pooler)."""
-        expected = {
-            f"{HEAD_PREFIX}{name}.{key}": value
-            for name, module in self.head.items()
-            for key, value in module.state_dict().items()
-        }
-        unknown = sorted(set(tensors) - set(expected))
-        if unknown:
-            raise AdapterFileError(
-                f"{source} holds task-head tensors {unknown} that this {type(self.base_model).__name__} does not "
-                f"have; its head is {sorted(expected) or 'none'}"
-            )
-        for name, value in tensors.items():
-            if value.shape != expected[name].shape:
-                raise AdapterFileError(
-                    f"{source}: {name} has shape {tuple(value.shape)}, this model's head needs "
-                    f"{tuple(expected[name].shape)} (another number of labels?)"
-                )
-        with torch.no_grad():
-            for name, value in tensors.items():
-                expected[name].copy_(value)
+        """Set the task head from a file's ``head.*`` tensors; weights a file lacks stay as they are
+        (:func:`~softprompt.models.heads.load_head_tensors`)."""
+        load_head_tensors(self.head, tensors, source, type(self.base_model).__name__)
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
