@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import itertools
 import json
 import os
 import platform
@@ -30,13 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from softprompt import transfer
 from softprompt.data import Encoded, Task, encode_dataset, load_rows
 from softprompt.train import loop
 from softprompt.train.config import TrainSection
-from softprompt.train.core import step
 from softprompt.train.objectives import ClassificationObjective, Objective, last_token_index
-from softprompt.train.optim import make_optimizer, make_scheduler
-from softprompt.transfer import epochs
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # real data sets; a bare clone has none
 
@@ -213,20 +210,11 @@ def train_steps(
 def training_steps(
     objective: Objective, recipe: TrainSection, examples: Sequence[Encoded], steps: int, pad_token_id: int
 ) -> Iterator[float]:
-    """:func:`train_steps` one step at a time: each ``next`` runs one optimiser step and gives its loss
-    (so several contestants can train in turns; the schedule spans ``steps``)."""
+    """:func:`train_steps` one step at a time (the library's :func:`softprompt.transfer.training_steps`):
+    each ``next`` runs one optimiser step and gives its loss (so several contestants can train in turns;
+    the schedule spans ``steps``)."""
     batches = training_batches(objective, recipe, examples, pad_token_id)
-    optimizer = make_optimizer(objective.parameters(), recipe)
-    scheduler = make_scheduler(optimizer, recipe, steps)
-    for batch in itertools.islice(batches, steps):
-        yield step(
-            objective,
-            optimizer,
-            batch,
-            scheduler=scheduler,
-            micro_batch_size=recipe.micro_batch_size,
-            max_grad_norm=recipe.max_grad_norm,
-        )
+    return transfer.training_steps(objective, batches, recipe, steps)
 
 
 def training_batches(
@@ -237,7 +225,7 @@ def training_batches(
     length-grouped order of ``recipe.seed``, full batches only), epoch after epoch
     (:func:`softprompt.transfer.epochs`), padded on the objective's side."""
     batches = loop.training_batches(examples, recipe, pad_token_id, type(objective).padding_side)
-    return epochs(batches.loader)
+    return transfer.epochs(batches.loader)
 
 
 # ------------------------------------------------------------------------------------ peft objectives

@@ -320,10 +320,19 @@ def train_steps(
 ) -> list[float]:
     """``steps`` optimiser steps (``softprompt.train.core.step``) of ``objective`` with ``recipe``'s
     optimiser, schedule and clipping on the next ``steps`` batches; returns their losses."""
+    return list(training_steps(objective, batches, recipe, steps))
+
+
+def training_steps(
+    objective: Objective, batches: Iterator[dict[str, torch.Tensor]], recipe: TrainSection, steps: int
+) -> Iterator[float]:
+    """:func:`train_steps` one step at a time: each ``next`` runs one optimiser step and gives its loss
+    (so a caller can score between steps, or train several objectives in turns; the schedule spans
+    ``steps``)."""
     optimizer = make_optimizer(objective.parameters(), recipe)
     scheduler = make_scheduler(optimizer, recipe, steps)
-    return [
-        step(
+    for batch in itertools.islice(batches, steps):
+        yield step(
             objective,
             optimizer,
             batch,
@@ -331,8 +340,6 @@ def train_steps(
             micro_batch_size=recipe.micro_batch_size,
             max_grad_norm=recipe.max_grad_norm,
         )
-        for batch in itertools.islice(batches, steps)
-    ]
 
 
 def epochs(loader) -> Iterator[dict[str, torch.Tensor]]:
