@@ -270,8 +270,8 @@ def read_projection_layers(
             found = positional_prefix(model, stack)
         shapes = [layer.shapes() for layer in found.layers]
         with torch.random.fork_rng(), whole_while_running(model):
-            like = stack.get_input_embeddings().weight
-            unread = _unread(lambda states: _proof_forward(found, states), shapes, like)
+            like = model.get_input_embeddings().weight
+            unread = _unread(lambda states: _proof_forward(model, found, states), shapes, like)
     except UnsupportedModelError as refusal:
         return [], str(refusal)
     except Exception as error:
@@ -287,11 +287,13 @@ def read_projection_layers(
     return shapes, ""
 
 
-def _proof_forward(found: PositionalPrefix, states: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def _proof_forward(
+    model: nn.Module, found: PositionalPrefix, states: list[tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
     """The stack's output (1, 1 + P, H) for one token and P placeholder tokens after it (the model's own
     token ids and positions: what a placeholder holds is overwritten where it is read)."""
     slots = states[0][0].shape[-2]
-    ids = _probe_ids(found.stack, 1 + slots)
+    ids = _probe_ids(model, 1 + slots)
     with found.entered(states, torch.arange(1, 1 + slots, device=ids.device)[None]):
         return found.stack(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
 

@@ -36,6 +36,7 @@ Examples:
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +45,7 @@ from torch import nn
 from softprompt.compat import token_embeddings
 from softprompt.families import ModelShape
 from softprompt.injection.attention import AttentionPrefix
-from softprompt.injection.positional_prefix import with_placeholders
+from softprompt.injection.positional_prefix import positional_prefix, with_placeholders
 from softprompt.injection.positions import IGNORE_INDEX
 from softprompt.injection.prompts import BatchPrefix, RowPrompts
 
@@ -63,6 +64,21 @@ class EncoderBatch:
     virtual: int
     prefix: BatchPrefix | None = None
     prefix_index: torch.Tensor | None = None
+
+    def entering(self, model: nn.Module, stack: nn.Module) -> AbstractContextManager:
+        """Where the prefix takes positions: a block within which ``model``'s encoder ``stack`` writes it
+        into its key/value projections (:meth:`PositionalPrefix.entered`); else a block that does nothing."""
+        if self.prefix is None:
+            return nullcontext()
+        return positional_prefix(model, stack).entered(self.prefix.layers, self.prefix_index)
+
+    def memory_mask(self) -> torch.Tensor:
+        """What a decoder's cross-attention may read of the encoder's output (B, L): its attention mask
+        without the placeholders, whose outputs stand in for nothing (the prefix is the encoder's own)."""
+        mask = self.kwargs["attention_mask"]
+        if self.prefix is None:
+            return mask
+        return mask.scatter(1, self.prefix_index, torch.zeros_like(self.prefix_index, dtype=mask.dtype))
 
     def tokens(self, states: torch.Tensor) -> torch.Tensor:
         """Encoder outputs (B, L, ...) -> the caller's tokens (B, T, ...), in the caller's layout."""

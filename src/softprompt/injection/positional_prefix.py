@@ -281,4 +281,5 @@ def positional_prefix(model: nn.Module, stack: nn.Module) -> PositionalPrefix:
 
 
 def _device(stack: nn.Module) -> torch.device:
-    return stack.get_input_embeddings().weight.device
+    # (a parameter's: FSMT's encoder has no get_input_embeddings)
+    return next(stack.parameters()).device

@@ -45,7 +45,7 @@ Examples:
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 import torch
@@ -58,7 +58,6 @@ from softprompt.families import ModelShape, UnsupportedModelError
 from softprompt.injection import RowPrompts
 from softprompt.injection.capture import prefix_attention_modules
 from softprompt.injection.encoder_input import EncoderBatch, arrange
-from softprompt.injection.positional_prefix import positional_prefix
 from softprompt.methods import SoftPrompt
 from softprompt.models.base import PromptedModel
 from softprompt.models.heads import head_tensors, load_head_tensors
@@ -140,10 +139,7 @@ class EncoderSoftPromptModel(PromptedModel):
 
     def _entered(self, batch: EncoderBatch) -> AbstractContextManager:
         """The positional route's prefix written into the encoder's key/value projections for one forward."""
-        if batch.prefix is None:
-            return nullcontext()
-        projections = positional_prefix(self.base_model, self.base_model.base_model)
-        return projections.entered(batch.prefix.layers, batch.prefix_index)
+        return batch.entering(self.base_model, self.base_model.base_model)
 
     # -------------------------------------------------------------------------------------- forward
     def hidden_states(
