@@ -154,8 +154,15 @@ class SoftPromptModel(PromptedModel):
 
         Virtual tokens that enter as embeddings (models with recurrent layers) cannot be padded with
         masked slots — a recurrent state reads every column — so such rows must all carry virtual
-        tokens of one length; other mixes are refused with the reason.
+        tokens of one length; other mixes are refused with the reason. A classifier's head belongs to
+        the one task it was trained with: it runs its own prompt only.
         """
+        if self.head and bool((rows >= 0).any()) and (self.prompt is None or len(compiled) > 1):
+            raise UnsupportedModelError(
+                f"{type(self.base_model).__name__} carries a task head trained with its own prompt, and every row "
+                "shares it: it runs its own prompt only (not a task bank's or other per-row prompts). Serve "
+                "classifiers one model per task"
+            )
         prompts = super().row_prompts(compiled, rows, device)
         if (
             prompts.tokens is not None
