@@ -269,3 +269,29 @@ SMALL_LLAMA = dict(
 def test_a_head_its_kind_does_not_adapt_is_refused_with_the_ones_it_does(build, message):
     with pytest.raises(UnsupportedModelError, match=re.escape(message)):
         softprompt.wrap(build(), softprompt.PromptTuningConfig(num_virtual_tokens=2))
+
+
+@pytest.mark.parametrize("kind", ["causal", "seq2seq"])
+def test_a_language_model_has_no_task_head_to_save_or_load(kind):
+    model = wrapped(kind)
+    assert model.head == {}
+    assert sorted(model.adapter_tensors()) == sorted(model.prompt.folded())
+    family = model.shape.family
+    with pytest.raises(
+        softprompt.AdapterFileError,
+        match=f"x.safetensors holds a task head, but this {family} {kind} model has none",
+    ):
+        model.load_head({"head.score.weight": torch.zeros(2, 2)}, "x.safetensors")
+
+
+def test_every_model_shape_saves_its_head_under_the_same_names():
+    """Decoders and encoders share one head format: ``head.<module>.<tensor>``, as the module's state dict."""
+    for base in (
+        tiny_encoder("bert"),
+        T.LlamaForSequenceClassification(T.LlamaConfig(**SMALL_LLAMA, num_labels=3)),
+    ):
+        model = softprompt.wrap(base, PROMPT)
+        expected = {
+            f"head.{name}.{key}" for name, module in model.head.items() for key in module.state_dict()
+        }
+        assert expected and set(model.adapter_tensors()) - set(model.prompt.folded()) == expected
