@@ -404,12 +404,13 @@ def _seq2seq_probe(model: nn.Module) -> _Probed:
                 "its self-attention ones; softprompt needs them alike"
             )
     # (the positional route is the encoder models' alone: Seq2SeqSoftPromptModel enters the attention one)
-    layers, refusal, _ = _encoder_layers(model, model.get_encoder(), model.config, positions=False)
+    layers, refusal, route = _encoder_layers(model, model.get_encoder(), model.config, positions=False)
     return _Probed(
         layers=layers,
         decoder_layers=decoder_layers,
         encoder_prefix=not refusal,
         encoder_prefix_refusal=refusal,
+        encoder_prefix_route=route,
         decoder_refusals=_decoder_refusals(model, decoder, cross),
     )
 

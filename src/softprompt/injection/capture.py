@@ -178,19 +178,24 @@ def read_encoder_decoder_cache(model: nn.Module) -> tuple[CacheReading, CacheRea
     cache = EncoderDecoderCache(RecordingCache(), RecordingCache())
     ids = _probe_ids(model)
 
-    decoder = model.get_decoder()
-
     def forward():  # the two stacks, not the head (a classifier head wants whole sentences)
-        encoded = model.get_encoder()(input_ids=ids).last_hidden_state
-        decoder(input_ids=ids, encoder_hidden_states=encoded, use_cache=True, **cache_kwargs(decoder, cache))
-
-    if _required_arguments(decoder) - {"input_ids", "encoder_hidden_states"}:
-        # A decoder that wants masks its model builds (FSMT's): the whole model, which builds them.
-        def forward():
-            model(input_ids=ids, decoder_input_ids=ids, use_cache=True, **cache_kwargs(model, cache))
+        _run_decoder(model, ids, model.get_encoder()(input_ids=ids).last_hidden_state, cache)
 
     _run_probe(model, "a one-token forward through a recording cache", forward)
     return _reading(cache.self_attention_cache), _reading(cache.cross_attention_cache)
+
+
+def _run_decoder(
+    model: nn.Module, ids: torch.Tensor, encoded: torch.Tensor, cache: EncoderDecoderCache
+) -> None:
+    """An encoder-decoder's decoder over ``ids`` (1, T), reading ``encoded`` — the encoding of ``ids`` —
+    with ``cache``. A decoder that wants masks its model builds (FSMT's) runs within the whole model,
+    which builds them (and encodes ``ids`` again)."""
+    decoder = model.get_decoder()
+    if _required_arguments(decoder) - {"input_ids", "encoder_hidden_states"}:
+        model(input_ids=ids, decoder_input_ids=ids, use_cache=True, **cache_kwargs(model, cache))
+    else:
+        decoder(input_ids=ids, encoder_hidden_states=encoded, use_cache=True, **cache_kwargs(decoder, cache))
 
 
 def _required_arguments(module: nn.Module) -> set[str]:
@@ -390,22 +395,22 @@ def unread_decoder_sites(
     model: nn.Module, decoder: CacheReading, cross: CacheReading
 ) -> dict[Site, list[int]]:
     """An encoder-decoder's decoder layers whose self-attention (``"decoder"``) or cross-attention
-    (``"cross"``) prefix its logits do not read, from one token through the model after a random
-    prefix at both sites, placed by :func:`softprompt.injection.caches.encoder_decoder_prefix_cache` as
-    prefix tuning places them (the encoder runs on its own, as the model runs it: no prefix there).
+    (``"cross"``) prefix its logits do not read, from one token through the encoder and two through
+    the decoder (as training runs it: several at once) after a random prefix at both sites, placed by
+    :func:`softprompt.injection.caches.encoder_decoder_prefix_cache` as prefix tuning places them (the
+    encoder runs on its own, as the model runs it: no prefix there).
     """
     layers = sorted(decoder.keys)
-    ids = _probe_ids(model)
-    mask = torch.ones(1, _PROOF_LENGTH + 1, dtype=torch.long, device=ids.device)
+    ids, decoder_ids = _probe_ids(model), _probe_ids(model, 2)
 
     def forward(states):
         cache = encoder_decoder_prefix_cache(states[: len(layers)], states[len(layers) :], len(layers))
         encoded = model.get_encoder()(input_ids=ids)
         outputs = model(
             encoder_outputs=encoded,
-            attention_mask=mask,
-            decoder_input_ids=ids,
-            decoder_attention_mask=mask,
+            attention_mask=torch.ones(1, _PROOF_LENGTH + 1, dtype=torch.long, device=ids.device),
+            decoder_input_ids=decoder_ids,
+            decoder_attention_mask=torch.ones(1, _PROOF_LENGTH + 2, dtype=torch.long, device=ids.device),
             use_cache=False,
             **cache_kwargs(model, cache),
         )
@@ -413,7 +418,7 @@ def unread_decoder_sites(
 
     shapes = [(decoder.keys[i], decoder.values[i]) for i in layers]
     shapes += [(cross.keys[i], cross.values[i]) for i in layers]
-    unread = _unread_in_probe(model, "a one-token forward after a random decoder prefix", forward, shapes)
+    unread = _unread_in_probe(model, "a forward after a random decoder prefix", forward, shapes)
     return {
         "decoder": [layers[i] for i in unread if i < len(layers)],
         "cross": [layers[i - len(layers)] for i in unread if i >= len(layers)],
@@ -488,8 +493,7 @@ def _decoder_states(model: nn.Module, shape: ModelShape, ids: torch.Tensor, enco
     """An encoder-decoder's decoder self- and cross-attention keys/values per layer, reading ``ids``."""
     layers = range(len(shape.decoder_layers))
     cache = EncoderDecoderCache(RecordingCache(), RecordingCache())
-    decoder = model.get_decoder()
-    decoder(input_ids=ids, encoder_hidden_states=encoded, use_cache=True, **cache_kwargs(decoder, cache))
+    _run_decoder(model, ids, encoded, cache)
     return {
         "decoder": recorded_states(cache.self_attention_cache, layers),
         "cross": recorded_states(cache.cross_attention_cache, layers),
