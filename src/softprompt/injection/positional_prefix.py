@@ -6,15 +6,18 @@ instead: ``P`` placeholder positions enter the encoder's input right after the f
 (the ``[CLS]`` a sequence head reads stays first), and in every layer a forward hook on the attention's
 key and value projections overwrites the projection's output at those positions with the layer's
 prefix keys and values. Every other position then attends to the prefix in every layer (P-tuning v2's
-deep prompts); the model builds its own mask, the placeholders' slots carrying the row's prefix mask,
-and the placeholders' own outputs are dropped
-(:mod:`softprompt.injection.encoder_input`). A prefix layer (H, P, D) is written as (P, H * D) in
-``transformers``' head order (the ``view(B, L, H, D)`` every attention splits its projection by).
+deep prompts); the model builds its own mask, the placeholders' slots carrying the row's prefix mask
+(a shorter prefix's masked slots stand after the row's last token, with its pads), and the
+placeholders' own outputs are dropped (:mod:`softprompt.injection.encoder_input`). A prefix layer
+(H, P, D) is written as (P, H * D) in ``transformers``' head order (the ``view(B, L, H, D)`` every
+attention splits its projection by), at per-row positions.
 
 Hooks are registered for one forward (:meth:`PositionalPrefix.entered`) and removed after it: a model
 used without a prefix runs as it did, bit for bit. Where a model mixes positions outside attention
-(ConvBERT's span convolution, Nystromformer's landmarks, YOSO's hashing, MRA's blocks) the prefix is
-that model's own computation over ``P`` extra positions whose keys and values are the prefix's.
+(ConvBERT's span convolution, Nystromformer's landmarks, YOSO's hashing) the prefix is that model's
+own computation over ``P`` extra positions whose keys and values are the prefix's. Where the
+projections do not reach the output (MRA on a CPU: without its CUDA kernel its attention gives
+zeros) the probe finds it and prefix tuning is refused with the reason.
 
 :func:`find_positional_prefix` finds the projections by ``transformers``' naming conventions and
 reads their output layout from a probe of known batch and length;
