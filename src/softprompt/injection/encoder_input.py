@@ -82,9 +82,7 @@ class EncoderBatch:
 
     def tokens(self, states: torch.Tensor) -> torch.Tensor:
         """Encoder outputs (B, L, ...) -> the caller's tokens (B, T, ...), in the caller's layout."""
-        index = self.token_index.to(states.device)
-        index = index.view(*index.shape, *([1] * (states.dim() - 2))).expand(-1, -1, *states.shape[2:])
-        return states.gather(1, index)
+        return _gather_positions(states, self.token_index.to(states.device))
 
     def token_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
         """A per-token 0/1 mask (B, T) of the caller's (Longformer's ``global_attention_mask``) -> (B, L),
@@ -108,6 +106,41 @@ class EncoderBatch:
         """Token labels (B, T) in the caller's layout -> (B, L), ignored at virtual tokens, placeholders."""
         ignored = torch.full_like(self.kwargs["attention_mask"], IGNORE_INDEX, dtype=labels.dtype)
         return ignored.to(labels.device).scatter(1, self.token_index.to(labels.device), labels)
+
+
+def _gather_positions(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (B, L, ...) at sequence positions ``index`` (B, N): (B, N, ...)."""
+    index = index.view(*index.shape, *([1] * (tensor.dim() - 2))).expand(-1, -1, *tensor.shape[2:])
+    return tensor.gather(1, index)
+
+
+def _with_placeholders(
+    columns: dict[str, torch.Tensor], slots: torch.Tensor, virtual: int, offset: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The per-position ``columns`` (B, V + T, ...) — embeddings, mask, token types, position ids — with
+    a prefix's placeholders inserted after the first position the encoder sees; ``slots`` (B, P): the
+    prefix's mask. Returns the columns (B, V + P + T, ...), where each prefix slot stands (B, P) and
+    where each aligned token stands (B, T).
+
+    A shorter prefix's masked slots move after the row's last token, with its pads: its real positions
+    then stand as they would alone (relative positions and convolutions see no gap).
+    """
+    start, count = virtual + 1, slots.shape[1]
+    embeds = columns["inputs_embeds"]
+    blocks = {
+        "inputs_embeds": embeds.new_zeros(embeds.shape[0], count, embeds.shape[-1]),
+        "attention_mask": slots,
+        "token_type_ids": torch.zeros_like(slots),
+        "position_ids": _positions(slots, 0, offset),
+    }
+    columns = {name: with_placeholders(tensor, blocks[name], start) for name, tensor in columns.items()}
+    mask = columns["attention_mask"]
+    last = (mask == 0) & (torch.arange(mask.shape[1], device=mask.device) >= virtual)
+    sequence = torch.argsort(last.long(), dim=-1, stable=True)  # (B, L): the column each position takes
+    where = torch.argsort(sequence, dim=-1)  # (B, L): the position each column goes to
+    columns = {name: _gather_positions(tensor, sequence) for name, tensor in columns.items()}
+    tokens = torch.cat([where[:, virtual:start], where[:, start + count :]], dim=-1)
+    return columns, where[:, start : start + count], tokens
 
 
 def _positions(mask: torch.Tensor, first: torch.Tensor | int, offset: int) -> torch.Tensor:
@@ -175,26 +208,20 @@ def arrange(
     token_index = virtual + torch.arange(length, device=device).expand(batch, -1)
     prefix_index = None
     if positional is not None:
-        start, slots = virtual + 1, positional.mask.long()
-        inputs_embeds = with_placeholders(
-            inputs_embeds, inputs_embeds.new_zeros(batch, slots.shape[1], inputs_embeds.shape[-1]), start
+        columns = dict(
+            inputs_embeds=inputs_embeds,
+            attention_mask=mask,
+            token_type_ids=token_type_ids,
+            position_ids=positions,
         )
-        if token_type_ids is not None:
-            token_type_ids = with_placeholders(token_type_ids, torch.zeros_like(slots), start)
-        if positions is not None:
-            positions = with_placeholders(positions, _positions(slots, 0, shape.position_offset), start)
-        mask = with_placeholders(mask, slots, start)
-        # A shorter prefix's masked slots move after the row's last token, with its pads: its real
-        # positions then stand as they would alone (relative positions, convolutions see no gap).
-        last = (mask == 0) & (torch.arange(mask.shape[1], device=device) >= virtual)
-        sequence = torch.argsort(last.long(), dim=-1, stable=True)  # (B, L): block layout column per slot
-        inputs_embeds = inputs_embeds.gather(1, sequence[..., None].expand(-1, -1, inputs_embeds.shape[-1]))
-        mask, token_type_ids, positions = (
-            None if t is None else t.gather(1, sequence) for t in (mask, token_type_ids, positions)
+        columns, prefix_index, token_index = _with_placeholders(
+            {name: t for name, t in columns.items() if t is not None},
+            positional.mask.long(),
+            virtual,
+            shape.position_offset,
         )
-        where = torch.argsort(sequence, dim=-1)  # (B, L): each block layout column's slot
-        prefix_index = where[:, start : start + slots.shape[1]]
-        token_index = torch.cat([where[:, virtual:start], where[:, start + slots.shape[1] :]], dim=-1)
+        inputs_embeds, mask = columns["inputs_embeds"], columns["attention_mask"]
+        token_type_ids, positions = columns.get("token_type_ids"), columns.get("position_ids")
     if token_type_ids is not None:
         kwargs["token_type_ids"] = token_type_ids
     if positions is not None:
