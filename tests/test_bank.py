@@ -190,5 +190,17 @@ def test_bart_refuses_to_mix_prompts_that_would_shift_positions():
 def test_a_bank_refuses_encoder_classifiers():
     from tiny import tiny_encoder
 
-    with pytest.raises(softprompt.UnsupportedModelError, match="serves causal and seq2seq models"):
+    with pytest.raises(softprompt.UnsupportedModelError, match="serves causal and seq2seq language models"):
         TaskBank(tiny_encoder("bert"))
+
+
+def test_a_bank_refuses_decoder_classifiers_whose_rows_would_share_one_head():
+    from tiny import tiny_model
+
+    message = (
+        "a task bank serves causal and seq2seq language models; this llama model is a sequence-classification "
+        "model (classifiers carry a task head each: serve them one model per task)"
+    )
+    with pytest.raises(softprompt.UnsupportedModelError) as refused:
+        TaskBank(tiny_model("llama", "sequence-classification"))
+    assert str(refused.value) == message

@@ -29,6 +29,7 @@ from torch import nn
 
 from softprompt.api import load
 from softprompt.families import UnsupportedModelError, model_shape
+from softprompt.hub import HEADS_WITH_LABELS
 from softprompt.injection import CompiledPrompt, RowPrompts
 from softprompt.kinds import KINDS
 from softprompt.methods import SoftPrompt
@@ -56,10 +57,11 @@ class TaskBank(nn.Module):
         super().__init__()
         shape = model_shape(base_model)
         kind = KINDS[shape.kind]
-        if not kind.serves_bank:
+        if not kind.serves_bank or shape.head in HEADS_WITH_LABELS:
             served = " and ".join(name for name, entry in KINDS.items() if entry.serves_bank)
+            what = shape.head if kind.serves_bank else f"{shape.kind} ({kind.label})"
             raise UnsupportedModelError(
-                f"a task bank serves {served} models; {shape.family} is a {shape.kind} model "
+                f"a task bank serves {served} language models; this {shape.family} model is a {what} model "
                 "(classifiers carry a task head each: serve them one model per task)"
             )
         self.runner: PromptedModel = kind.model_class(base_model, None, shape)
