@@ -119,9 +119,10 @@ def inline(model_type: str, head: str = "sequence-classification"):
     torch.manual_seed(0)
     config = T.LongformerConfig(
         vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-        attention_window=4, max_position_embeddings=128, pad_token_id=1,
+        attention_window=4, max_position_embeddings=128, pad_token_id=1, num_labels=3,
     )  # fmt: skip
-    return T.LongformerForSequenceClassification(config).eval()
+    classes = {"sequence-classification": T.LongformerForSequenceClassification}
+    return classes.get(head, T.LongformerForTokenClassification)(config).eval()
 
 
 @pytest.mark.parametrize("model_type", sorted(INLINE))
@@ -172,10 +173,17 @@ def test_token_outputs_and_labels_cover_the_callers_tokens_only():
 
 
 def test_longformer_placeholders_are_global_so_every_token_reads_them():
-    model = softprompt.wrap(inline("longformer"), DEEP_PROMPT)
+    model = softprompt.wrap(inline("longformer", "token-classification"), DEEP_PROMPT)
     batch = model._batch(random_ids(1, 4), None, None, None, None)
     # [CLS] first (the model's own global default), then the 3 placeholders, then the tokens
     assert batch.token_mask(None).tolist() == [[1, 1, 1, 1, 0, 0, 0]]
+    # 2 layers of a window of 4 see 4 positions each way: the last of 16 tokens reads the prefix only
+    # because its placeholders are global.
+    ids = random_ids(1, 16)
+    with torch.no_grad():
+        first = moved(model, seed=1)(input_ids=ids).logits[0, -1]
+        second = moved(model, seed=2)(input_ids=ids).logits[0, -1]
+    assert not torch.allclose(first, second, atol=1e-4)
 
 
 # -------------------------------------------------------------------------------------------- refusal
