@@ -14,7 +14,7 @@ import dataclasses
 import pytest
 import torch
 import transformers as T
-from tiny import padded_batch, random_ids, tiny_encoder, tiny_model
+from tiny import ENCODER_CONFIGS, padded_batch, random_ids, tiny_encoder, tiny_model
 
 import softprompt
 from softprompt.families import model_shape
@@ -190,9 +190,9 @@ def test_longformer_placeholders_are_global_so_every_token_reads_them():
 def test_a_fused_query_key_value_projection_is_refused_naming_it():
     with pytest.raises(
         softprompt.UnsupportedModelError,
-        match=r"deberta encoders cannot take a key/value prefix: its attention calls no replaceable attention "
-        r"function .*one fused projection \(encoder\.layer\.0\.attention\.self\.in_proj\), which softprompt does "
-        r"not split .*Prompt tuning and P-tuning are",
+        match=r"deberta encoders cannot take a key/value prefix: its attention calls no replaceable "
+        r"attention function .*one fused projection \(encoder\.layer\.0\.attention\.self\.in_proj\), "
+        r"which softprompt does not split .*Prompt tuning and P-tuning are",
     ):
         softprompt.wrap(tiny_model("deberta", "sequence-classification"), DEEP_PROMPT)
 
@@ -214,3 +214,23 @@ def test_rows_with_shorter_prefixes_or_none_give_what_they_give_alone(model_type
         bare = model.base_model(input_ids=rows[2][None]).logits
     torch.testing.assert_close(batched[1, : len(rows[1])], alone[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(batched[2, : len(rows[2])], bare[0], atol=1e-5, rtol=1e-5)
+
+
+def test_a_key_projection_shared_with_relative_positions_writes_the_sequence_only():
+    # DeBERTa-v3 projects its relative position embeddings with the same key projection (share_att_key):
+    # those stay as they are, so a fully masked prefix is the bare model and rows do not depend on the batch.
+    torch.manual_seed(0)
+    config = ENCODER_CONFIGS["deberta-v2"]()
+    config.share_att_key, config.position_buckets, config.num_labels = True, 4, 3
+    base = T.DebertaV2ForTokenClassification(config).eval()
+    model = moved(softprompt.wrap(base, DEEP_PROMPT))
+    ids = random_ids(1, 6)
+    masked = model.own_prompts(1, ids.device)
+    masked.sites["encoder"].mask = torch.zeros_like(masked.sites["encoder"].mask)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(input_ids=ids, row_prompts=masked).logits, base(input_ids=ids).logits
+        )
+        one, three = model(input_ids=ids).logits, model(input_ids=ids.expand(3, -1)).logits
+    torch.testing.assert_close(three, one.expand(3, -1, -1))
+    assert not torch.allclose(one, base(input_ids=ids).logits, atol=1e-4)

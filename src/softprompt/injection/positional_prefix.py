@@ -66,12 +66,14 @@ _PROBE_BATCH, _PROBE_LENGTH = 3, 5
 class ProjectionLayer:
     """One encoder layer's key and value projections and the layout of their outputs.
 
-    ``keys`` / ``values``: the projection modules (Longformer: the local one and the global one);
-    ``layout``: the order of the output's dimensions, ``"b"`` batch, ``"l"`` sequence, ``"c"``
-    channels (H * D): ``"blc"`` mostly, ``"lbc"`` sequence-first (Longformer, FSMT), ``"bcl"`` for
-    SqueezeBERT's convolutions; ``heads``: H; ``key_width`` / ``value_width``: H * D of each.
+    ``attention``: the module holding them (each of its calls is one layer's attention); ``keys`` /
+    ``values``: the projection modules (Longformer: the local one and the global one); ``layout``:
+    the order of the output's dimensions, ``"b"`` batch, ``"l"`` sequence, ``"c"`` channels (H * D):
+    ``"blc"`` mostly, ``"lbc"`` sequence-first (Longformer, FSMT), ``"bcl"`` for SqueezeBERT's
+    convolutions; ``heads``: H; ``key_width`` / ``value_width``: H * D of each.
     """
 
+    attention: nn.Module
     keys: tuple[nn.Module, ...]
     values: tuple[nn.Module, ...]
     layout: str
@@ -102,13 +104,19 @@ class PositionalPrefix:
         """Within the block, layer ``l``'s projections write ``states[l]`` — (keys, values), each
         (B, H, P, D) — at each row's sequence positions ``index`` (B, P).
 
-        Gradient checkpointing is held off meanwhile: its replay in backward would run outside the
-        block, without the prefix, and differentiate other keys than the forward used.
+        A projection writes in its first call of each call of its attention module: that one projects
+        the sequence (DeBERTa's shared key projection projects the relative position embeddings next,
+        which stay as they are). Gradient checkpointing is held off meanwhile: its replay in backward
+        would run outside the block, without the prefix, and differentiate other keys than the forward used.
         """
+        armed: set[nn.Module] = set()  # projections whose next call projects the sequence
         with ExitStack() as stack:
             for layer, (keys, values) in zip(self.layers, states, strict=True):
+                projections = (*layer.keys, *layer.values)
+                arm = _arm(armed, projections)
+                stack.callback(layer.attention.register_forward_pre_hook(arm).remove)
                 for modules, prefix in ((layer.keys, keys), (layer.values, values)):
-                    hook = _overwrite(prefix, index, layer.layout)
+                    hook = _overwrite(prefix, index, layer.layout, armed)
                     for module in modules:
                         stack.callback(module.register_forward_hook(hook).remove)
             for module in self.stack.modules():
@@ -155,14 +163,27 @@ def _heads(projected: torch.Tensor, layer: ProjectionLayer) -> torch.Tensor:
     return batch_first.reshape(batch, length, layer.heads, channels // layer.heads).transpose(1, 2)
 
 
-def _overwrite(prefix: torch.Tensor, index: torch.Tensor, layout: str):
-    """A forward hook writing ``prefix`` (B, H, P, D) over its module's output at positions ``index`` (B, P)."""
+def _arm(armed: set[nn.Module], projections: tuple[nn.Module, ...]):
+    """A forward pre-hook for an attention module: its ``projections``' next calls write the prefix."""
+
+    def hook(module, args):
+        armed.update(projections)
+
+    return hook
+
+
+def _overwrite(prefix: torch.Tensor, index: torch.Tensor, layout: str, armed: set[nn.Module]):
+    """A forward hook writing ``prefix`` (B, H, P, D) over its module's output at positions ``index``
+    (B, P), in the module's first call since ``armed`` took it."""
     batch, heads, length, dim = prefix.shape
     order = ["blc".index(d) for d in layout]  # (B, P, C) -> the output's layout
     placed = prefix.transpose(1, 2).reshape(batch, length, heads * dim).permute(*order)  # heads outer
     where = index.to(prefix.device)[..., None].expand(-1, -1, heads * dim).permute(*order)
 
     def hook(module, args, output):
+        if module not in armed:
+            return None
+        armed.discard(module)
         projected = _tensor(output)
         written = projected.scatter(layout.index("l"), where, placed.to(projected.dtype))
         return (written, *output[1:]) if isinstance(output, tuple) else written
@@ -176,17 +197,18 @@ _FOUND: weakref.WeakKeyDictionary[nn.Module, PositionalPrefix] = weakref.WeakKey
 
 def _projection_pairs(
     stack: nn.Module,
-) -> tuple[list[tuple[tuple[nn.Module, ...], tuple[nn.Module, ...]]], list[str]]:
-    """Sibling key/value projections under ``stack`` (with Longformer's global ones), and the names
-    of fused query-key-value projections in modules that have no separate ones."""
-    pairs, fused = [], []
+) -> tuple[list[tuple[nn.Module, tuple[nn.Module, ...], tuple[nn.Module, ...]]], list[str]]:
+    """Sibling key/value projections under ``stack`` — (their module, keys, values), with Longformer's
+    global ones — and the names of fused query-key-value projections in modules without separate ones."""
+    pairs: list[tuple[nn.Module, tuple[nn.Module, ...], tuple[nn.Module, ...]]] = []
+    fused: list[str] = []
     for name, module in stack.named_modules():
         children = dict(module.named_children())
         found = next(((k, v) for k, v in KEY_VALUE_NAMES if k in children and v in children), None)
         if found is None:
             fused += [f"{name}.{child}" for child in FUSED_NAMES if child in children]
             continue
-        pairs.append(tuple((children[n], *_global(children, n)) for n in found))
+        pairs.append((module, *((children[n], *_global(children, n)) for n in found)))
     return pairs, fused
 
 
@@ -246,21 +268,21 @@ def find_positional_prefix(model: nn.Module, stack: nn.Module) -> PositionalPref
         calls.setdefault(module, _tensor(output).shape)
 
     with ExitStack() as hooks:
-        for keys, values in pairs:
+        for _, keys, values in pairs:
             for module in (keys[0], values[0]):
                 hooks.callback(module.register_forward_hook(record).remove)
         ids = torch.zeros(_PROBE_BATCH, _PROBE_LENGTH, dtype=torch.long, device=_device(stack))
         stack(input_ids=ids)
     order = list(calls)
     called = sorted(
-        (pair for pair in pairs if pair[0][0] in calls and pair[1][0] in calls),
-        key=lambda pair: order.index(pair[0][0]),
+        (pair for pair in pairs if pair[1][0] in calls and pair[2][0] in calls),
+        key=lambda pair: order.index(pair[1][0]),
     )
     if not called:
         raise UnsupportedModelError("a forward called none of its key/value projections")
     heads = _heads_of(stack, model)
     layers = []
-    for keys, values in called:
+    for attention, keys, values in called:
         layout = _layout(keys[0], calls[keys[0]], names[keys[0]])
         if _layout(values[0], calls[values[0]], names[values[0]]) != layout:
             raise UnsupportedModelError(
@@ -271,7 +293,7 @@ def find_positional_prefix(model: nn.Module, stack: nn.Module) -> PositionalPref
             raise UnsupportedModelError(
                 f"its projections {names[keys[0]]} give {widths} channels for {heads} heads"
             )
-        layers.append(ProjectionLayer(keys, values, layout, heads, *widths))
+        layers.append(ProjectionLayer(attention, keys, values, layout, heads, *widths))
     _FOUND[stack] = found = PositionalPrefix(stack, layers)
     return found
 
