@@ -30,9 +30,11 @@ def test_an_objective_a_kind_lacks_is_refused_with_the_reason_and_the_ones_it_ha
     ):
         KINDS["encoder"].objective("generation")
     with pytest.raises(
-        ValueError, match=r"regression task: it needs a head with one output \(encoders have it\)"
+        ValueError,
+        match=r"encoder-decoders cannot train a regression task: it needs a head with one output \(causal LMs "
+        r"and encoders have it\)",
     ):
-        KINDS["causal"].objective("regression")
+        KINDS["seq2seq"].objective("regression")
     with pytest.raises(
         ValueError, match=r"multiple_choice task: it needs a language model's likelihood .*\(causal LMs"
     ):
@@ -42,7 +44,17 @@ def test_an_objective_a_kind_lacks_is_refused_with_the_reason_and_the_ones_it_ha
 @pytest.mark.parametrize(
     "kind, supported",
     [
-        ("causal", {"classification", "multiple_choice", "generation"}),
+        (
+            "causal",
+            {
+                "classification",
+                "multiple_choice",
+                "generation",
+                "multi_label",
+                "regression",
+                "token_classification",
+            },
+        ),
         ("seq2seq", {"classification", "generation"}),
         ("encoder", {"classification", "multi_label", "regression", "token_classification"}),
     ],
@@ -50,9 +62,13 @@ def test_an_objective_a_kind_lacks_is_refused_with_the_reason_and_the_ones_it_ha
 def test_which_task_kinds_each_model_kind_trains_and_with_which_head(kind, supported):
     assert set(KINDS[kind].objective_paths) == supported
     heads = {task: KINDS[kind].head_for(task) for task in supported}
+    new_heads = {"multi_label": "sequence-classification", "regression": "sequence-classification",
+                 "token_classification": "token-classification"}  # fmt: skip
     if kind == "encoder":
-        assert heads == {"classification": "sequence-classification", "multi_label": "sequence-classification",
-                         "regression": "sequence-classification", "token_classification": "token-classification"}  # fmt: skip
+        assert heads == {"classification": "sequence-classification", **new_heads}
+    elif kind == "causal":  # label words score the LM's own head; tasks without them train a new one
+        assert heads == {"classification": "causal-lm", "multiple_choice": "causal-lm", "generation": "causal-lm",
+                         **new_heads}  # fmt: skip
     else:
         assert set(heads.values()) == {KINDS[kind].run_head}
     assert all(task in TASK_NEEDS for task in supported)

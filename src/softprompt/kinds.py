@@ -166,6 +166,15 @@ KINDS: dict[ModelKind, Kind] = {
             "classification": f"{_OBJECTIVES}:ClassificationObjective",
             "multiple_choice": f"{_OBJECTIVES}:MultipleChoiceObjective",
             "generation": f"{_OBJECTIVES}:GenerationObjective",
+            # Tasks without label words train a new head, as on encoders.
+            "multi_label": f"{_OBJECTIVES}:MultiLabelObjective",
+            "regression": f"{_OBJECTIVES}:RegressionObjective",
+            "token_classification": f"{_OBJECTIVES}:TokenClassificationObjective",
+        },
+        task_heads={
+            "multi_label": "sequence-classification",
+            "regression": "sequence-classification",
+            "token_classification": "token-classification",
         },
         serves_bank=True,
         zero_shot=True,

@@ -8,7 +8,6 @@ import random
 import re
 
 import pytest
-import yaml
 from train_helpers import save_tiny_bert, write_jsonl
 from typer.testing import CliRunner
 
@@ -127,31 +126,27 @@ def test_multiple_choice_on_a_causal_lm(tiny_gpt2, tmp_path):
     )
 
 
-@pytest.mark.parametrize(
-    "task, message",
-    [
-        ({"kind": "regression", "template": "{text}", "label_column": "score"},
-         "causal LMs cannot train a regression task: it needs a head with one output (encoders have it)"),
-        ({"kind": "token_classification", "tags": ["O", "B-POS"]},
-         "causal LMs cannot train a token_classification task: it needs a token-classification head"),
-        ({"kind": "multi_label", "template": "{text}", "labels": ["pos", "neg"]},
-         "causal LMs cannot train a multi_label task: it needs a classifier head with one sigmoid output per label"),
-    ],
-)  # fmt: skip
-def test_kinds_a_model_cannot_train_are_refused_with_the_reason(tiny_gpt2, bert, tmp_path, task, message):
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(run_config(tiny_gpt2, task, tmp_path, "no")))
-    result = runner.invoke(app, ["train", str(config)])
-    assert result.exit_code == 2 and message in result.output, result.output
-    mc = {
-        "kind": "multiple_choice",
-        "template": "{text}",
-        "choices_column": "options",
-        "label_column": "answer",
-    }
-    config.write_text(yaml.safe_dump(run_config(bert, mc, tmp_path, "no")))
-    result = runner.invoke(app, ["train", str(config)])
-    assert (
-        result.exit_code == 2
-        and "encoders cannot train a multiple_choice task: it needs a language model's" in result.output
-    )
+HEAD_TASKS = {
+    "multi_label": ({"kind": "multi_label", "template": "{text}", "label_column": "labels",
+                     "labels": ["pos", "neg", "film"]}, {"loss", "micro_f1", "macro_f1", "accuracy"}),
+    "regression": ({"kind": "regression", "template": "{text}", "label_column": "score"},
+                   {"loss", "pearson", "spearman", "mse"}),
+    "token_classification": ({"kind": "token_classification", "tokens_column": "tokens", "tags_column": "tags",
+                              "tags": ["O", "B-POS", "B-NEG"]}, {"loss", "entity_f1", "token_accuracy"}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(HEAD_TASKS))
+def test_a_decoder_trains_a_new_head_for_tasks_without_label_words(tiny_gpt2, tmp_path, kind):
+    # A causal LM loads its sequence- or token-classification head for these, pooled and trained by
+    # softprompt (models/heads.py); no zero-shot: the head is new.
+    task, metrics = HEAD_TASKS[kind]
+    summary = train(load_config(None, base=run_config(tiny_gpt2, task, tmp_path, kind)))
+    assert summary.zero_shot is None and set(summary.dev) == metrics
+    _, tensors = read_adapter(tmp_path / kind / "softprompt.safetensors")
+    outputs = 1 if kind == "regression" else 3
+    assert [t.shape[0] for n, t in tensors.items() if n.startswith("head.") and n.endswith("weight")] == [
+        outputs
+    ]
+    scores, lines = eval_and_predict(tmp_path / kind, "a great film")
+    assert lines and lines[0][-1] == "a great film"

@@ -206,7 +206,7 @@ class ClassificationSection(TextTaskSection):
 
 class MultiLabelSection(Section):
     kind: Literal["multi_label"]
-    """Any number of labels per row, one sigmoid output per label of a new classifier head (encoders)."""
+    """Any number of labels per row, one sigmoid output per label of a new classifier head (encoders, causal LMs)."""
 
     template: str
     """Turns a row into the text the encoder reads, e.g. "{text}"."""
@@ -231,7 +231,7 @@ class MultiLabelSection(Section):
 
 class RegressionSection(Section):
     kind: Literal["regression"]
-    """A number per row, the single output of a new head (encoders), trained on the squared error."""
+    """A number per row, the single output of a new head (encoders, causal LMs), trained on the squared error."""
 
     template: str
     """Turns a row into the text the encoder reads, e.g. "{sentence1} | {sentence2}"."""
@@ -254,7 +254,7 @@ class RegressionSection(Section):
 class TokenClassificationSection(Section):
     kind: Literal["token_classification"]
     """A tag per word (named entities, parts of speech) from a new token-classification head
-    (encoders), scored on each word's first token."""
+    (encoders, causal LMs), scored on each word's first token."""
 
     tokens_column: str = "tokens"
     """The column of each row's words (a list), as CoNLL-style data sets hold them."""

@@ -49,6 +49,7 @@ from softprompt import sharding, sharing
 from softprompt.data import StreamedExamples
 from softprompt.files import ADAPTER_FILENAME, atomic_write
 from softprompt.files import peft as peft_files
+from softprompt.hub import HEADS_WITH_LABELS
 from softprompt.kinds import KINDS
 from softprompt.sharing import CARD_NAME, Scores
 from softprompt.train.build import (
@@ -232,7 +233,9 @@ def train(
     # generate need only the file and the base model: see softprompt.train.config.parse_task.
     model.task = config.task.model_dump(mode="json")
     # An encoder's classifier head is new: the bare model has no zero-shot answer to score.
-    zero_shot = config.eval.zero_shot and KINDS[model.shape.kind].zero_shot
+    zero_shot = (
+        config.eval.zero_shot and KINDS[model.shape.kind].zero_shot and model.shape.head not in HEADS_WITH_LABELS
+    )
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     objective = make_objective(model, task, tokenizer).to(accelerator.device)
