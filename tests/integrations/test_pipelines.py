@@ -60,3 +60,18 @@ def test_token_classification_tags_are_the_models(tokenizer):
     torch.testing.assert_close(
         torch.tensor([e["score"] for e in entities]), logits.softmax(-1).max(-1).values, rtol=1e-5, atol=0
     )
+
+
+def test_a_decoder_classifier_scores_a_padded_batch_as_each_text_alone(tokenizer):
+    from tiny import tiny_model
+
+    base = tiny_model("llama", "sequence-classification")
+    base.config.id2label = {i: f"L{i}" for i in range(base.config.num_labels)}
+    base.config.label2id = {label: i for i, label in base.config.id2label.items()}
+    model = softprompt.wrap(base, PROMPT).eval()
+    classifier = pipeline("text-classification", model=model, tokenizer=tokenizer, top_k=None)
+    texts = [*TEXTS, "hello"]  # three lengths: the pipeline pads the batch
+    alone = [{item["label"]: item["score"] for item in classifier([text])[0]} for text in texts]
+    batched = classifier(texts, batch_size=3)
+    for results, expected in zip(batched, alone, strict=True):
+        assert {item["label"]: item["score"] for item in results} == pytest.approx(expected, rel=1e-5)
