@@ -66,13 +66,14 @@ _PROBE_BATCH, _PROBE_LENGTH = 3, 5
 class ProjectionLayer:
     """One encoder layer's key and value projections and the layout of their outputs.
 
-    ``attention``: the module holding them (each of its calls is one layer's attention); ``keys`` /
+    ``name`` / ``attention``: the module holding them (each of its calls is one layer's attention); ``keys`` /
     ``values``: the projection modules (Longformer: the local one and the global one); ``layout``:
     the order of the output's dimensions, ``"b"`` batch, ``"l"`` sequence, ``"c"`` channels (H * D):
     ``"blc"`` mostly, ``"lbc"`` sequence-first (Longformer, FSMT), ``"bcl"`` for SqueezeBERT's
     convolutions; ``heads``: H; ``key_width`` / ``value_width``: H * D of each.
     """
 
+    name: str
     attention: nn.Module
     keys: tuple[nn.Module, ...]
     values: tuple[nn.Module, ...]
@@ -104,19 +105,17 @@ class PositionalPrefix:
         """Within the block, layer ``l``'s projections write ``states[l]`` — (keys, values), each
         (B, H, P, D) — at each row's sequence positions ``index`` (B, P).
 
-        A projection writes in its first call of each call of its attention module: that one projects
-        the sequence (DeBERTa's shared key projection projects the relative position embeddings next,
-        which stay as they are). Gradient checkpointing is held off meanwhile: its replay in backward
+        A projection writes where it projects the tensor its attention module was called with (see
+        :class:`_AttentionInputs`). Gradient checkpointing is held off meanwhile: its replay in backward
         would run outside the block, without the prefix, and differentiate other keys than the forward used.
         """
-        armed: set[nn.Module] = set()  # projections whose next call projects the sequence
+        inputs = _AttentionInputs()
         with ExitStack() as stack:
             for layer, (keys, values) in zip(self.layers, states, strict=True):
-                projections = (*layer.keys, *layer.values)
-                arm = _arm(armed, projections)
-                stack.callback(layer.attention.register_forward_pre_hook(arm).remove)
+                for handle in inputs.watch(layer.name, layer.attention, layer.keys, layer.values):
+                    stack.callback(handle.remove)
                 for modules, prefix in ((layer.keys, keys), (layer.values, values)):
-                    hook = _overwrite(prefix, index, layer.layout, armed)
+                    hook = _overwrite(prefix, index, layer.layout, inputs)
                     for module in modules:
                         stack.callback(module.register_forward_hook(hook).remove)
             for module in self.stack.modules():
@@ -130,16 +129,20 @@ class PositionalPrefix:
         """Within the block, the stack's keys and values per layer, each (B, H, L, D), are collected
         (first call of each layer) into the list it yields, filled when the block ends."""
         found: dict[tuple[int, str], torch.Tensor] = {}
+        inputs = _AttentionInputs()
 
         def record(index: int, kind: str, layer: ProjectionLayer):
             def hook(module, args, output):
-                found.setdefault((index, kind), _heads(_tensor(output), layer))
+                if inputs.projects_sequence(module, args):
+                    found.setdefault((index, kind), _heads(_tensor(output), layer))
 
             return hook
 
         states: list[tuple[torch.Tensor, torch.Tensor]] = []
         with ExitStack() as stack:
             for index, layer in enumerate(self.layers):
+                for handle in inputs.watch(layer.name, layer.attention, layer.keys, layer.values):
+                    stack.callback(handle.remove)
                 for kind, module in (("keys", layer.keys[0]), ("values", layer.values[0])):
                     stack.callback(module.register_forward_hook(record(index, kind, layer)).remove)
             yield states
@@ -163,27 +166,67 @@ def _heads(projected: torch.Tensor, layer: ProjectionLayer) -> torch.Tensor:
     return batch_first.reshape(batch, length, layer.heads, channels // layer.heads).transpose(1, 2)
 
 
-def _arm(armed: set[nn.Module], projections: tuple[nn.Module, ...]):
-    """A forward pre-hook for an attention module: its ``projections``' next calls write the prefix."""
-
-    def hook(module, args):
-        armed.update(projections)
-
-    return hook
+def _storage(tensor) -> int | None:
+    return tensor.untyped_storage().data_ptr() if torch.is_tensor(tensor) else None
 
 
-def _overwrite(prefix: torch.Tensor, index: torch.Tensor, layout: str, armed: set[nn.Module]):
+class _AttentionInputs:
+    """Which calls of a layer's projections project the sequence: those on the tensor its attention
+    module runs on (its first tensor argument, or a view of it: Longformer's transpose). Other calls
+    (DeBERTa-v3's key projection of the relative position embeddings, Pegasus-X's of its global tokens)
+    are not the sequence's. An attention call whose projections never project its input (LUKE's, given
+    entities: it projects words and entities concatenated) is an error, never a prefix silently lost.
+    """
+
+    def __init__(self) -> None:
+        self.running: dict[nn.Module, int | None] = {}  # projection -> its attention's input storage
+        self.seen: set[nn.Module] = set()  # projections that projected it in this attention call
+
+    def watch(
+        self, name: str, attention: nn.Module, keys: tuple[nn.Module, ...], values: tuple[nn.Module, ...]
+    ) -> list[torch.utils.hooks.RemovableHandle]:
+        """Hooks on ``attention`` (named ``name``) marking its calls; remove them after the forward."""
+        projections = (*keys, *values)
+
+        def enter(module, args, kwargs):
+            tensor = next((a for a in (*args, *kwargs.values()) if torch.is_tensor(a)), None)
+            self.running |= dict.fromkeys(projections, _storage(tensor))
+            self.seen.difference_update(projections)
+
+        def leave(module, args, kwargs, output):
+            missing = [p for p in (keys[0], values[0]) if p not in self.seen]
+            for projection in projections:
+                self.running.pop(projection, None)
+            if missing:
+                raise UnsupportedModelError(
+                    f"the key/value projections of {name} did not project the tensor it was called "
+                    "with (its sequence), so a prefix has no place in their output"
+                )
+
+        return [
+            attention.register_forward_pre_hook(enter, with_kwargs=True),
+            attention.register_forward_hook(leave, with_kwargs=True),
+        ]
+
+    def projects_sequence(self, module: nn.Module, args: tuple) -> bool:
+        """Whether this call of projection ``module`` (with ``args``) projects its attention's sequence."""
+        sequence = module in self.running and bool(args) and _storage(args[0]) == self.running[module]
+        if sequence:
+            self.seen.add(module)
+        return sequence
+
+
+def _overwrite(prefix: torch.Tensor, index: torch.Tensor, layout: str, inputs: _AttentionInputs):
     """A forward hook writing ``prefix`` (B, H, P, D) over its module's output at positions ``index``
-    (B, P), in the module's first call since ``armed`` took it."""
+    (B, P) where the module projects its attention's sequence."""
     batch, heads, length, dim = prefix.shape
     order = ["blc".index(d) for d in layout]  # (B, P, C) -> the output's layout
     placed = prefix.transpose(1, 2).reshape(batch, length, heads * dim).permute(*order)  # heads outer
     where = index.to(prefix.device)[..., None].expand(-1, -1, heads * dim).permute(*order)
 
     def hook(module, args, output):
-        if module not in armed:
+        if not inputs.projects_sequence(module, args):
             return None
-        armed.discard(module)
         projected = _tensor(output)
         written = projected.scatter(layout.index("l"), where, placed.to(projected.dtype))
         return (written, *output[1:]) if isinstance(output, tuple) else written
@@ -263,12 +306,16 @@ def find_positional_prefix(model: nn.Module, stack: nn.Module) -> PositionalPref
         )
     names = {module: name for name, module in stack.named_modules()}
     calls: dict[nn.Module, torch.Size] = {}
+    inputs = _AttentionInputs()
 
     def record(module, args, output):
-        calls.setdefault(module, _tensor(output).shape)
+        if inputs.projects_sequence(module, args):
+            calls.setdefault(module, _tensor(output).shape)
 
     with ExitStack() as hooks:
-        for _, keys, values in pairs:
+        for attention, keys, values in pairs:
+            for handle in inputs.watch(names[attention], attention, keys, values):
+                hooks.callback(handle.remove)
             for module in (keys[0], values[0]):
                 hooks.callback(module.register_forward_hook(record).remove)
         ids = torch.zeros(_PROBE_BATCH, _PROBE_LENGTH, dtype=torch.long, device=_device(stack))
@@ -293,7 +340,7 @@ def find_positional_prefix(model: nn.Module, stack: nn.Module) -> PositionalPref
             raise UnsupportedModelError(
                 f"its projections {names[keys[0]]} give {widths} channels for {heads} heads"
             )
-        layers.append(ProjectionLayer(attention, keys, values, layout, heads, *widths))
+        layers.append(ProjectionLayer(names[attention], attention, keys, values, layout, heads, *widths))
     _FOUND[stack] = found = PositionalPrefix(stack, layers)
     return found
 
