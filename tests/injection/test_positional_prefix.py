@@ -234,3 +234,19 @@ def test_a_key_projection_shared_with_relative_positions_writes_the_sequence_onl
         one, three = model(input_ids=ids).logits, model(input_ids=ids.expand(3, -1)).logits
     torch.testing.assert_close(three, one.expand(3, -1, -1))
     assert not torch.allclose(one, base(input_ids=ids).logits, atol=1e-4)
+
+
+def test_an_attention_whose_projections_miss_its_sequence_is_an_error_not_a_lost_prefix():
+    # LUKE given entities projects words and entities concatenated: no place for the prefix to go.
+    model = softprompt.wrap(tiny_model("luke", "sequence-classification"), DEEP_PROMPT)
+    entities = dict(
+        entity_ids=torch.tensor([[1, 2]]),
+        entity_attention_mask=torch.ones(1, 2, dtype=torch.long),
+        entity_position_ids=torch.tensor([[[0, -1], [1, -1]]]),
+    )
+    with pytest.raises(
+        softprompt.UnsupportedModelError,
+        match=r"the key/value projections of encoder\.layer\.0\.attention\.self did not project the tensor "
+        r"it was called with .*LUKE's entity inputs",
+    ):
+        model(input_ids=random_ids(1, 5), **entities)

@@ -200,7 +200,8 @@ class _AttentionInputs:
             if missing:
                 raise UnsupportedModelError(
                     f"the key/value projections of {name} did not project the tensor it was called "
-                    "with (its sequence), so a prefix has no place in their output"
+                    "with (its sequence), so a prefix has no place in their output: call it without the "
+                    "inputs that join other states to the sequence (LUKE's entity inputs)"
                 )
 
         return [
