@@ -45,7 +45,6 @@ Examples:
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 import torch
@@ -137,10 +136,6 @@ class EncoderSoftPromptModel(PromptedModel):
             token_type_ids,
         )
 
-    def _entered(self, batch: EncoderBatch) -> AbstractContextManager:
-        """The positional route's prefix written into the encoder's key/value projections for one forward."""
-        return batch.entering(self.base_model, self.base_model.base_model)
-
     # -------------------------------------------------------------------------------------- forward
     def hidden_states(
         self,
@@ -153,7 +148,7 @@ class EncoderSoftPromptModel(PromptedModel):
     ) -> torch.Tensor:
         """Last hidden states of the caller's tokens (not the virtual ones): (B, T, H)."""
         batch = self._batch(input_ids, attention_mask, inputs_embeds, token_type_ids, row_prompts)
-        with self._entered(batch):
+        with batch.entering(self.base_model, self.base_model.base_model):
             outputs = self.base_model.base_model(**batch.kwargs, **kwargs)
         return batch.tokens(outputs.last_hidden_state)
 
@@ -189,7 +184,7 @@ class EncoderSoftPromptModel(PromptedModel):
             kwargs["labels"] = batch.labels(labels) if token_level else labels
         if compat.takes_argument(self.base_model, "global_attention_mask"):
             kwargs["global_attention_mask"] = batch.token_mask(kwargs.get("global_attention_mask"))
-        with self._entered(batch):
+        with batch.entering(self.base_model, self.base_model.base_model):
             outputs = self.base_model(**batch.kwargs, **kwargs)
         if token_level:
             outputs.logits = batch.tokens(outputs.logits)
