@@ -353,17 +353,17 @@ def _decoder_probe(model: nn.Module) -> _Probed:
 
 
 def _encoder_layers(
-    model: nn.Module, stack: nn.Module, config: Any, positions: bool = True
+    model: nn.Module, stack: nn.Module, config: Any
 ) -> tuple[tuple[LayerShape, ...], str, EncoderPrefixRoute]:
     """An encoder stack's self-attention layers, one per distinct attention module, why a prefix
     cannot enter them ("" where it can) and the route it enters by: softprompt's attention function
-    where the attention calls one, else (with ``positions``) the key/value projections at placeholder
-    positions where a probe proves that route."""
+    where the attention calls one, else the key/value projections at placeholder positions where a
+    probe proves that route."""
     from softprompt.injection.capture import read_attention_calls, read_projection_layers
 
     calls, refusal = read_attention_calls(model, stack)
     route: EncoderPrefixRoute = "attention"
-    if refusal and positions:
+    if refusal:
         projected, positional_refusal = read_projection_layers(model, stack)
         if positional_refusal:
             refusal = (
@@ -403,8 +403,7 @@ def _seq2seq_probe(model: nn.Module) -> _Probed:
                 f"{model_type}'s decoder layer {i} has cross-attention keys/values of another shape than "
                 "its self-attention ones; softprompt needs them alike"
             )
-    # (the positional route is the encoder models' alone: Seq2SeqSoftPromptModel enters the attention one)
-    layers, refusal, route = _encoder_layers(model, model.get_encoder(), model.config, positions=False)
+    layers, refusal, route = _encoder_layers(model, model.get_encoder(), model.config)
     return _Probed(
         layers=layers,
         decoder_layers=decoder_layers,

@@ -250,3 +250,39 @@ def test_an_attention_whose_projections_miss_its_sequence_is_an_error_not_a_lost
         r"it was called with .*LUKE's entity inputs",
     ):
         model(input_ids=random_ids(1, 5), **entities)
+
+
+# ----------------------------------------------------------------------------------- encoder-decoders
+SEQ2SEQ_INLINE = ["bigbird_pegasus", "fsmt", "led", "longt5", "mvp"]
+
+
+@pytest.mark.parametrize("model_type", SEQ2SEQ_INLINE)
+def test_encoder_decoders_with_inline_encoder_attention_take_the_encoder_prefix(model_type):
+    base = tiny_model(model_type, "seq2seq-lm")
+    model = moved(softprompt.wrap(base, DEEP_PROMPT))
+    assert model.shape.encoder_prefix_route == "positions"
+    rows = rows_of_three_lengths()
+    decoder_ids = random_ids(3, 4, seed=9)
+    without_encoder_prefix = model.own_prompts(3, decoder_ids.device)
+    without_encoder_prefix.sites["encoder"].mask = torch.zeros_like(
+        without_encoder_prefix.sites["encoder"].mask
+    )
+    with torch.no_grad():
+        batched = {
+            side: model(*padded_batch(rows, side), decoder_input_ids=decoder_ids).logits
+            for side in ("left", "right")
+        }
+        alone = torch.cat(
+            [
+                model(input_ids=row[None], decoder_input_ids=decoder_ids[i : i + 1]).logits
+                for i, row in enumerate(rows)
+            ]
+        )
+        ids, mask = padded_batch(rows, "right")
+        masked = model(ids, mask, decoder_input_ids=decoder_ids, row_prompts=without_encoder_prefix).logits
+        encoded, memory, _ = model.encode(ids, mask)
+    for side in ("left", "right"):
+        torch.testing.assert_close(batched[side], alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(masked, batched["right"], atol=1e-4)  # the encoder prefix matters
+    # cross-attention reads the caller's tokens only: as many as the mask has
+    assert memory.sum(-1).tolist() == mask.sum(-1).tolist()

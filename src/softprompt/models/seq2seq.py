@@ -7,7 +7,10 @@ How each method enters an encoder-decoder:
   sees their encoded states too.
 * **prefix tuning** (Li & Liang's BART setting) — a prefix in every attention of the model, each
   site with its own numbers: encoder self-attention (through
-  :class:`softprompt.injection.attention.AttentionPrefix`), decoder self-attention and decoder
+  :class:`softprompt.injection.attention.AttentionPrefix`, or, where the encoder's attention is
+  computed inline — FSMT, LED, MVP, LongT5, BigBird-Pegasus — through placeholder positions whose
+  key/value projections it overwrites, :mod:`softprompt.injection.positional_prefix`; the decoder's
+  cross-attention does not read the placeholders), decoder self-attention and decoder
   cross-attention (through an ``EncoderDecoderCache``, see
   :func:`softprompt.injection.caches.encoder_decoder_prefix_cache`).
   ``PrefixTuningConfig(prefix_sites="decoder")`` fills the decoder's self-attention only, as
@@ -28,6 +31,7 @@ from torch import nn
 from transformers.modeling_outputs import Seq2SeqLMOutput
 from transformers.utils import ModelOutput
 
+from softprompt import compat
 from softprompt.compat import cache_kwargs
 from softprompt.families import ModelShape, UnsupportedModelError
 from softprompt.injection import IGNORE_INDEX, CompiledPrompt, RowPrompts
@@ -82,14 +86,16 @@ class Seq2SeqSoftPromptModel(PromptedModel):
         The output is the encoder's own (MoE encoders such as Switch Transformers' carry router
         probabilities the decoder's loss reads); its ``last_hidden_state`` (B, P + T, H) includes the
         virtual tokens' states (cross-attention reads them), in the encoder's row order
-        (right-aligned), which cross-attention does not depend on.
+        (right-aligned), which cross-attention does not depend on. An encoder prefix through positions
+        adds its placeholders' states, which the mask hides from cross-attention.
         """
         tokens = input_ids if input_ids is not None else inputs_embeds
         if row_prompts is None:
             row_prompts = self.own_prompts(tokens.shape[0], tokens.device)
-        if "encoder" in row_prompts.sites and self._attention is None:
-            self._attention = prefix_attention_modules(self.base_model, self.base_model.get_encoder())
         encoder = self.base_model.get_encoder()
+        attention_route = self.shape.encoder_prefix_route == "attention"
+        if "encoder" in row_prompts.sites and attention_route and self._attention is None:
+            self._attention = prefix_attention_modules(self.base_model, encoder)
         batch = arrange(
             self.base_model.get_input_embeddings(),
             self.shape,
@@ -99,7 +105,13 @@ class Seq2SeqSoftPromptModel(PromptedModel):
             attention_mask,
             inputs_embeds,
         )
-        return encoder(**batch.kwargs), batch.kwargs["attention_mask"], row_prompts
+        kwargs = {}
+        if batch.prefix is not None and compat.takes_argument(encoder, "global_attention_mask"):
+            # LED: the placeholders global, so tokens beyond their window read the prefix too
+            kwargs["global_attention_mask"] = batch.token_mask(torch.zeros_like(batch.token_index))
+        with batch.entering(self.base_model, encoder):
+            encoded = encoder(**batch.kwargs, **kwargs)
+        return encoded, batch.memory_mask(), row_prompts
 
     @staticmethod
     def _cross_mask(prefix: RowPrompts, encoder_mask: torch.Tensor) -> torch.Tensor:
