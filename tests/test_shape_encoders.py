@@ -1,6 +1,6 @@
 """Encoders and encoder-decoders with no table entry, read by the probe: embedding projections (ELECTRA,
-ALBERT), ALBERT's shared layer, RoBERTa-style positions (XLM-R, MPNet), encoders whose attention takes
-no prefix (MPNet, RoFormer, Megatron-BERT), Pegasus and M2M-100 — each against the model's own numbers."""
+ALBERT), ALBERT's shared layer, RoBERTa-style positions (XLM-R, MPNet), encoders whose attention is inline
+and takes its prefix through positions (MPNet, RoFormer, Megatron-BERT), Pegasus and M2M-100 — each against the model's own numbers."""
 
 import pytest
 import torch
@@ -101,15 +101,10 @@ def test_roberta_style_positions_are_read_from_the_position_table():
 
 
 @pytest.mark.parametrize("model_type", NO_ENCODER_PREFIX)
-def test_encoders_whose_attention_takes_no_prefix_refuse_deep_prompts_with_the_reason(model_type):
+def test_encoders_whose_attention_is_inline_take_deep_prompts_through_positions(model_type):
     base = encoder(model_type)
     implementation = base.config._attn_implementation
-    with pytest.raises(
-        softprompt.UnsupportedModelError,
-        match=f"{model_type} encoders cannot take a key/value prefix: its attention calls no replaceable "
-        "attention function.*Prompt tuning and P-tuning are",
-    ):
-        softprompt.wrap(base, DEEP)
+    assert softprompt.wrap(base, DEEP).shape.encoder_prefix_route == "positions"
     assert base.config._attn_implementation == implementation  # the probe switched nothing for good
 
 

@@ -77,14 +77,16 @@ def test_every_layer_of_a_causal_lm_reads_its_prefix():
     assert unread_decoder_layers(model, shape.layer_indices, read_decoder_cache(model)) == []
 
 
-def test_an_encoder_module_that_drops_its_prefix_refuses_deep_prompts_naming_it():
+def test_an_encoder_module_that_drops_its_prefix_is_named_and_the_prefix_takes_positions():
+    from softprompt.injection.capture import read_attention_calls
+
     base = _bert_with_a_module_dropping_the_prefix(2)
-    with pytest.raises(
-        softprompt.UnsupportedModelError,
-        match=r"bert encoders cannot take a key/value prefix: its attention modules "
-        r"\['encoder.layer.2.attention.self'\] ignore the keys/values handed to them",
-    ):
-        softprompt.wrap(base, DEEP)
+    _, refusal = read_attention_calls(base, base.base_model)
+    assert refusal.startswith(
+        "its attention modules ['encoder.layer.2.attention.self'] ignore the keys/values handed to them"
+    )
+    # The attention route refuses; the prefix then enters through positions, which the proof accepts.
+    assert softprompt.wrap(base, DEEP).shape.encoder_prefix_route == "positions"
     # Prompt tuning enters through the embeddings, which every layer reads: it still runs, and moves the logits.
     model = softprompt.wrap(base, PROMPT).eval()
     ids = random_ids(1, 5)
