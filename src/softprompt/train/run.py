@@ -234,7 +234,9 @@ def train(
     model.task = config.task.model_dump(mode="json")
     # An encoder's classifier head is new: the bare model has no zero-shot answer to score.
     zero_shot = (
-        config.eval.zero_shot and KINDS[model.shape.kind].zero_shot and model.shape.head not in HEADS_WITH_LABELS
+        config.eval.zero_shot
+        and KINDS[model.shape.kind].zero_shot
+        and model.shape.head not in HEADS_WITH_LABELS
     )
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
