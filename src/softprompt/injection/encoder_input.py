@@ -36,7 +36,8 @@ Examples:
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -64,13 +65,23 @@ class EncoderBatch:
     virtual: int
     prefix: BatchPrefix | None = None
     prefix_index: torch.Tensor | None = None
+    # For a model that takes no inputs_embeds (ESM-C): (its embedding module, the embeddings (B, L, E)
+    # it gives in place of the placeholder ids the model is handed).
+    embedded: tuple[nn.Module, torch.Tensor] | None = None
 
-    def entering(self, model: nn.Module, stack: nn.Module) -> AbstractContextManager:
-        """Where the prefix takes positions: a block within which ``model``'s encoder ``stack`` writes it
-        into its key/value projections (:meth:`PositionalPrefix.entered`); else a block that does nothing."""
-        if self.prefix is None:
-            return nullcontext()
-        return positional_prefix(model, stack).entered(self.prefix.layers, self.prefix_index)
+    @contextmanager
+    def entering(self, model: nn.Module, stack: nn.Module) -> Iterator[None]:
+        """The block the encoder runs in: ``model``'s encoder ``stack`` writes a positional prefix into its
+        key/value projections (:meth:`PositionalPrefix.entered`), and a model that takes no
+        ``inputs_embeds`` gets the arranged embeddings from its own embedding module. Nothing otherwise."""
+        with ExitStack() as stack_of_hooks:
+            if self.embedded is not None:
+                embed, embeddings = self.embedded
+                stack_of_hooks.callback(embed.register_forward_hook(_giving(embeddings)).remove)
+            if self.prefix is not None:
+                positions = positional_prefix(model, stack)
+                stack_of_hooks.enter_context(positions.entered(self.prefix.layers, self.prefix_index))
+            yield
 
     def memory_mask(self) -> torch.Tensor:
         """What a decoder's cross-attention may read of the encoder's output (B, L): its attention mask
@@ -106,6 +117,15 @@ class EncoderBatch:
         """Token labels (B, T) in the caller's layout -> (B, L), ignored at virtual tokens, placeholders."""
         ignored = torch.full_like(self.kwargs["attention_mask"], IGNORE_INDEX, dtype=labels.dtype)
         return ignored.to(labels.device).scatter(1, self.token_index.to(labels.device), labels)
+
+
+def _giving(embeddings: torch.Tensor):
+    """A forward hook making an embedding module's output for the placeholder ids (B, L) ``embeddings``."""
+
+    def hook(module, args, output):
+        return embeddings.to(output.dtype) if output.shape[:2] == embeddings.shape[:2] else output
+
+    return hook
 
 
 def _gather_positions(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -159,12 +179,15 @@ def arrange(
     attention_mask: torch.Tensor | None = None,
     inputs_embeds: torch.Tensor | None = None,
     token_type_ids: torch.Tensor | None = None,
+    takes_embeddings: bool = True,
 ) -> EncoderBatch:
     """Arrange a batch and its prompt for an encoder (see the module docstring).
 
     ``embed`` is the model's input embedding; ``modules`` the encoder's attention modules, one per
     layer, which an ``encoder`` prefix enters on the attention route (see
-    :func:`softprompt.injection.capture.attention_modules`); unused on the positional route.
+    :func:`softprompt.injection.capture.attention_modules`); unused on the positional route. A model
+    that takes no ``inputs_embeds`` (``takes_embeddings=False``: ESM-C) is handed placeholder ids, and
+    its embedding module gives the arranged embeddings for them (:meth:`EncoderBatch.entering`).
     """
     tokens = input_ids if input_ids is not None else inputs_embeds
     batch, length = tokens.shape[:2]
@@ -226,9 +249,13 @@ def arrange(
         kwargs["token_type_ids"] = token_type_ids
     if positions is not None:
         kwargs["position_ids"] = positions
-    if inputs_embeds is not None:
+    embedded = None
+    if inputs_embeds is not None and not takes_embeddings:
+        kwargs["input_ids"] = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=device)
+        embedded = (embed, inputs_embeds)
+    elif inputs_embeds is not None:
         # (input_ids named too: FSMT's encoder cannot do without the argument, even as None)
         kwargs |= {"input_ids": None, "inputs_embeds": inputs_embeds}
     kwargs["attention_mask"] = mask
     back = torch.argsort(order, dim=-1)  # each caller token's right-aligned column
-    return EncoderBatch(kwargs, token_index.gather(1, back), virtual, positional, prefix_index)
+    return EncoderBatch(kwargs, token_index.gather(1, back), virtual, positional, prefix_index, embedded)

@@ -5,7 +5,8 @@ How each method enters an encoder (arranged by :mod:`softprompt.injection.encode
 
 * **prompt tuning / P-tuning** — virtual tokens (P, E) are prepended to the input embeddings; they
   run with every batch, since in an encoder they attend to the input. A backbone that takes no
-  ``inputs_embeds`` (ESM-C) cannot take them: it is refused there, naming why. A model that gives
+  ``inputs_embeds`` (ESM-C) is handed placeholder ids, and its own embedding module gives the
+  arranged embeddings for them. A model that gives
   its first position global attention by default (Longformer's classifiers) gives it to the first
   position the encoder sees, the first virtual token (which the sequence head reads).
 * **prefix tuning = deep prompts** (P-tuning v2) — a key/value prefix in every encoder layer,
@@ -117,14 +118,6 @@ class EncoderSoftPromptModel(PromptedModel):
         attention_route = self.shape.encoder_prefix_route == "attention"
         if "encoder" in row_prompts.sites and attention_route and self._attention is None:
             self._attention = prefix_attention_modules(self.base_model, self.base_model.base_model)
-        if row_prompts.tokens is not None and not compat.takes_argument(
-            self.base_model.base_model, "inputs_embeds"
-        ):
-            raise UnsupportedModelError(
-                f"{type(self.base_model.base_model).__name__} takes no inputs_embeds, so virtual tokens cannot "
-                f"enter its input: prompt tuning and P-tuning are not supported on {self.shape.family}; "
-                "prefix tuning is (PrefixTuningConfig)"
-            )
         return arrange(
             self.base_model.get_input_embeddings(),
             self.shape,
@@ -134,6 +127,7 @@ class EncoderSoftPromptModel(PromptedModel):
             attention_mask,
             inputs_embeds,
             token_type_ids,
+            takes_embeddings=compat.takes_argument(self.base_model.base_model, "inputs_embeds"),
         )
 
     # -------------------------------------------------------------------------------------- forward
