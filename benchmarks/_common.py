@@ -31,9 +31,10 @@ from torch import nn
 
 from softprompt import transfer
 from softprompt.data import Encoded, Task, encode_dataset, load_rows
+from softprompt.injection.positions import last_token_index
 from softprompt.train import loop
 from softprompt.train.config import TrainSection
-from softprompt.train.objectives import ClassificationObjective, Objective, last_token_index
+from softprompt.train.objectives import ClassificationObjective, Objective
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # real data sets; a bare clone has none
 

@@ -42,6 +42,7 @@ from softprompt.data import Encoded, collate, make_dataloader
 from softprompt.families import model_shape
 from softprompt.files.validate import read_prompt
 from softprompt.injection import RowPrompts
+from softprompt.injection.positions import last_token_index
 from softprompt.kinds import KINDS
 from softprompt.methods import method_of
 from softprompt.methods.multitask import MultitaskPrompt, read_multitask
@@ -56,7 +57,7 @@ from softprompt.train.build import (
 )
 from softprompt.train.config import RunConfig, TrainSection, load_config
 from softprompt.train.core import step
-from softprompt.train.objectives import Objective, last_token_index
+from softprompt.train.objectives import Objective
 from softprompt.train.optim import make_optimizer, make_scheduler
 
 Similarity = Literal["average", "per_token"]

@@ -58,6 +58,17 @@ def with_prefix_columns(attention_mask: torch.Tensor, prefix_mask: torch.Tensor)
     return torch.cat([columns.to(attention_mask.device), attention_mask], dim=-1)
 
 
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real token, with left or right padding: (B, T) -> (B,).
+
+    Examples:
+        >>> last_token_index(torch.tensor([[0, 1, 1], [1, 1, 0]])).tolist()
+        [2, 1]
+    """
+    trailing_pads = attention_mask.flip(-1).long().argmax(-1)  # first 1 from the right
+    return attention_mask.shape[-1] - 1 - trailing_pads
+
+
 def left_align(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Move each row's pads to its left (generation appends tokens at the right end of every row)."""
     order = torch.argsort(attention_mask.long(), dim=-1, stable=True)  # pads (0) first, tokens keep order

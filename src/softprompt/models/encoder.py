@@ -49,7 +49,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
@@ -60,20 +59,7 @@ from softprompt.injection.capture import prefix_attention_modules
 from softprompt.injection.encoder_input import EncoderBatch, arrange
 from softprompt.methods import SoftPrompt
 from softprompt.models.base import PromptedModel
-from softprompt.models.heads import head_tensors, load_head_tensors
-
-
-def head_modules(base_model: nn.Module) -> dict[str, nn.Module]:
-    """The task head: the model's parameterised modules outside its backbone (``model.base_model``)."""
-    backbone = base_model.base_model
-    if backbone is base_model:
-        return {}
-    return {
-        name: module
-        for name, module in base_model.named_children()
-        if module is not backbone and any(True for _ in module.parameters())
-    }
-
+from softprompt.models.heads import classification_loss, head_modules, trainable
 
 Pooling = Literal["model", "mean"]
 
@@ -103,8 +89,7 @@ class EncoderSoftPromptModel(PromptedModel):
             self.head: dict[str, nn.Module] = {"mean_classifier": self.mean_classifier}
         else:
             self.head = head_modules(base_model) if shape.head != "features" else {}
-        for module in self.head.values():
-            module.requires_grad_(True)
+        trainable(self.head)
         self._attention: list[nn.Module] | None = None
 
     def model_options(self) -> dict[str, Any]:
@@ -210,7 +195,7 @@ class EncoderSoftPromptModel(PromptedModel):
         loss = None
         if labels is not None:
             labels = self._check_labels(labels, tokens)
-            loss = _classification_loss(logits, labels)
+            loss = classification_loss(logits, labels, self.config.problem_type)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
     def export_peft(self, directory):
@@ -238,16 +223,6 @@ class EncoderSoftPromptModel(PromptedModel):
             )
         return labels
 
-    # ---------------------------------------------------------------------------------------- files
-    def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        """The folded prompt plus the task head's weights (``head.<name>``)."""
-        return super().adapter_tensors() | head_tensors(self.head)
-
-    def load_head(self, tensors: dict[str, torch.Tensor], source) -> None:
-        """Set the task head from a file's ``head.*`` tensors; weights a file lacks stay as they are
-        (:func:`~softprompt.models.heads.load_head_tensors`)."""
-        load_head_tensors(self.head, tensors, source, type(self.base_model).__name__)
-
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T, H) -> (B, H): the mean over each row's real tokens (the sentence-transformers embedding)."""
@@ -263,16 +238,6 @@ def _new_linear_head(base_model: nn.Module, width: int) -> nn.Linear:
         head.weight.normal_(0.0, getattr(config, "initializer_range", 0.02))
         head.bias.zero_()
     return head
-
-
-def _classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """As ``transformers`` picks it: one output -> regression (MSE), class ids -> cross-entropy,
-    float targets over several outputs -> multi-label (BCE with logits)."""
-    if logits.shape[-1] == 1:
-        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
-    if not labels.is_floating_point():
-        return F.cross_entropy(logits, labels)
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
 __all__ = ["EncoderSoftPromptModel", "mean_pool"]

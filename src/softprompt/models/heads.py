@@ -36,6 +36,7 @@ from transformers import PreTrainedModel
 from softprompt import compat
 from softprompt.families import UnsupportedModelError
 from softprompt.files.adapter import HEAD_PREFIX, AdapterFileError
+from softprompt.injection.positions import last_token_index
 
 # Ids of the probe row that proves a decoder classifier's pooling: a few real tokens, no pads.
 PROBE_LENGTH = 4
@@ -63,13 +64,18 @@ def trainable(head: dict[str, nn.Module]) -> dict[str, nn.Module]:
     return head
 
 
-def head_tensors(head: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    """The head's weights as an adapter file names them: ``head.<module>.<tensor>`` -> a detached copy."""
+def _named_state(head: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """The head's state as an adapter file names it: ``head.<module>.<tensor>`` -> the module's tensor."""
     return {
-        f"{HEAD_PREFIX}{name}.{key}": value.detach().clone()
+        f"{HEAD_PREFIX}{name}.{key}": value
         for name, module in head.items()
         for key, value in module.state_dict().items()
     }
+
+
+def head_tensors(head: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """The head's weights as an adapter file names them: ``head.<module>.<tensor>`` -> a detached copy."""
+    return {name: value.detach().clone() for name, value in _named_state(head).items()}
 
 
 def load_head_tensors(
@@ -81,11 +87,7 @@ def load_head_tensors(
     Raises :class:`~softprompt.files.errors.AdapterFileError` for a tensor this head has no place for
     or of another shape (a head trained for another number of labels).
     """
-    expected = {
-        f"{HEAD_PREFIX}{name}.{key}": value
-        for name, module in head.items()
-        for key, value in module.state_dict().items()
-    }
+    expected = _named_state(head)
     unknown = sorted(set(tensors) - set(expected))
     if unknown:
         raise AdapterFileError(
@@ -112,8 +114,7 @@ def apply_head(head: dict[str, nn.Module], hidden: torch.Tensor) -> torch.Tensor
 
 def last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T, H) -> (B, H): each row's last real token by the mask, whatever the padding side or pad id."""
-    columns = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
-    last = (attention_mask.bool() * columns).argmax(-1)  # (B,): the rightmost 1 of each row
+    last = last_token_index(attention_mask).to(hidden.device)  # (B,)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 

@@ -34,6 +34,7 @@ from torch import nn
 
 from softprompt.data import Encoded
 from softprompt.injection import IGNORE_INDEX
+from softprompt.injection.positions import last_token_index
 from softprompt.kinds import KINDS
 from softprompt.models import PromptedModel, SoftPromptModel
 
@@ -60,17 +61,6 @@ def for_task(model: PromptedModel, task: Any, tokenizer: Any) -> nn.Module:
     :class:`~softprompt.data.GenerationTask`); classifiers by label words take its words' token ids.
     """
     return KINDS[model.shape.kind].objective(task.kind).for_task(model, task, tokenizer)
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of each row's last real token, with left or right padding: (B, T) -> (B,).
-
-    Examples:
-        >>> last_token_index(torch.tensor([[0, 1, 1], [1, 1, 0]])).tolist()
-        [2, 1]
-    """
-    trailing_pads = attention_mask.flip(-1).long().argmax(-1)  # first 1 from the right
-    return attention_mask.shape[-1] - 1 - trailing_pads
 
 
 def label_word_logits(
