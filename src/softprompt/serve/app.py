@@ -24,7 +24,7 @@ Example:
     >>> engine = LocalEngine(bank, tokenizer, name="tiny")
     >>> app = create_app(engine, TaskRegistry(bank, engine), tokenizer)
     >>> with TestClient(app) as client:
-    ...     reply = client.post("/v1/completions", json={"model": "tiny", "prompt": "a gem", "max_tokens": 3})
+    ...     reply = client.post("/v1/completions", json={"model": "tiny", "prompt": "a gem", "max_tokens": 3, "temperature": 0})
     >>> reply.status_code, reply.json()["usage"]
     (200, {'prompt_tokens': 2, 'completion_tokens': 3, 'total_tokens': 5})
 """
