@@ -13,12 +13,13 @@ give its layers' shapes. Per-layer head sizes (Gemma 4), keys and values of diff
 What the probe finds decides what a prefix fills: a layer that reads another layer's keys/values
 (Gemma 3n / Gemma 4 KV sharing) gets no prefix slots of its own — it reads the prefix of the layer
 it shares; a recurrent layer (linear attention, Mamba) gets none either, and prefix tuning on a
-stack with no attention layer is refused with the reason. Every slot a layout holds is proven
+stack with no attention layer is refused with the reason; a sparse-attention layer (DSA) has its
+indexer keep the prefix out of the keys it ranks and in every query's selection. Every slot a layout holds is proven
 read: one more tiny forward puts a random prefix in every layer through the real injection path
 (the prefix caches, softprompt's attention function), and the output's gradient must reach each
 layer's prefix. A causal layer it does not reach refuses the model; an encoder module or decoder
 site it does not reach refuses prefixes there, naming the layers. Models the probe cannot read
-(their own cache classes, layers run twice per token, sparse-attention indexers) are refused
+(their own cache classes, layers run twice per token) are refused
 naming what failed. :data:`FAMILIES` holds only what the probe cannot see, each entry saying why (none today).
 
 A :class:`PrefixLayout` lists the attention sites (see :data:`softprompt.kinds.Site`) and layers
@@ -179,6 +180,9 @@ class ModelShape:
     recurrent_layers: tuple[int, ...] = ()
     # Decoder cache index of each of ``layers`` (empty: 0, 1, 2...); the caches place prefixes there.
     attention_layers: tuple[int, ...] = ()
+    # Indices of decoder layers whose attention is sparse, over the keys an indexer ranks (DSA): a
+    # prefix there is attended by every token and kept out of the ranking (injection/sparse_indexer.py).
+    indexed_layers: tuple[int, ...] = ()
 
     @property
     def layer_indices(self) -> tuple[int, ...]:
@@ -310,6 +314,7 @@ class _Probed:
     layers: tuple[LayerShape, ...]
     attention_layers: tuple[int, ...] = ()
     recurrent_layers: tuple[int, ...] = ()
+    indexed_layers: tuple[int, ...] = ()
     decoder_layers: tuple[LayerShape, ...] = ()
     encoder_prefix: bool = True
     encoder_prefix_refusal: str = ""
@@ -333,10 +338,13 @@ def _layer_shape(model_type: str, index: int, keys: torch.Size, values: torch.Si
 def _decoder_probe(model: nn.Module) -> _Probed:
     """A causal decoder's layers from one token through a recording cache (see :func:`softprompt.injection.capture.read_decoder_cache`)."""
     # (above families in the import order)
-    from softprompt.injection.capture import read_decoder_cache, unread_decoder_layers
+    from softprompt.injection.capture import read_decoder_cache, read_indexers, unread_decoder_layers
+    from softprompt.injection.sparse_indexer import rank_real_keys
 
     model_type = model.config.model_type
     reading = read_decoder_cache(model)
+    if reading.indexed:  # before the proof below: it runs a prefix through the indexers
+        rank_real_keys(read_indexers(model))
     attention = tuple(sorted(reading.keys))
     layers = tuple(_layer_shape(model_type, i, reading.keys[i], reading.values[i]) for i in attention)
     # Prompt tuning enters a causal decoder through these prefixes too: one a layer ignores is wrong
@@ -349,7 +357,12 @@ def _decoder_probe(model: nn.Module) -> _Probed:
             "softprompt cannot prompt this model. A 4-bit bitsandbytes model run on the CPU before wrapping "
             "has weights repacked for inference, with no backward: wrap it before its first forward pass"
         )
-    return _Probed(layers=layers, attention_layers=attention, recurrent_layers=reading.recurrent)
+    return _Probed(
+        layers=layers,
+        attention_layers=attention,
+        recurrent_layers=reading.recurrent,
+        indexed_layers=reading.indexed,
+    )
 
 
 def _encoder_layers(
@@ -516,4 +529,5 @@ def model_shape(model: nn.Module) -> ModelShape:
         index_positions=_index_positions(model, kind),
         recurrent_layers=probed.recurrent_layers,
         attention_layers=probed.attention_layers,
+        indexed_layers=probed.indexed_layers,
     )

@@ -18,6 +18,7 @@ Modules, one job each:
 * :mod:`~softprompt.injection.positions` — positions after each row's prompt, mask columns, alignment;
 * :mod:`~softprompt.injection.encoder_input` — virtual tokens and prefixes arranged for an encoder;
 * :mod:`~softprompt.injection.caches` — the ``transformers`` caches that carry prefixes;
+* :mod:`~softprompt.injection.sparse_indexer` — prefixes in sparse attention (DSA indexers);
 * :mod:`~softprompt.injection.attention` — the attention function for sites without a cache path;
 * :mod:`~softprompt.injection.capture` — recording a model's own keys/values (compiling virtual
   tokens in a causal decoder, prefix inits, attention modules of an encoder).

@@ -82,6 +82,9 @@ def _prefix_attention(
     names and, with ``softprompt_grouped`` on sdpa, keeps grouped key/value heads where it can
     (:func:`_grouped_sdpa`)."""
     attend = inner(module)
+    indices = kwargs.pop("indices", None)
+    if indices is not None:  # a sparse attention's selected keys, which only the eager and sdpa paths fold
+        attention_mask = _only_selected_keys(attention_mask, indices, query, key)
     if softprompt_capture is not None:
         softprompt_capture.calls.append((module, key, value))
     if softprompt_prefix is not None and module in softprompt_prefix.layers:
@@ -104,6 +107,21 @@ def _prefix_attention(
     ):
         return _grouped_sdpa(query, key, value, attention_mask, **kwargs)
     return attend(module, query, key, value, attention_mask, **kwargs)
+
+
+def _only_selected_keys(
+    mask: torch.Tensor | None, indices: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+) -> torch.Tensor:
+    """``mask`` (B, 1, Q, T) hiding every key but the ``indices`` (B, Q, k) a sparse-attention indexer
+    selected (DSA), as the model's own eager and sdpa paths fold them."""
+    batch, _, queries, _ = query.shape
+    left_out = torch.ones(batch, queries, key.shape[-2], dtype=torch.bool, device=query.device)
+    left_out = left_out.scatter(-1, indices.long(), False)[:, None]  # (B, 1, Q, T)
+    if mask is None:
+        return ~left_out
+    if mask.dtype == torch.bool:
+        return mask & ~left_out
+    return mask.masked_fill(left_out, torch.finfo(mask.dtype).min)
 
 
 def _is_causal_call(module: nn.Module, query: torch.Tensor, kwargs: dict) -> bool:

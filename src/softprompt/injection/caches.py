@@ -32,6 +32,7 @@ from transformers import DynamicCache, EncoderDecoderCache
 from transformers.cache_utils import (
     Cache,
     CacheLayerMixin,
+    DynamicIndexedLayer,
     DynamicLayer,
     LinearAttentionAndFullAttentionLayer,
     LinearAttentionCacheLayerMixin,
@@ -62,6 +63,42 @@ class _PrefixLayer(DynamicLayer):
         _hold(self, keys, values)
 
     update = _prepend
+
+
+class _IndexedPrefixLayer(DynamicIndexedLayer):
+    """A sparse-attention layer's cache (DSA): a fixed key/value prefix, as in :class:`_PrefixLayer`,
+    and placeholder indexer keys for its slots, which the indexer never ranks
+    (:mod:`softprompt.injection.sparse_indexer`). Stores nothing."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        _hold(self, keys, values)
+        self.prefix_length = keys.shape[-2]
+
+    update = _prepend
+
+    def update_indexer(self, indexer_key_states: torch.Tensor) -> torch.Tensor:
+        # (B, T, D) -> (B, P + T, D): placeholders keep the indexer's scores as wide as the keys.
+        return _with_placeholder_keys(indexer_key_states, self.prefix_length)
+
+
+def _with_placeholder_keys(indexer_keys: torch.Tensor, length: int) -> torch.Tensor:
+    batch, _, dim = indexer_keys.shape
+    return torch.cat([indexer_keys.new_zeros(batch, length, dim), indexer_keys], dim=1)
+
+
+def _prefix_then_indexer_keys(layer: DynamicIndexedLayer, length: int) -> None:
+    """A growing sparse-attention layer that holds a prefix of ``length`` slots: its first indexer keys
+    get placeholders for them, and the layer says how long its prefix is."""
+    update_indexer = layer.update_indexer
+
+    def update(indexer_key_states: torch.Tensor) -> torch.Tensor:
+        if not layer.is_indexer_initialized:
+            indexer_key_states = _with_placeholder_keys(indexer_key_states, length)
+        return update_indexer(indexer_key_states)
+
+    layer.update_indexer = update
+    layer.prefix_length = length
 
 
 class _HybridPrefixLayer(LinearAttentionAndFullAttentionLayer):
@@ -104,6 +141,8 @@ def _holds_keys(layer) -> bool:
 def _with_prefix(layer, keys: torch.Tensor, values: torch.Tensor):
     if isinstance(layer, LinearAttentionCacheLayerMixin):
         return _fresh_every_call(_HybridPrefixLayer(keys, values, layer.number_of_states))
+    if isinstance(layer, DynamicIndexedLayer):
+        return _IndexedPrefixLayer(keys, values)
     return _PrefixLayer(keys, values)
 
 
@@ -143,6 +182,8 @@ def generation_cache(config, states: LayerStates, layer_indices: Sequence[int] |
     for layer_idx, (keys, values) in zip(indices, states, strict=True):
         cache.update(keys, values, layer_idx)
         layer = cache.layers[layer_idx]
+        if isinstance(layer, DynamicIndexedLayer):
+            _prefix_then_indexer_keys(layer, keys.shape[-2])
         # The layer's own update (full, sliding window...), after moving what it holds to the new keys.
         layer.update = functools.partial(_update_on_keys_device, layer, layer.update)
     return cache

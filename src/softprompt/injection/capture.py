@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +74,10 @@ class RecordingCache(DynamicCache):
         self.writes[layer_idx] += 1
         return key_states, value_states
 
+    def update_indexer(self, indexer_key_states: torch.Tensor, layer_idx: int) -> torch.Tensor:
+        # A sparse-attention indexer's keys (B, T, D), returned as they came, stored nowhere.
+        return indexer_key_states
+
 
 def recorded_states(cache: RecordingCache, layers: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The ``(keys, values)`` (B, H, T, D) a :class:`RecordingCache` recorded for cache ``layers``."""
@@ -97,6 +102,7 @@ class CacheReading:
     keys: dict[int, torch.Size]
     values: dict[int, torch.Size]
     recurrent: tuple[int, ...] = ()
+    indexed: tuple[int, ...] = ()
 
 
 def _reading(cache: RecordingCache) -> CacheReading:
@@ -106,6 +112,7 @@ def _reading(cache: RecordingCache) -> CacheReading:
         recurrent=tuple(
             i for i, layer in enumerate(cache.layers) if isinstance(layer, LinearAttentionCacheLayerMixin)
         ),
+        indexed=tuple(i for i, layer in enumerate(cache.layers) if isinstance(layer, DynamicIndexedLayer)),
     )
 
 
@@ -156,13 +163,6 @@ def read_decoder_cache(model: nn.Module) -> CacheReading:
             f"{len(cache.layers)} layers during a forward; layers written twice: {repeated}): a prefix per "
             "layer has no single place there"
         )
-    indexed = [i for i, layer in enumerate(cache.layers) if isinstance(layer, DynamicIndexedLayer)]
-    if indexed:
-        raise UnsupportedModelError(
-            f"{model_type}'s layers {indexed} select the keys they attend to through an indexer cache kept "
-            "beside the keys/values (sparse attention); a prefix cannot give indexer keys, so softprompt "
-            "does not support this model"
-        )
     if not cache.recorded and not any(
         isinstance(layer, LinearAttentionCacheLayerMixin) for layer in cache.layers
     ):
@@ -171,6 +171,36 @@ def read_decoder_cache(model: nn.Module) -> CacheReading:
             "keys/values to a transformers cache (it keeps a state of its own, or no cache at all)"
         )
     return _reading(cache)
+
+
+def read_indexers(model: nn.Module) -> dict[nn.Module, int]:
+    """The sparse-attention indexers of a causal LM's backbone — the modules that call their cache's
+    ``update_indexer`` — each with the cache layer index it updates (one token's forward)."""
+    backbone = compat.backbone(model)
+    running: list[nn.Module] = []
+    indexers: dict[nn.Module, int] = {}
+
+    class NotingCache(RecordingCache):
+        def update_indexer(self, indexer_key_states: torch.Tensor, layer_idx: int) -> torch.Tensor:
+            indexers.setdefault(running[-1], layer_idx)
+            return indexer_key_states
+
+    def enter(module, args):
+        running.append(module)
+
+    def leave(module, args, output):
+        running.pop()
+
+    def forward():
+        cache = NotingCache(model.config)
+        with ExitStack() as hooks:
+            for module in backbone.modules():
+                hooks.callback(module.register_forward_pre_hook(enter).remove)
+                hooks.callback(module.register_forward_hook(leave).remove)
+            backbone(input_ids=_probe_ids(model), use_cache=True, **cache_kwargs(backbone, cache))
+
+    _run_probe(model, "a one-token forward finding its sparse-attention indexers", forward)
+    return indexers
 
 
 def read_encoder_decoder_cache(model: nn.Module) -> tuple[CacheReading, CacheReading]:

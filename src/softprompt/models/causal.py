@@ -461,7 +461,9 @@ class SoftPromptModel(PromptedModel):
             return self._generate_after_embeddings(input_ids, attention_mask, prompts, expand, **kwargs)
         prefix = self._prefix(prompts, batch, input_ids.device)
         virtual = prefix.mask.shape[1]
-        if self.shape.recurrent_layers:  # a recurrent state cannot be re-ordered: generate's own layout
+        # A recurrent state cannot be re-ordered, nor can a sparse-attention indexer's keys be recorded
+        # beside the prefilled keys/values: generate's own layout, [prefix][pads][tokens].
+        if self.shape.recurrent_layers or self.shape.indexed_layers:
             states, layout = (
                 prefix.layers,
                 torch.arange(virtual + length, device=input_ids.device).expand(batch, -1),

@@ -115,12 +115,17 @@ class Decoder:
     """The frozen causal LM a batch runs on: the task bank's runner, called with a growing cache."""
 
     def __init__(self, runner: SoftPromptModel) -> None:
-        if runner.shape.recurrent_layers:
+        shape = runner.shape
+        other_state = (
+            f"a recurrent state in its layers {list(shape.recurrent_layers)}"
+            if shape.recurrent_layers
+            else f"sparse-attention indexer keys in its layers {list(shape.indexed_layers)}"
+        )
+        if shape.recurrent_layers or shape.indexed_layers:
             raise UnsupportedModelError(
                 f"softprompt's local engine decodes sequences as key/value caches it cuts and joins between "
-                f"steps; {runner.shape.family} also carries a recurrent state in its layers "
-                f"{list(runner.shape.recurrent_layers)}, which is not cut or joined that way. Generate with the library "
-                "(softprompt.load(...).generate, TaskBank.generate) on this model"
+                f"steps; {shape.family} also carries {other_state}, which is not cut or joined that way. "
+                "Generate with the library (softprompt.load(...).generate, TaskBank.generate) on this model"
             )
         if runner.left_pads_matter:
             raise UnsupportedModelError(
