@@ -18,6 +18,7 @@ from tiny import ENCODER_CONFIGS, padded_batch, random_ids, tiny_encoder, tiny_m
 
 import softprompt
 from softprompt.families import model_shape
+from softprompt.injection import positional_prefix as positional_prefix_module
 from softprompt.injection.capture import read_attention_calls, read_projection_layers, site_states
 from softprompt.injection.positional_prefix import positional_prefix
 from softprompt.injection.prompts import BatchPrefix, RowPrompts
@@ -102,6 +103,7 @@ def test_the_probe_reads_the_attention_routes_shapes_and_text_init_its_states():
 
 # ---------------------------------------------------------------- encoders with attention computed inline
 INLINE = {  # model type -> how its key/value projections lay their outputs out
+    "deberta": "blc",  # one fused query-key-value projection
     "deberta-v2": "blc",
     "mpnet": "blc",
     "tapas": "blc",
@@ -187,12 +189,39 @@ def test_longformer_placeholders_are_global_so_every_token_reads_them():
 
 
 # -------------------------------------------------------------------------------------------- refusal
-def test_a_fused_query_key_value_projection_is_refused_naming_it():
+def test_a_fused_projections_keys_and_values_are_the_channels_the_model_attends_with():
+    """DeBERTa's in_proj gives (H, 3, D) per position; the probe finds which channels are keys and values
+    from what the model computes, and they are the ones its attention splits off."""
+    base = tiny_model("deberta", "sequence-classification")
+    found = positional_prefix(base, base.base_model)
+    attention = found.layers[0].attention
+    own = {}
+
+    def split_as_the_model_does(module, args, output):
+        own.setdefault("states", attention.transpose_for_scores(output).chunk(3, dim=-1))
+
+    hook = attention.in_proj.register_forward_hook(split_as_the_model_does)
+    try:
+        with torch.no_grad(), found.recorded() as states:
+            base.base_model(input_ids=random_ids(2, 5))
+    finally:
+        hook.remove()
+    _, keys, values = own["states"]  # (B, H, L, D) each
+    assert torch.equal(states[0][0], keys) and torch.equal(states[0][1], values)
+
+
+def test_a_fused_projection_no_known_layout_fits_is_refused_naming_it(monkeypatch):
+    splits = positional_prefix_module._fused_splits
+    monkeypatch.setattr(
+        positional_prefix_module,
+        "_fused_splits",
+        lambda heads, width: {"thirds, then heads": splits(heads, width)["thirds, then heads"]},
+    )
     with pytest.raises(
         softprompt.UnsupportedModelError,
-        match=r"deberta encoders cannot take a key/value prefix: its attention calls no replaceable "
-        r"attention function .*one fused projection \(encoder\.layer\.0\.attention\.self\.in_proj\), "
-        r"which softprompt does not split .*Prompt tuning and P-tuning are",
+        match=r"deberta encoders cannot take a key/value prefix: .*one fused projection "
+        r"\(encoder\.layer\.\d+\.attention\.self\.in_proj\), and none of the layouts softprompt knows "
+        r"\(thirds, then heads\) fits .*Prompt tuning and P-tuning are",
     ):
         softprompt.wrap(tiny_model("deberta", "sequence-classification"), DEEP_PROMPT)
 

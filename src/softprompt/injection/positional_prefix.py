@@ -10,7 +10,9 @@ deep prompts); the model builds its own mask, the placeholders' slots carrying t
 (a shorter prefix's masked slots stand after the row's last token, with its pads), and the
 placeholders' own outputs are dropped (:mod:`softprompt.injection.encoder_input`). A prefix layer
 (H, P, D) is written as (P, H * D) in ``transformers``' head order (the ``view(B, L, H, D)`` every
-attention splits its projection by), at per-row positions.
+attention splits its projection by), at per-row positions. Where one fused projection gives queries,
+keys and values together (DeBERTa's ``in_proj``) the prefix is written in its key and value channels
+only; which channels those are is read from what the model computes (:func:`_split_fused`).
 
 Hooks are registered for one forward (:meth:`PositionalPrefix.entered`) and removed after it: a model
 used without a prefix runs as it did, bit for bit. Where a model mixes positions outside attention
@@ -35,6 +37,7 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -53,7 +56,7 @@ KEY_VALUE_NAMES = (
     ("key_proj", "value_proj"),
     ("k_lin", "v_lin"),
 )
-# One projection giving queries, keys and values together (DeBERTa v1's in_proj): not split here.
+# One projection giving queries, keys and values together (DeBERTa v1's in_proj), split by a probe.
 FUSED_NAMES = ("in_proj", "qkv", "qkv_proj", "query_key_value", "Wqkv", "c_attn")
 # Longformer's global attention projects every position again for its global tokens.
 GLOBAL_SUFFIX = "_global"
@@ -70,7 +73,10 @@ class ProjectionLayer:
     ``values``: the projection modules (Longformer: the local one and the global one); ``layout``:
     the order of the output's dimensions, ``"b"`` batch, ``"l"`` sequence, ``"c"`` channels (H * D):
     ``"blc"`` mostly, ``"lbc"`` sequence-first (Longformer, FSMT), ``"bcl"`` for SqueezeBERT's
-    convolutions; ``heads``: H; ``key_width`` / ``value_width``: H * D of each.
+    convolutions; ``heads``: H; ``key_width`` / ``value_width``: H * D of each. ``key_channels`` /
+    ``value_channels``: where a fused projection gives queries, keys and values together (DeBERTa's
+    ``in_proj``), the channels of its output (H * D each, heads outer) that are the keys / values;
+    ``None`` where the projection gives only them.
     """
 
     name: str
@@ -81,6 +87,8 @@ class ProjectionLayer:
     heads: int
     key_width: int
     value_width: int
+    key_channels: torch.Tensor | None = None
+    value_channels: torch.Tensor | None = None
 
     def shapes(self) -> tuple[torch.Size, torch.Size]:
         """The (keys, values) shapes (1, H, 1, D) of one token, as the attention route's probe reads them."""
@@ -114,8 +122,11 @@ class PositionalPrefix:
             for layer, (keys, values) in zip(self.layers, states, strict=True):
                 for handle in inputs.watch(layer.name, layer.attention, layer.keys, layer.values):
                     stack.callback(handle.remove)
-                for modules, prefix in ((layer.keys, keys), (layer.values, values)):
-                    hook = _overwrite(prefix, index, layer.layout, inputs)
+                for modules, prefix, channels in (
+                    (layer.keys, keys, layer.key_channels),
+                    (layer.values, values, layer.value_channels),
+                ):
+                    hook = _overwrite(prefix, index, layer.layout, inputs, channels)
                     for module in modules:
                         stack.callback(module.register_forward_hook(hook).remove)
             for module in self.stack.modules():
@@ -131,10 +142,10 @@ class PositionalPrefix:
         found: dict[tuple[int, str], torch.Tensor] = {}
         inputs = _AttentionInputs()
 
-        def record(index: int, kind: str, layer: ProjectionLayer):
+        def record(index: int, kind: str, layer: ProjectionLayer, channels: torch.Tensor | None):
             def hook(module, args, output):
                 if inputs.projects_sequence(module, args):
-                    found.setdefault((index, kind), _heads(_tensor(output), layer))
+                    found.setdefault((index, kind), _heads(_tensor(output), layer, channels))
 
             return hook
 
@@ -143,8 +154,11 @@ class PositionalPrefix:
             for index, layer in enumerate(self.layers):
                 for handle in inputs.watch(layer.name, layer.attention, layer.keys, layer.values):
                     stack.callback(handle.remove)
-                for kind, module in (("keys", layer.keys[0]), ("values", layer.values[0])):
-                    stack.callback(module.register_forward_hook(record(index, kind, layer)).remove)
+                for kind, module, channels in (
+                    ("keys", layer.keys[0], layer.key_channels),
+                    ("values", layer.values[0], layer.value_channels),
+                ):
+                    stack.callback(module.register_forward_hook(record(index, kind, layer, channels)).remove)
             yield states
         states.extend((found[i, "keys"], found[i, "values"]) for i in range(len(self.layers)))
 
@@ -159,9 +173,13 @@ def _tensor(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _heads(projected: torch.Tensor, layer: ProjectionLayer) -> torch.Tensor:
-    """A projection's output in ``layer.layout`` -> (B, H, L, D)."""
-    batch_first = projected.permute(*(layer.layout.index(dim) for dim in "blc"))  # (B, L, H * D)
+def _heads(
+    projected: torch.Tensor, layer: ProjectionLayer, channels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A projection's output in ``layer.layout`` (only ``channels`` of it, where given) -> (B, H, L, D)."""
+    batch_first = projected.permute(*(layer.layout.index(dim) for dim in "blc"))  # (B, L, C)
+    if channels is not None:
+        batch_first = batch_first.index_select(-1, channels.to(projected.device))  # (B, L, H * D)
     batch, length, channels = batch_first.shape
     return batch_first.reshape(batch, length, layer.heads, channels // layer.heads).transpose(1, 2)
 
@@ -217,19 +235,31 @@ class _AttentionInputs:
         return sequence
 
 
-def _overwrite(prefix: torch.Tensor, index: torch.Tensor, layout: str, inputs: _AttentionInputs):
+def _overwrite(
+    prefix: torch.Tensor,
+    index: torch.Tensor,
+    layout: str,
+    inputs: _AttentionInputs,
+    channels: torch.Tensor | None = None,
+):
     """A forward hook writing ``prefix`` (B, H, P, D) over its module's output at positions ``index``
-    (B, P) where the module projects its attention's sequence."""
+    (B, P) — in ``channels`` of it where given (a fused projection), else in all — where the module
+    projects its attention's sequence."""
     batch, heads, length, dim = prefix.shape
-    order = ["blc".index(d) for d in layout]  # (B, P, C) -> the output's layout
-    placed = prefix.transpose(1, 2).reshape(batch, length, heads * dim).permute(*order)  # heads outer
-    where = index.to(prefix.device)[..., None].expand(-1, -1, heads * dim).permute(*order)
+    placed = prefix.transpose(1, 2).reshape(batch, length, heads * dim)  # (B, P, H * D), heads outer
+    to_blc = [layout.index(d) for d in "blc"]
+    from_blc = ["blc".index(d) for d in layout]
 
     def hook(module, args, output):
         if not inputs.projects_sequence(module, args):
             return None
         projected = _tensor(output)
-        written = projected.scatter(layout.index("l"), where, placed.to(projected.dtype))
+        batch_first = projected.permute(*to_blc)  # (B, L, C)
+        where = index.to(projected.device)[..., None].expand(-1, -1, batch_first.shape[-1])  # (B, P, C)
+        rows = placed.to(projected.device, projected.dtype)
+        if channels is not None:  # the other channels of the placeholders' rows stay the model's
+            rows = batch_first.gather(1, where).index_copy(-1, channels.to(projected.device), rows)
+        written = batch_first.scatter(1, where, rows).permute(*from_blc)
         return (written, *output[1:]) if isinstance(output, tuple) else written
 
     return hook
@@ -239,20 +269,22 @@ def _overwrite(prefix: torch.Tensor, index: torch.Tensor, layout: str, inputs: _
 _FOUND: weakref.WeakKeyDictionary[nn.Module, PositionalPrefix] = weakref.WeakKeyDictionary()
 
 
-def _projection_pairs(
-    stack: nn.Module,
-) -> tuple[list[tuple[nn.Module, tuple[nn.Module, ...], tuple[nn.Module, ...]]], list[str]]:
+_Pair = tuple[nn.Module, tuple[nn.Module, ...], tuple[nn.Module, ...]]
+
+
+def _projection_pairs(stack: nn.Module) -> tuple[list[_Pair], list[_Pair]]:
     """Sibling key/value projections under ``stack`` — (their module, keys, values), with Longformer's
-    global ones — and the names of fused query-key-value projections in modules without separate ones."""
-    pairs: list[tuple[nn.Module, tuple[nn.Module, ...], tuple[nn.Module, ...]]] = []
-    fused: list[str] = []
-    for name, module in stack.named_modules():
+    global ones — and, in modules without separate ones, fused query-key-value projections as
+    (their module, (fused,), (fused,))."""
+    pairs: list[_Pair] = []
+    fused: list[_Pair] = []
+    for module in stack.modules():
         children = dict(module.named_children())
         found = next(((k, v) for k, v in KEY_VALUE_NAMES if k in children and v in children), None)
-        if found is None:
-            fused += [f"{name}.{child}" for child in FUSED_NAMES if child in children]
-            continue
-        pairs.append((module, *((children[n], *_global(children, n)) for n in found)))
+        if found is not None:
+            pairs.append((module, *((children[n], *_global(children, n)) for n in found)))
+        elif one := next((children[n] for n in FUSED_NAMES if n in children), None):
+            fused.append((module, (one,), (one,)))
     return pairs, fused
 
 
@@ -296,14 +328,12 @@ def find_positional_prefix(model: nn.Module, stack: nn.Module) -> PositionalPref
     if stack in _FOUND:
         return _FOUND[stack]
     pairs, fused = _projection_pairs(stack)
+    is_fused = not pairs and bool(fused)
+    pairs = pairs or fused
     if not pairs:
-        if fused:
-            raise UnsupportedModelError(
-                f"its attention projects queries, keys and values in one fused projection ({fused[0]}), "
-                "which softprompt does not split into keys and values"
-            )
         raise UnsupportedModelError(
-            f"it has no key/value projections named as transformers names them {KEY_VALUE_NAMES}"
+            f"it has no key/value projections named as transformers names them {KEY_VALUE_NAMES} "
+            f"(or fused ones: {FUSED_NAMES})"
         )
     names = {module: name for name, module in stack.named_modules()}
     calls: dict[nn.Module, torch.Size] = {}
@@ -336,14 +366,78 @@ def find_positional_prefix(model: nn.Module, stack: nn.Module) -> PositionalPref
             raise UnsupportedModelError(
                 f"its projections {names[keys[0]]} and {names[values[0]]} lay out their outputs apart"
             )
-        widths = [calls[module][layout.index("c")] for module in (keys[0], values[0])]
+        widths = [
+            calls[module][layout.index("c")] // (3 if is_fused else 1) for module in (keys[0], values[0])
+        ]
         if any(width % heads for width in widths):
             raise UnsupportedModelError(
                 f"its projections {names[keys[0]]} give {widths} channels for {heads} heads"
             )
         layers.append(ProjectionLayer(names[attention], attention, keys, values, layout, heads, *widths))
+    if is_fused:
+        layers = _split_fused(stack, layers, names[layers[-1].keys[0]])
     _FOUND[stack] = found = PositionalPrefix(stack, layers)
     return found
+
+
+def _fused_splits(heads: int, width: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The (queries, keys, values) channels of a fused projection's 3 * ``width`` outputs, as the two
+    layouts ``transformers`` models use lay them out: split in three, then by heads (GPT-2's
+    ``c_attn``), or by heads, then in three (DeBERTa's ``in_proj``)."""
+    dim = width // heads
+    per_head = torch.arange(3 * width).view(heads, 3, dim)
+    thirds = torch.arange(3 * width).view(3, width)
+    return {
+        "thirds, then heads": (thirds[0], thirds[1], thirds[2]),
+        "heads, then thirds": (per_head[:, 0].flatten(), per_head[:, 1].flatten(), per_head[:, 2].flatten()),
+    }
+
+
+def _split_fused(stack: nn.Module, layers: list[ProjectionLayer], name: str) -> list[ProjectionLayer]:
+    """``layers`` with the key and value channels of their fused projection, told apart by what the
+    model computes: a change to one position's queries in the last layer reaches no other position's
+    output, and a change to its keys or values does. Raises where no layout, or more than one, fits.
+    """
+    last = layers[-1]
+    ids = torch.zeros(_PROBE_BATCH, _PROBE_LENGTH, dtype=torch.long, device=_device(stack))
+    inputs = _AttentionInputs()
+
+    def output_with(channels: torch.Tensor | None) -> torch.Tensor:
+        """The stack's output (B, L, H) with ``channels`` of position 0 moved in the last fused projection."""
+
+        def move(module, args, output):
+            if not inputs.projects_sequence(module, args) or channels is None:
+                return None
+            batch_first = _tensor(output).permute(*(last.layout.index(d) for d in "blc")).clone()
+            batch_first[:, 0, channels] += 1.0
+            return batch_first.permute(*("blc".index(d) for d in last.layout))
+
+        with ExitStack() as hooks:
+            for handle in inputs.watch(last.name, last.attention, last.keys, last.values):
+                hooks.callback(handle.remove)
+            hooks.callback(last.keys[0].register_forward_hook(move).remove)
+            return stack(input_ids=ids).last_hidden_state
+
+    unmoved = output_with(None)[:, 1:]
+
+    def reaches_others(channels: torch.Tensor) -> bool:
+        return not torch.allclose(output_with(channels)[:, 1:], unmoved, atol=1e-6, rtol=0)
+
+    fits = {
+        layout: (keys, values)
+        for layout, (queries, keys, values) in _fused_splits(last.heads, last.key_width).items()
+        if not reaches_others(queries) and reaches_others(keys) and reaches_others(values)
+    }
+    splits = {tuple(k.tolist()) + tuple(v.tolist()) for k, v in fits.values()}
+    if len(splits) != 1:
+        raise UnsupportedModelError(
+            f"its attention projects queries, keys and values in one fused projection ({name}), and "
+            f"{'none' if not fits else 'more than one'} of the layouts softprompt knows "
+            f"({', '.join(_fused_splits(1, 1))}) fits what the model computes, so its keys and values "
+            "cannot be told apart"
+        )
+    keys, values = next(iter(fits.values()))
+    return [dataclasses.replace(layer, key_channels=keys, value_channels=values) for layer in layers]
 
 
 def positional_prefix(model: nn.Module, stack: nn.Module) -> PositionalPrefix:

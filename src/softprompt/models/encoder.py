@@ -16,9 +16,9 @@ How each method enters an encoder (arranged by :mod:`softprompt.injection.encode
   of prefix, read in each of its runs. Encoders whose attention calls no replaceable function
   (DeBERTa-v2, MPNet, XLM, Longformer...) take it through positions instead
   (:mod:`softprompt.injection.positional_prefix`): placeholders after ``[CLS]`` whose key/value
-  projections the prefix overwrites in every layer, proven read by the probe in ``families.py``;
-  where neither route is proven (DeBERTa's fused query-key-value projection) prefix tuning is
-  refused with the reason.
+  projections the prefix overwrites in every layer (the key and value channels of a fused
+  query-key-value projection: DeBERTa's), proven read by the probe in ``families.py``; where
+  neither route is proven (MRA on a CPU) prefix tuning is refused with the reason.
 
 Each row's prompt, tokens and positions are what they would be if it ran alone, whatever the
 padding side. Token outputs (hidden states,
