@@ -106,6 +106,26 @@ def test_generation_equals_prompt_prepended_to_the_input(family, decoding):
     assert got[:, 5:].tolist() == expected.tolist()
 
 
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_greedy_tokens_are_the_forward_passes_argmax_when_the_config_says_use_cache_false(method):
+    # MPT's config says use_cache=False: generate once dropped the prompt after its first step.
+    torch.manual_seed(0)
+    base = T.MptForCausalLM(
+        T.MptConfig(d_model=32, n_heads=4, n_layers=2, vocab_size=96, max_seq_len=64, use_cache=False)
+    ).eval()
+    model = softprompt.wrap(base, CONFIGS[method]()).eval()
+    with torch.no_grad():
+        for p in model.prompt.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.3)
+    ids = random_ids(1, 5)
+    with torch.no_grad():
+        got = model.generate(ids, max_new_tokens=4, do_sample=False)
+        expected = ids
+        for _ in range(4):
+            expected = torch.cat([expected, model(input_ids=expected).logits[:, -1:].argmax(-1)], dim=1)
+    assert got.tolist() == expected.tolist()
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sampling_runs_and_is_reproducible(family, method):

@@ -436,13 +436,17 @@ class SoftPromptModel(PromptedModel):
         input but each row's last token itself (pads after the tokens, see :meth:`_run`), moves the
         pads in front, and ``generate`` continues from that cache. Returns the (left-padded) input
         rows followed by the new tokens, without virtual tokens. ``row_prompts`` gives each row its
-        own prompt instead of the model's (see :meth:`row_prompts`).
+        own prompt instead of the model's (see :meth:`row_prompts`). The prompt lives in the cache,
+        so ``generate`` always runs with ``use_cache=True`` (the tokens are the same either way; a
+        config saying ``use_cache=False``, as MPT's does, would otherwise drop the prompt after the
+        first step).
         """
         if self.shape.head != "causal-lm":
             raise UnsupportedModelError(
                 f"{type(self.base_model).__name__} is a {self.shape.head} model: it does not generate; call "
                 "the model for its logits"
             )
+        kwargs["use_cache"] = True
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         input_ids, attention_mask = left_align(input_ids, attention_mask)

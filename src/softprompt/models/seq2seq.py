@@ -200,8 +200,10 @@ class Seq2SeqSoftPromptModel(PromptedModel):
         """``transformers`` ``generate`` (greedy, sampling, beam search...) with the prompt in place.
 
         The encoder runs once with the prompt; decoder prefixes enter the cache once, before the first
-        token. Returns the decoder's sequences (start token first), as ``generate`` does.
+        token. Returns the decoder's sequences (start token first), as ``generate`` does. Decoder
+        prefixes live in the cache, so ``generate`` always runs with ``use_cache=True``.
         """
+        kwargs["use_cache"] = True
         encoder_outputs, encoder_mask, prefix = self.encode(input_ids, attention_mask, None, row_prompts)
         encoded = encoder_outputs.last_hidden_state
         batch = encoded.shape[0]
