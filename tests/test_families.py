@@ -43,7 +43,8 @@ def test_a_model_the_probe_cannot_read_is_refused_naming_what_failed():
     model = T.XLNetLMHeadModel(T.XLNetConfig(vocab_size=64, d_model=32, n_layer=1, n_head=4, d_inner=48))
     with pytest.raises(
         softprompt.UnsupportedModelError,
-        match="cannot read the shape of this xlnet model: a one-token forward wrote no keys/values",
+        match=r"xlnet's backbone \(XLNetModel\) keeps no key/value cache, and a prefix cannot enter at "
+        "placeholder positions either: it has no key/value projections named as transformers names them",
     ):
         softprompt.wrap(model, softprompt.PromptTuningConfig(num_virtual_tokens=2))
 

@@ -50,6 +50,7 @@ from softprompt import compat
 from softprompt.kinds import KINDS, ModelHead, ModelKind, Site, head_of
 
 EncoderPrefixRoute = Literal["attention", "positions"]
+SelfPrefixRoute = Literal["cache", "positions"]
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,10 @@ class ModelShape:
     recurrent_layers: tuple[int, ...] = ()
     # Decoder cache index of each of ``layers`` (empty: 0, 1, 2...); the caches place prefixes there.
     attention_layers: tuple[int, ...] = ()
+    # How a causal decoder's prefix enters: "cache" — its key/value cache; "positions" — a decoder
+    # that keeps no cache (GPT-1) takes it at placeholder positions before the input, whose keys and
+    # values its key/value projections write from the prefix (injection/positional_prefix.py).
+    self_prefix_route: SelfPrefixRoute = "cache"
     # Indices of decoder layers whose attention is sparse, over the keys an indexer ranks (DSA): a
     # prefix there is attended by every token and kept out of the ranking (injection/sparse_indexer.py).
     indexed_layers: tuple[int, ...] = ()
@@ -315,6 +320,7 @@ class _Probed:
     attention_layers: tuple[int, ...] = ()
     recurrent_layers: tuple[int, ...] = ()
     indexed_layers: tuple[int, ...] = ()
+    self_prefix_route: SelfPrefixRoute = "cache"
     decoder_layers: tuple[LayerShape, ...] = ()
     encoder_prefix: bool = True
     encoder_prefix_refusal: str = ""
@@ -342,6 +348,9 @@ def _decoder_probe(model: nn.Module) -> _Probed:
     from softprompt.injection.sparse_indexer import rank_real_keys
 
     model_type = model.config.model_type
+    backbone = compat.backbone(model)
+    if not any(compat.reads_argument(backbone, name) for name in ("past_key_values", "cache")):
+        return _cacheless_decoder_probe(model, backbone)
     reading = read_decoder_cache(model)
     if reading.indexed:  # before the proof below: it runs a prefix through the indexers
         rank_real_keys(read_indexers(model))
@@ -363,6 +372,22 @@ def _decoder_probe(model: nn.Module) -> _Probed:
         recurrent_layers=reading.recurrent,
         indexed_layers=reading.indexed,
     )
+
+
+def _cacheless_decoder_probe(model: nn.Module, backbone: nn.Module) -> _Probed:
+    """A causal decoder that keeps no key/value cache (GPT-1): its layers from its key/value
+    projections, which take the prefix at placeholder positions before the input."""
+    from softprompt.injection.capture import read_projection_layers
+
+    model_type = model.config.model_type
+    shapes, refusal = read_projection_layers(model, backbone, causal=True)
+    if refusal:
+        raise UnsupportedModelError(
+            f"{model_type}'s backbone ({type(backbone).__name__}) keeps no key/value cache, and a prefix "
+            f"cannot enter at placeholder positions either: {refusal}"
+        )
+    layers = tuple(_layer_shape(model_type, i, keys, values) for i, (keys, values) in enumerate(shapes))
+    return _Probed(layers=layers, self_prefix_route="positions")
 
 
 def _encoder_layers(
@@ -530,4 +555,5 @@ def model_shape(model: nn.Module) -> ModelShape:
         recurrent_layers=probed.recurrent_layers,
         attention_layers=probed.attention_layers,
         indexed_layers=probed.indexed_layers,
+        self_prefix_route=probed.self_prefix_route,
     )

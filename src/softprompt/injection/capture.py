@@ -289,14 +289,15 @@ def read_attention_calls(
 
 
 def read_projection_layers(
-    model: nn.Module, stack: nn.Module
+    model: nn.Module, stack: nn.Module, causal: bool = False
 ) -> tuple[list[tuple[torch.Size, torch.Size]], str]:
-    """The (keys, values) shapes (1, H, 1, D) of each layer of encoder ``stack`` whose key/value
-    projections take a positional prefix, and "" — or no shapes and why they cannot.
+    """The (keys, values) shapes (1, H, 1, D) of each layer of ``stack`` whose key/value projections
+    take a positional prefix, and "" — or no shapes and why they cannot.
 
-    The route is proven: a random prefix of 2 slots per layer, written through the real hooks after
-    one token, must reach the stack's output from every layer (its gradient, as
-    :func:`unread_encoder_modules` proves the attention route).
+    The route is proven: a random prefix of 2 slots per layer, written through the real hooks, must
+    reach the stack's output from every layer (its gradient, as :func:`unread_encoder_modules` proves
+    the attention route). An encoder's placeholders stand after one token; a ``causal`` stack's
+    before it, and only the token's output counts (its placeholders' own outputs are dropped).
     """
     was_training = model.training
     model.eval()
@@ -306,7 +307,7 @@ def read_projection_layers(
         shapes = [layer.shapes() for layer in found.layers]
         with torch.random.fork_rng(), whole_while_running(model):
             like = model.get_input_embeddings().weight
-            unread = _unread(lambda states: _proof_forward(model, found, states), shapes, like)
+            unread = _unread(lambda states: _proof_forward(model, found, states, causal), shapes, like)
     except UnsupportedModelError as refusal:
         return [], str(refusal)
     except Exception as error:
@@ -323,14 +324,17 @@ def read_projection_layers(
 
 
 def _proof_forward(
-    model: nn.Module, found: PositionalPrefix, states: list[tuple[torch.Tensor, torch.Tensor]]
+    model: nn.Module, found: PositionalPrefix, states: list[tuple[torch.Tensor, torch.Tensor]], causal: bool
 ) -> torch.Tensor:
-    """The stack's output (1, 1 + P, H) for one token and P placeholder tokens after it (the model's own
-    token ids and positions: what a placeholder holds is overwritten where it is read)."""
+    """The stack's output for one token and P placeholder tokens — after it (an encoder: (1, 1 + P, H)),
+    or before it (a causal stack: the token's output (1, 1, H)) — with the model's own token ids and
+    positions: what a placeholder holds is overwritten where it is read."""
     slots = states[0][0].shape[-2]
     ids = _probe_ids(model, 1 + slots)
-    with found.entered(states, torch.arange(1, 1 + slots, device=ids.device)[None]):
-        return found.stack(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    first = 0 if causal else 1
+    with found.entered(states, torch.arange(first, first + slots, device=ids.device)[None]):
+        output = found.stack(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    return output[:, slots:] if causal else output
 
 
 def _first_calls(calls) -> list[tuple[nn.Module, torch.Size, torch.Size]]:
@@ -494,9 +498,14 @@ def prefix_attention_modules(model: nn.Module, stack: nn.Module) -> list[nn.Modu
 
 
 def _self_states(model: nn.Module, shape: ModelShape, ids: torch.Tensor) -> list:
-    """A causal decoder's keys/values per prefix layer, captured through its cache."""
-    cache = RecordingCache(model.config)
+    """A causal decoder's keys/values per prefix layer, captured through its cache (or, where it keeps
+    none, from its key/value projections)."""
     backbone = compat.backbone(model)
+    if shape.self_prefix_route == "positions":
+        with positional_prefix(model, backbone).recorded() as states:
+            backbone(input_ids=ids)
+        return states
+    cache = RecordingCache(model.config)
     backbone(input_ids=ids, use_cache=True, **cache_kwargs(backbone, cache))
     return recorded_states(cache, shape.layer_indices)
 

@@ -350,7 +350,7 @@ def find_positional_prefix(model: nn.Module, stack: nn.Module) -> PositionalPref
             for module in (keys[0], values[0]):
                 hooks.callback(module.register_forward_hook(record).remove)
         ids = torch.zeros(_PROBE_BATCH, _PROBE_LENGTH, dtype=torch.long, device=_device(stack))
-        stack(input_ids=ids)
+        stack(input_ids=ids, attention_mask=torch.ones_like(ids))
     order = list(calls)
     called = sorted(
         (pair for pair in pairs if pair[1][0] in calls and pair[2][0] in calls),
@@ -416,7 +416,7 @@ def _split_fused(stack: nn.Module, layers: list[ProjectionLayer], name: str) -> 
             for handle in inputs.watch(last.name, last.attention, last.keys, last.values):
                 hooks.callback(handle.remove)
             hooks.callback(last.keys[0].register_forward_hook(move).remove)
-            return stack(input_ids=ids).last_hidden_state
+            return stack(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
 
     unmoved = output_with(None)[:, 1:]
 

@@ -4,7 +4,10 @@ Every method enters a causal decoder as a key/value prefix in its attention laye
 a prefix-tuning prompt already is one, and virtual tokens (prompt tuning, P-tuning) are run once
 through the frozen model to the keys/values they leave (:func:`~softprompt.injection.capture.virtual_tokens_prefix`).
 On models with recurrent layers (linear attention, Mamba) virtual tokens enter as input embeddings
-instead: a recurrent state must read them.
+instead: a recurrent state must read them. A decoder that keeps no cache at all (GPT-1) takes a
+prefix at placeholder positions before the input, whose key/value projections write it in every
+layer (:mod:`~softprompt.injection.positional_prefix`), virtual tokens as input embeddings, and
+generates by running the whole sequence every step, as it does bare.
 
 The logits are the model's own — its head with its scaling, soft-capping or head transform — asked
 for only where they are needed (``logits_to_keep``). A forward pass runs every row with its pads
@@ -22,6 +25,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Iterator
@@ -46,6 +50,7 @@ from softprompt.injection import IGNORE_INDEX, BatchPrefix, CompiledPrompt, RowP
 from softprompt.injection.attention import use_grouped_attention
 from softprompt.injection.caches import generation_cache, prefix_cache
 from softprompt.injection.capture import virtual_tokens_prefix
+from softprompt.injection.positional_prefix import positional_prefix
 from softprompt.injection.positions import (
     Alignment,
     left_align,
@@ -112,13 +117,20 @@ class SoftPromptModel(PromptedModel):
         self._grouped_attention = use_grouped_attention(base_model, shape)
         # The module that looks up per-layer inputs by token id (Gemma 4), or None.
         self._per_layer_embedder = _per_layer_embedder(backbone)
+        # A decoder without a cache (GPT-1) takes its prefix at placeholder positions before the input.
+        self._positions = (
+            positional_prefix(base_model, backbone) if shape.self_prefix_route == "positions" else None
+        )
         # Whether a cache must be read one token at a time (ProphetNet): no prefix before an input.
-        self._one_token_after_a_cache = _reads_a_cache_one_token_at_a_time(base_model, shape)
+        self._one_token_after_a_cache = self._positions is None and _reads_a_cache_one_token_at_a_time(
+            base_model, shape
+        )
         # Where virtual tokens cannot become a key/value prefix, they enter as input embeddings.
         self._tokens_as_embeddings = (
             bool(shape.recurrent_layers)
             or self._per_layer_embedder is not None
             or self._one_token_after_a_cache
+            or self._positions is not None
         )
 
     # -------------------------------------------------------------------------------------- prompts
@@ -164,6 +176,12 @@ class SoftPromptModel(PromptedModel):
                 "classifiers one model per task"
             )
         prompts = super().row_prompts(compiled, rows, device)
+        if prompts.tokens is not None and "self" in prompts.sites and self._positions is not None:
+            raise UnsupportedModelError(
+                f"{self.shape.family} keeps no key/value cache, so virtual tokens (prompt tuning, P-tuning) and "
+                "prefixes (prefix tuning) both enter it as positions before the input: rows of one batch "
+                "must carry the one kind or the other. Batch such rows by method"
+            )
         if (
             prompts.tokens is not None
             and self.shape.recurrent_layers
@@ -241,6 +259,34 @@ class SoftPromptModel(PromptedModel):
                 attention_mask = with_prefix_columns(attention_mask, prompts.tokens_mask)
                 where = None if where is None else F.pad(where, (virtual, 0))
                 align = replace(align, leading=virtual)
+            placed = contextlib.nullcontext()
+            if self._positions is not None and prefix.mask.shape[1]:
+                # A decoder without a cache: the prefix's slots become placeholder positions before the
+                # caller's tokens, whose key/value projections write the prefix in every layer.
+                slots = prefix.mask.shape[1]
+                if attention_mask.dim() != 2:
+                    raise ValueError(
+                        f"{self.shape.family} takes a prefix at positions before the input: pass a (batch, seq) "
+                        "attention_mask, not a 4-D one"
+                    )
+                if inputs_embeds is None:
+                    inputs_embeds = self.base_model.get_input_embeddings()(input_ids)
+                inputs_embeds = torch.cat(
+                    [self._stand_in_embeddings(batch, slots, inputs_embeds), inputs_embeds], 1
+                )
+                input_ids = None
+                if position_ids is not None:  # the caller's positions, after the prefix
+                    position_ids = torch.cat(
+                        [(prefix.mask.cumsum(-1) - 1).clamp(min=0), position_ids + prefix.lengths[:, None]],
+                        -1,
+                    )
+                attention_mask = with_prefix_columns(attention_mask, prefix.mask)
+                where = None if where is None else F.pad(where, (slots, 0))
+                align = replace(align, leading=slots)
+                placed = self._positions.entered(
+                    prefix.layers, torch.arange(slots, device=device).expand(batch, -1)
+                )
+                prefix = no_prefix(self.shape, batch, self.base_model.dtype, device)
             full_mask = with_prefix_columns(attention_mask, prefix.mask)  # checks the mask's rank
             if self.shape.takes_position_ids:
                 if position_ids is None and attention_mask.dim() == 4:
@@ -260,15 +306,21 @@ class SoftPromptModel(PromptedModel):
                 cache = prefix_cache(prefix.layers, self.base_model.config, self.shape.layer_indices)
             if cache is not None:
                 compat.reset_module_states(self.base_model, batch, device, self.base_model.dtype)
-            outputs = module(
-                input_ids=input_ids,
-                inputs_embeds=inputs_embeds,
-                attention_mask=full_mask,
-                use_cache=cache is not None,  # no prefix: no cache (a recurrent layer needs its own)
-                **(cache_kwargs(module, cache) if cache is not None else {}),
-                **kwargs,
-            )
+            with placed:
+                outputs = module(
+                    input_ids=input_ids,
+                    inputs_embeds=inputs_embeds,
+                    attention_mask=full_mask,
+                    use_cache=cache is not None,  # no prefix: no cache (a recurrent layer needs its own)
+                    **(cache_kwargs(module, cache) if cache is not None else {}),
+                    **kwargs,
+                )
         return outputs, align
+
+    def _stand_in_embeddings(self, batch: int, slots: int, like: torch.Tensor) -> torch.Tensor:
+        """(B, P, E) embeddings of the pad token standing in the prefix's places (overwritten where read)."""
+        pads = torch.full((batch, slots), self._pad_id, dtype=torch.long, device=like.device)
+        return self.base_model.get_input_embeddings()(pads).to(like.dtype)
 
     def _per_layer_inputs(
         self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, virtual: int
@@ -290,7 +342,10 @@ class SoftPromptModel(PromptedModel):
 
     @property
     def _pad_id(self) -> int:
-        return self.base_model.generation_config.pad_token_id or 0
+        """The id standing in a prompt's places: the pad token's (a classifier has no generation config)."""
+        generation = getattr(self.base_model, "generation_config", None)
+        pad = generation.pad_token_id if generation is not None else None
+        return pad if pad is not None else getattr(self.base_model.config, "pad_token_id", None) or 0
 
     def hidden_states(
         self,
@@ -458,6 +513,8 @@ class SoftPromptModel(PromptedModel):
             kwargs.get("num_return_sequences") or config.num_return_sequences or 1,
         )
         prompts = self._prompts(row_prompts, batch, input_ids.device)
+        if self._positions is not None:
+            return self._generate_at_positions(input_ids, attention_mask, prompts, expand, **kwargs)
         # A recurrent state cannot be re-laid after the prefill: rows of one layout run without pads.
         if (self.left_pads_matter or self.shape.recurrent_layers) and _has_padding(attention_mask, prompts):
             return self._generate_by_layout(input_ids, attention_mask, prompts, **kwargs)
@@ -608,6 +665,53 @@ class SoftPromptModel(PromptedModel):
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
         return _without_stand_ins(sequences, pads_first, virtual, length)
 
+    def _generate_at_positions(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompts: RowPrompts,
+        expand: int,
+        **kwargs,
+    ) -> torch.Tensor:
+        """``generate`` on a decoder that keeps no cache (GPT-1), each row ``[pads][prompt][tokens]``.
+
+        Every step runs the whole sequence, as such a model generates: stand-in ids take the prompt's
+        places, and in every step the prompt overwrites their embeddings (virtual tokens) or what
+        their key/value projections give (a prefix). Beams and samples repeat each row ``expand`` times.
+        """
+        batch, length = input_ids.shape
+        device = input_ids.device
+        if prompts.tokens is not None:
+            slots_mask = prompts.tokens_mask
+        else:
+            prefix = self._prefix(prompts, batch, device)
+            slots_mask = prefix.mask
+        slots = slots_mask.shape[1]
+        pads_first = _pads_first(attention_mask, slots)  # (B, P + T)
+        placed_at = pads_first.argsort(-1)[:, :slots].repeat_interleave(expand, 0)  # (B * expand, P)
+        stand_ins = torch.full((batch, slots), self._pad_id, dtype=input_ids.dtype, device=device)
+        with contextlib.ExitStack() as placed:
+            if prompts.tokens is not None:
+                tokens = prompts.tokens.repeat_interleave(expand, 0)
+                placed.enter_context(_embeddings_written(self.base_model, tokens, placed_at))
+            elif slots:
+                states = [
+                    (k.repeat_interleave(expand, 0), v.repeat_interleave(expand, 0)) for k, v in prefix.layers
+                ]
+                placed.enter_context(self._positions.entered(states, placed_at))
+            kwargs.pop("use_cache", None)  # it has none
+            if "max_length" in kwargs:
+                kwargs["max_length"] += slots
+            if "streamer" in kwargs:
+                kwargs["streamer"] = real_text_streamer(kwargs["streamer"], slots)
+            output = self.base_model.generate(
+                input_ids=torch.cat([stand_ins, input_ids], dim=-1).gather(-1, pads_first),
+                attention_mask=with_prefix_columns(attention_mask, slots_mask).gather(-1, pads_first),
+                **kwargs,
+            )
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        return _without_stand_ins(sequences, pads_first, slots, length)
+
     def prefilled_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: BatchPrefix
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -692,6 +796,22 @@ def _left_pads_change_the_output(model: nn.Module, takes_position_ids: bool = Tr
     # Relative to the logits' scale: moved positions change them by tens of percent (BART, Whisper,
     # Marian: 0.5-1.1), kernels that differ with a mask by rounding only (SmolLM2 fp32: 8e-6).
     return bool((padded - alone).abs().max() > 1e-2 * alone.abs().max())
+
+
+@contextmanager
+def _embeddings_written(model: nn.Module, embeddings: torch.Tensor, index: torch.Tensor) -> Iterator[None]:
+    """Within the block, ``model``'s input embeddings of each row hold ``embeddings`` (N, P, E) at
+    sequence positions ``index`` (N, P)."""
+
+    def write(module, args, output):
+        where = index.to(output.device)[..., None].expand(-1, -1, output.shape[-1])
+        return output.scatter(1, where, embeddings.to(output.device, output.dtype))
+
+    handle = model.get_input_embeddings().register_forward_hook(write)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @contextmanager

@@ -116,6 +116,12 @@ class Decoder:
 
     def __init__(self, runner: SoftPromptModel) -> None:
         shape = runner.shape
+        if shape.self_prefix_route == "positions":
+            raise UnsupportedModelError(
+                f"softprompt's local engine decodes sequences as key/value caches it cuts and joins between "
+                f"steps; {shape.family} keeps no key/value cache. Generate with the library "
+                "(softprompt.load(...).generate, TaskBank.generate) on this model"
+            )
         other_state = (
             f"a recurrent state in its layers {list(shape.recurrent_layers)}"
             if shape.recurrent_layers
