@@ -3,7 +3,7 @@
 import pytest
 import torch
 import transformers as T
-from tiny import FAMILIES, MORE_FAMILIES, random_ids, tiny_causal_lm, tiny_seq2seq_lm
+from tiny import FAMILIES, MORE_FAMILIES, random_ids, tiny_causal_lm, tiny_model, tiny_seq2seq_lm
 
 import softprompt
 from softprompt.families import LayerShape, kind_of, model_shape
@@ -47,6 +47,18 @@ def test_a_model_the_probe_cannot_read_is_refused_naming_what_failed():
         "placeholder positions either: it has no key/value projections named as transformers names them",
     ):
         softprompt.wrap(model, softprompt.PromptTuningConfig(num_virtual_tokens=2))
+
+
+def test_a_cache_layer_with_state_of_its_own_is_refused_naming_its_methods():
+    # DeepSeek-V4's compressed attention keeps compressor state in its own cache layer classes.
+    with pytest.raises(
+        softprompt.UnsupportedModelError,
+        match=r"cache layer DeepseekV4\w+Cache keeps a state of its own beside keys/values \(its methods "
+        r"\[.*'store_compression_weights'",
+    ):
+        softprompt.wrap(
+            tiny_model("deepseek_v4", "causal-lm"), softprompt.PromptTuningConfig(num_virtual_tokens=2)
+        )
 
 
 def test_the_probe_runs_once_per_model(monkeypatch):

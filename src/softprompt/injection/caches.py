@@ -140,10 +140,29 @@ def _holds_keys(layer) -> bool:
 
 def _with_prefix(layer, keys: torch.Tensor, values: torch.Tensor):
     if isinstance(layer, LinearAttentionCacheLayerMixin):
-        return _fresh_every_call(_HybridPrefixLayer(keys, values, layer.number_of_states))
-    if isinstance(layer, DynamicIndexedLayer):
-        return _IndexedPrefixLayer(keys, values)
-    return _PrefixLayer(keys, values)
+        prefixed = _fresh_every_call(_HybridPrefixLayer(keys, values, layer.number_of_states))
+    elif isinstance(layer, DynamicIndexedLayer):
+        prefixed = _IndexedPrefixLayer(keys, values)
+    else:
+        prefixed = _PrefixLayer(keys, values)
+    own = sorted(name for name in _own_methods(type(layer)) if not hasattr(prefixed, name))
+    if own:
+        raise ValueError(
+            f"the model's cache layer {type(layer).__name__} keeps a state of its own beside keys/values "
+            f"(its methods {own}), which a prefix layer cannot stand in for"
+        )
+    return prefixed
+
+
+def _own_methods(layer_class: type) -> set[str]:
+    """The public methods a model's modeling file gives its cache layer class, beyond ``cache_utils``'."""
+    return {
+        name
+        for cls in layer_class.__mro__
+        if cls.__module__ != Cache.__module__ and cls is not object
+        for name, value in vars(cls).items()
+        if not name.startswith("_") and callable(value)
+    }
 
 
 def prefix_cache(states: LayerStates, config=None, layer_indices: Sequence[int] | None = None) -> Cache:
