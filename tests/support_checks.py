@@ -11,9 +11,11 @@ method of ``softprompt.methods.METHODS`` on each case ends as one :class:`Outcom
 * ``fails`` — a check found a wrong answer, or something raised that is not softprompt's refusal.
 
 The checks, in order: the prompt changes the logits; a row's logits are the same alone and padded
-in a batch (left and right); greedy generation gives the same tokens alone and left-padded (LM
-heads); a saved prompt loads back to the same logits; the bare model's logits are unchanged bit for
-bit; a prompt file saved for another model is refused with softprompt's error.
+in a batch (left and right); a causal LM's logits are its own with the prompt in front (its virtual
+tokens' embeddings, or the text whose keys/values a prefix holds); greedy generation gives the same
+tokens alone and left-padded (LM heads); a saved prompt loads back to the same logits; the
+bare model's logits are unchanged bit for bit; a prompt file saved for another model is refused
+with softprompt's error.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from transformers.cache_utils import DynamicCache, LinearAttentionCacheLayerMixi
 
 import softprompt
 from softprompt.files.errors import AdapterFileError
+from softprompt.injection.capture import site_states
 from softprompt.kinds import HEADS
 from softprompt.methods import METHODS, SoftPromptConfig
+from softprompt.methods.base import PrefixStates, VirtualTokens, flatten_prefix
 
 MATRIX_HEADS = ("causal-lm", "seq2seq-lm", "sequence-classification", "token-classification")
 LM_HEADS = {"causal-lm", "seq2seq-lm"}
@@ -226,6 +230,9 @@ def check_method(
             check = "padding invariance"
             for side in ("left", "right"):
                 _padding_invariant(model, base, rows, side, prompted, bare, decoder_ids)
+            if head == "causal-lm":
+                check = "the model's own logits with the prompt in front"
+                _equals_the_prompt_in_front(model, base, rows[0], prompted[0])
             if head in LM_HEADS:
                 check = "greedy generation alone = batched"
                 _generation_invariant(model, rows)
@@ -270,6 +277,42 @@ def _move_prompt_from_its_init(model) -> None:
 def _prompt_matters(prompted: torch.Tensor, bare: torch.Tensor) -> None:
     if prompted.shape == bare.shape and _max_diff(prompted, bare) <= NOISE:
         raise CheckFailed("the prompt changes nothing: the logits are the bare model's")
+
+
+def _equals_the_prompt_in_front(model, base, row: torch.Tensor, prompted: torch.Tensor) -> None:
+    """The family-independent reference for a causal LM: virtual tokens give the bare model's logits
+    with their embeddings in front of the row; a prefix of the keys/values a text leaves gives the
+    bare model's logits with that text in front. (Hybrid models are exempt from the prefix's: their
+    recurrent layers never see a key/value prefix.)"""
+    output = model.prompt()
+    if isinstance(output, VirtualTokens):
+        embeddings = output.embeddings.to(base.dtype)[None]  # (1, P, E)
+        inputs = torch.cat([embeddings, base.get_input_embeddings()(row[None])], dim=1)
+        extra = {}
+        if model._per_layer_embedder is not None:  # Gemma 4: virtual tokens look up the pad token's
+            ids = torch.cat([torch.full((1, embeddings.shape[1]), model._pad_id), row[None]], dim=1)
+            extra["per_layer_inputs"] = model._per_layer_embedder.get_per_layer_inputs(ids, None)
+        expected = base(inputs_embeds=inputs, attention_mask=torch.ones(inputs.shape[:2]), **extra).logits
+        got = prompted
+    elif model.shape.recurrent_layers or not isinstance(
+        getattr(model.prompt, "prefix", None), torch.nn.Parameter
+    ):
+        return  # (a prefix reparameterised by an MLP holds no table to set)
+    else:
+        text = random_ids(1, model.prompt.prefix.shape[0], seed=99)[0]  # the table (P, F)
+        saved = model.prompt.prefix.detach().clone()
+        states = site_states(base, model.shape, text)["self"]
+        try:
+            model.prompt.prefix.copy_(flatten_prefix(PrefixStates(states)))
+            got = _logits(model, row[None], None, None)
+        finally:
+            model.prompt.prefix.copy_(saved)
+        expected = base(torch.cat([text[None], row[None]], dim=1)).logits
+    expected = expected[:, -row.shape[0] :].float()
+    if not torch.allclose(got, expected, atol=ATOL, rtol=ATOL):
+        raise CheckFailed(
+            f"the logits differ from the bare model's with the prompt in front by {_max_diff(got, expected):.2e}"
+        )
 
 
 def _padding_drift(model, rows, side: str, alone, decoder_ids) -> float:

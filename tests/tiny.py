@@ -504,6 +504,8 @@ def _configs(model_type: str, head: str, multi_head: bool) -> list:
         raise BuildError(model_type, head, f"config: {one_line(err)}") from None
     if _text_vocabulary(config) is None:
         raise NotATextModel(model_type, head, "its config has no text vocabulary")
+    if head == "causal-lm":  # as their causal-LM classes ask (BERT-style ones attend both ways without it)
+        config.is_decoder = True
     text = config.get_text_config(decoder=True)
     # a class registered under a composite type may take the text part only
     return [config] if text is config else [config, text]

@@ -491,9 +491,9 @@ def _probe(model: nn.Module, kind: ModelKind) -> _Probed:
 
 
 def _position_offset(model: nn.Module, kind: ModelKind) -> int:
-    """First position id of a real token in an encoder: RoBERTa-style embeddings (RoBERTa, XLM-R,
-    MPNet...) number positions from ``padding_idx + 1``, which their position table reserves."""
-    if kind != "encoder":
+    """First position id of a real token: RoBERTa-style embeddings (RoBERTa, XLM-R, MPNet..., and
+    their causal LMs) number positions from ``padding_idx + 1``, which their position table reserves."""
+    if kind == "seq2seq":
         return 0
     positions = getattr(getattr(model.base_model, "embeddings", None), "position_embeddings", None)
     padding = getattr(positions, "padding_idx", None)

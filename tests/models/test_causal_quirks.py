@@ -11,10 +11,15 @@ against the model's own numbers, or is refused with the reason.
 * ProphetNet reads a cache only one token at a time: virtual tokens enter as input embeddings (the
   bare model with the prompt's embeddings in front), a key/value prefix is refused with the reason.
 * CPM-Ant builds its own attention mask from the token ids: refused, for every method.
+* RoBERTa-style LMs number positions from ``padding_idx + 1``: the caller's tokens after a prompt are
+  numbered the model's way (the bare model with the prompt's embeddings in front).
+* A BERT-style LM built without ``is_decoder`` attends both ways, so it is no causal LM: refused,
+  saying to set ``is_decoder``.
 """
 
 import pytest
 import torch
+import transformers as T
 from test_causal import CONFIGS
 from test_invariance_windows import assert_batch_invariant
 from tiny import random_ids, tiny_model
@@ -112,3 +117,38 @@ def test_a_prefix_before_a_model_reading_its_cache_one_token_at_a_time_is_refuse
         softprompt.UnsupportedModelError, match="reads a key/value cache only one token at a time"
     ):
         model(input_ids=random_ids(1, 4))
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_roberta_style_positions_count_from_after_the_padding_index(method):
+    base = tiny_model("roberta", "causal-lm")
+    model = softprompt.wrap(base, CONFIGS[method]()).eval()
+    assert model.shape.position_offset == base.config.pad_token_id + 1
+    ids = random_ids(1, 5)
+    with torch.no_grad():
+        got = model(input_ids=ids).logits
+        if method == "prompt_tuning":
+            prompt = model.prompt().embeddings[None]
+            inputs = torch.cat([prompt, base.get_input_embeddings()(ids)], dim=1)
+            expected = base(inputs_embeds=inputs).logits[:, prompt.shape[1] :]
+        else:  # a prefix of a text's own keys/values: the text in front
+            from softprompt.injection.capture import site_states
+            from softprompt.methods.base import PrefixStates, flatten_prefix
+
+            text = random_ids(1, model.prompt.prefix.shape[0], seed=1)
+            model.prompt.prefix.copy_(
+                flatten_prefix(PrefixStates(site_states(base, model.shape, text[0])["self"]))
+            )
+            got = model(input_ids=ids).logits
+            expected = base(torch.cat([text, ids], dim=1)).logits[:, text.shape[1] :]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_bert_style_lm_built_without_is_decoder_is_refused_saying_so():
+    config = tiny_model("bert", "causal-lm").config
+    config.is_decoder = False  # transformers then warns, and the model attends both ways
+    base = T.BertLMHeadModel(config).eval()
+    with pytest.raises(
+        softprompt.UnsupportedModelError, match=r"BertLMHeadModel is not causal: .*is_decoder=True"
+    ):
+        softprompt.wrap(base, CONFIGS["prompt_tuning"]())

@@ -107,6 +107,12 @@ class SoftPromptModel(PromptedModel):
                 f"{shape.family}'s backbone ({type(backbone).__name__}) takes no attention_mask: it builds its "
                 "own mask from the token ids, so it can be shown neither a batch's pads nor a prompt's slots"
             )
+        if _attends_to_later_tokens(backbone):
+            raise UnsupportedModelError(
+                f"{type(base_model).__name__} is not causal: its first token's output changes with the token "
+                "after it, so a prompt before the input, a next-token loss and generation are not what it "
+                "computes. Build it as a decoder (transformers' BERT-style LMs need config.is_decoder=True)"
+            )
         super().__init__(base_model, prompt, shape)
         if shape.head in ("sequence-classification", "token-classification"):
             self.head = head_modules(base_model)
@@ -291,10 +297,12 @@ class SoftPromptModel(PromptedModel):
             if self.shape.takes_position_ids:
                 if position_ids is None and attention_mask.dim() == 4:
                     position_ids = (
-                        torch.arange(length, device=device).expand(batch, -1) + prefix.lengths[:, None]
+                        torch.arange(length, device=device).expand(batch, -1)
+                        + prefix.lengths[:, None]
+                        + self.shape.position_offset
                     )
                 elif position_ids is None:
-                    position_ids = positions_after_prefix(attention_mask, prefix.lengths)
+                    position_ids = self._positions_after(attention_mask, prefix.lengths)
                 else:  # the caller's own positions, moved past each row's prompt
                     position_ids = position_ids + prefix.lengths[:, None]
                 kwargs["position_ids"] = position_ids
@@ -316,6 +324,11 @@ class SoftPromptModel(PromptedModel):
                     **kwargs,
                 )
         return outputs, align
+
+    def _positions_after(self, attention_mask: torch.Tensor, prefix_lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T) position ids of the caller's tokens after each row's prompt, in the model's numbering
+        (RoBERTa-style embeddings count from ``padding_idx + 1``)."""
+        return positions_after_prefix(attention_mask, prefix_lengths) + self.shape.position_offset
 
     def _stand_in_embeddings(self, batch: int, slots: int, like: torch.Tensor) -> torch.Tensor:
         """(B, P, E) embeddings of the pad token standing in the prefix's places (overwritten where read)."""
@@ -544,7 +557,7 @@ class SoftPromptModel(PromptedModel):
         pad = self._pad_id
         stand_ins = torch.full((batch, virtual), pad, dtype=input_ids.dtype, device=input_ids.device)
         if self.shape.takes_position_ids:
-            positions = positions_after_prefix(attention_mask, prefix.lengths)
+            positions = self._positions_after(attention_mask, prefix.lengths)
             kwargs["position_ids"] = torch.cat([torch.zeros_like(prefix.mask), positions], -1).gather(
                 -1, layout
             )
@@ -635,7 +648,7 @@ class SoftPromptModel(PromptedModel):
         stand_ins = torch.full((batch, virtual), pad, dtype=input_ids.dtype, device=input_ids.device)
         ids = torch.cat([stand_ins, input_ids], dim=-1).gather(-1, pads_first)
         if self.shape.takes_position_ids:
-            kwargs["position_ids"] = positions_after_prefix(mask, torch.zeros_like(mask[:, 0]))
+            kwargs["position_ids"] = self._positions_after(mask, torch.zeros_like(mask[:, 0]))
 
         cache = generation_cache(self.base_model.config, [])
         backbone = compat.backbone(self.base_model)
@@ -763,6 +776,19 @@ def _reads_a_cache_one_token_at_a_time(model: nn.Module, shape: ModelShape) -> b
     except Exception:  # noqa: BLE001 — another failure is not this probe's to judge: the model's run will say
         return False
     return False
+
+
+def _attends_to_later_tokens(backbone: nn.Module) -> bool:
+    """Whether the first position's output of ``backbone`` moves when the second token changes (a
+    bidirectional encoder in a causal-LM class: BERT-style LMs built without ``is_decoder``)."""
+    device = next(backbone.parameters()).device  # (ProphetNet's decoder wrapper has no get_input_embeddings)
+
+    def first_output(second: int) -> torch.Tensor:  # one row at a time: no batch effect on the answer
+        ids = torch.tensor([[3, second]], device=device)
+        return backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0, 0].float()
+
+    with torch.no_grad(), _evaluating(backbone):
+        return not torch.allclose(first_output(4), first_output(5), atol=1e-6, rtol=1e-5)
 
 
 def _per_layer_embedder(backbone: nn.Module) -> nn.Module | None:
