@@ -561,10 +561,7 @@ class SoftPromptModel(PromptedModel):
             kwargs["position_ids"] = torch.cat([torch.zeros_like(prefix.mask), positions], -1).gather(
                 -1, layout
             )
-        if "max_length" in kwargs:
-            kwargs["max_length"] += virtual
-        if "streamer" in kwargs:
-            kwargs["streamer"] = real_text_streamer(kwargs["streamer"], virtual)
+        _count_stand_ins(kwargs, virtual)
         compat.reset_module_states(self.base_model, batch * expand, input_ids.device, self.base_model.dtype)
         output = self.base_model.generate(
             input_ids=torch.cat([stand_ins, input_ids], dim=-1).gather(-1, layout),
@@ -668,10 +665,7 @@ class SoftPromptModel(PromptedModel):
             **cache_kwargs(backbone, cache),
             **positions,
         )
-        if "max_length" in kwargs:
-            kwargs["max_length"] += virtual
-        if "streamer" in kwargs:
-            kwargs["streamer"] = real_text_streamer(kwargs["streamer"], virtual)
+        _count_stand_ins(kwargs, virtual)
         output = self.base_model.generate(
             input_ids=ids, attention_mask=mask, **cache_kwargs(self.base_model, cache), **kwargs
         )
@@ -713,10 +707,7 @@ class SoftPromptModel(PromptedModel):
                 ]
                 placed.enter_context(self._positions.entered(states, placed_at))
             kwargs.pop("use_cache", None)  # it has none
-            if "max_length" in kwargs:
-                kwargs["max_length"] += slots
-            if "streamer" in kwargs:
-                kwargs["streamer"] = real_text_streamer(kwargs["streamer"], slots)
+            _count_stand_ins(kwargs, slots)
             output = self.base_model.generate(
                 input_ids=torch.cat([stand_ins, input_ids], dim=-1).gather(-1, pads_first),
                 attention_mask=with_prefix_columns(attention_mask, slots_mask).gather(-1, pads_first),
@@ -872,6 +863,15 @@ def _pads_first(attention_mask: torch.Tensor, virtual: int) -> torch.Tensor:
     slots = torch.ones(attention_mask.shape[0], virtual, dtype=torch.long, device=attention_mask.device)
     content = with_prefix_columns(attention_mask, slots)
     return torch.argsort(content, dim=-1, stable=True)
+
+
+def _count_stand_ins(kwargs: dict, slots: int) -> None:
+    """``generate`` options for rows with ``slots`` stand-in ids in front: ``max_length`` counts them
+    and a streamer skips them (they are no text)."""
+    if "max_length" in kwargs:
+        kwargs["max_length"] += slots
+    if "streamer" in kwargs:
+        kwargs["streamer"] = real_text_streamer(kwargs["streamer"], slots)
 
 
 def _without_stand_ins(
