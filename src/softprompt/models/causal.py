@@ -71,6 +71,7 @@ from softprompt.models.heads import (
     last_token,
     trainable,
 )
+from softprompt.sharding import whole_while_running
 
 
 class SoftPromptModel(PromptedModel):
@@ -107,7 +108,7 @@ class SoftPromptModel(PromptedModel):
                 f"{shape.family}'s backbone ({type(backbone).__name__}) takes no attention_mask: it builds its "
                 "own mask from the token ids, so it can be shown neither a batch's pads nor a prompt's slots"
             )
-        if _attends_to_later_tokens(backbone):
+        if _attends_to_later_tokens(base_model, backbone):
             raise UnsupportedModelError(
                 f"{type(base_model).__name__} is not causal: its first token's output changes with the token "
                 "after it, so a prompt before the input, a next-token loss and generation are not what it "
@@ -769,16 +770,17 @@ def _reads_a_cache_one_token_at_a_time(model: nn.Module, shape: ModelShape) -> b
     return False
 
 
-def _attends_to_later_tokens(backbone: nn.Module) -> bool:
-    """Whether the first position's output of ``backbone`` moves when the second token changes (a
-    bidirectional encoder in a causal-LM class: BERT-style LMs built without ``is_decoder``)."""
+def _attends_to_later_tokens(model: nn.Module, backbone: nn.Module) -> bool:
+    """Whether the first position's output of ``model``'s ``backbone`` moves when the second token
+    changes (a bidirectional encoder in a causal-LM class: BERT-style LMs built without ``is_decoder``).
+    A sharded base (FSDP2, ZeRO-3) is gathered module by module meanwhile."""
     device = next(backbone.parameters()).device  # (ProphetNet's decoder wrapper has no get_input_embeddings)
 
     def first_output(second: int) -> torch.Tensor:  # one row at a time: no batch effect on the answer
         ids = torch.tensor([[3, second]], device=device)
         return backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0, 0].float()
 
-    with torch.no_grad(), _evaluating(backbone):
+    with torch.no_grad(), _evaluating(model), whole_while_running(model):
         return not torch.allclose(first_output(4), first_output(5), atol=1e-6, rtol=1e-5)
 
 
