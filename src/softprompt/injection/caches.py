@@ -145,7 +145,7 @@ def _with_prefix(layer, keys: torch.Tensor, values: torch.Tensor):
         prefixed = _IndexedPrefixLayer(keys, values)
     else:
         prefixed = _PrefixLayer(keys, values)
-    own = sorted(name for name in _own_methods(type(layer)) if not hasattr(prefixed, name))
+    own = _methods_a_prefix_lacks(type(layer), type(prefixed))
     if own:
         raise ValueError(
             f"the model's cache layer {type(layer).__name__} keeps a state of its own beside keys/values "
@@ -154,15 +154,18 @@ def _with_prefix(layer, keys: torch.Tensor, values: torch.Tensor):
     return prefixed
 
 
-def _own_methods(layer_class: type) -> set[str]:
-    """The public methods a model's modeling file gives its cache layer class, beyond ``cache_utils``'."""
-    return {
+@functools.cache
+def _methods_a_prefix_lacks(layer_class: type, prefix_class: type) -> list[str]:
+    """The public methods a model's modeling file gives its cache layer class beyond ``cache_utils``'
+    that ``prefix_class`` has not (once per pair of classes: a prefix cache is built every forward)."""
+    own = {
         name
         for cls in layer_class.__mro__
         if cls.__module__ != Cache.__module__ and cls is not object
         for name, value in vars(cls).items()
         if not name.startswith("_") and callable(value)
     }
+    return sorted(name for name in own if not hasattr(prefix_class, name))
 
 
 def prefix_cache(states: LayerStates, config=None, layer_indices: Sequence[int] | None = None) -> Cache:
