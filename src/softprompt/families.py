@@ -342,8 +342,25 @@ def _layer_shape(model_type: str, index: int, keys: torch.Size, values: torch.Si
 
 
 def _decoder_probe(model: nn.Module) -> _Probed:
-    """A causal decoder's layers from one token through a recording cache (see :func:`softprompt.injection.capture.read_decoder_cache`)."""
-    # (above families in the import order)
+    """A causal decoder's layers (:func:`_decoder_layers`), proven causal: its first token's output
+    must not change with the token after it."""
+    from softprompt.injection.capture import attends_to_later_tokens  # (above families in the import order)
+
+    probed = _decoder_layers(model)
+    # (a backbone that takes no attention mask is refused for that when it is wrapped)
+    if compat.reads_argument(compat.backbone(model), "attention_mask") and attends_to_later_tokens(model):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is not causal: its first token's output changes with the token after "
+            "it, so a prompt before the input, a next-token loss and generation are not what it computes. "
+            "Build it as a decoder (transformers' BERT-style LMs need config.is_decoder=True)"
+        )
+    return probed
+
+
+def _decoder_layers(model: nn.Module) -> _Probed:
+    """A causal decoder's layers from one token through a recording cache (see
+    :func:`softprompt.injection.capture.read_decoder_cache`), or, where it keeps no cache, from its
+    key/value projections."""
     from softprompt.injection.capture import read_decoder_cache, read_indexers, unread_decoder_layers
     from softprompt.injection.sparse_indexer import rank_real_keys
 

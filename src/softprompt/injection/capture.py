@@ -173,6 +173,24 @@ def read_decoder_cache(model: nn.Module) -> CacheReading:
     return _reading(cache)
 
 
+def attends_to_later_tokens(model: nn.Module) -> bool:
+    """Whether the first position's output of a causal LM's backbone moves when the second token
+    changes (a bidirectional encoder in a causal-LM class: BERT-style LMs built without ``is_decoder``).
+    One row at a time, so no batch effect enters the answer."""
+    backbone = compat.backbone(model)
+    device = next(backbone.parameters()).device  # (ProphetNet's decoder wrapper has no get_input_embeddings)
+    firsts: list[torch.Tensor] = []
+
+    def forward():
+        for second in (4, 5):
+            ids = torch.tensor([[3, second]], device=device)
+            output = backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+            firsts.append(output[0, 0].float())
+
+    _run_probe(model, "a two-token forward", forward)
+    return not torch.allclose(*firsts, atol=1e-6, rtol=1e-5)
+
+
 def read_indexers(model: nn.Module) -> dict[nn.Module, int]:
     """The sparse-attention indexers of a causal LM's backbone — the modules that call their cache's
     ``update_indexer`` — each with the cache layer index it updates (one token's forward)."""

@@ -71,7 +71,6 @@ from softprompt.models.heads import (
     last_token,
     trainable,
 )
-from softprompt.sharding import whole_while_running
 
 
 class SoftPromptModel(PromptedModel):
@@ -107,12 +106,6 @@ class SoftPromptModel(PromptedModel):
             raise UnsupportedModelError(
                 f"{shape.family}'s backbone ({type(backbone).__name__}) takes no attention_mask: it builds its "
                 "own mask from the token ids, so it can be shown neither a batch's pads nor a prompt's slots"
-            )
-        if _attends_to_later_tokens(base_model, backbone):
-            raise UnsupportedModelError(
-                f"{type(base_model).__name__} is not causal: its first token's output changes with the token "
-                "after it, so a prompt before the input, a next-token loss and generation are not what it "
-                "computes. Build it as a decoder (transformers' BERT-style LMs need config.is_decoder=True)"
             )
         super().__init__(base_model, prompt, shape)
         if shape.head in ("sequence-classification", "token-classification"):
@@ -247,49 +240,30 @@ class SoftPromptModel(PromptedModel):
         with compat.checkpointing_keeps_cache(self.base_model):
             prompts = self._prompts(row_prompts, batch, device)
             prefix = self._prefix(prompts, batch, device)
-            if prompts.tokens is not None:  # virtual tokens as embeddings, before the caller's tokens
-                virtual = prompts.tokens.shape[1]
-                if attention_mask.dim() != 2:
-                    raise ValueError(
-                        f"{self.shape.family} takes virtual tokens as input embeddings: pass a (batch, seq) "
-                        "attention_mask, not a 4-D one"
-                    )
-                if self._per_layer_embedder is not None:
-                    kwargs["per_layer_inputs"] = self._per_layer_inputs(input_ids, inputs_embeds, virtual)
-                if inputs_embeds is None:
-                    inputs_embeds = self.base_model.get_input_embeddings()(input_ids)
-                inputs_embeds = torch.cat([prompts.tokens.to(inputs_embeds.dtype), inputs_embeds], dim=1)
-                input_ids = None
-                if position_ids is not None:  # the caller's positions, after the virtual tokens
-                    count = prompts.tokens_mask.sum(-1, keepdim=True)
-                    position_ids = torch.cat([prompts.tokens_mask.cumsum(-1) - 1, position_ids + count], -1)
-                attention_mask = with_prefix_columns(attention_mask, prompts.tokens_mask)
-                where = None if where is None else F.pad(where, (virtual, 0))
-                align = replace(align, leading=virtual)
             placed = contextlib.nullcontext()
-            if self._positions is not None and prefix.mask.shape[1]:
+            if prompts.tokens is not None:  # virtual tokens as embeddings, before the caller's tokens
+                if self._per_layer_embedder is not None:
+                    kwargs["per_layer_inputs"] = self._per_layer_inputs(
+                        input_ids, inputs_embeds, prompts.tokens.shape[1]
+                    )
+                inputs_embeds, attention_mask, position_ids, where, align = self._columns_in_front(
+                    "virtual tokens as input embeddings",
+                    prompts.tokens,
+                    prompts.tokens_mask,
+                    (input_ids, inputs_embeds, attention_mask, position_ids, where, align),
+                )
+                input_ids = None
+            elif self._positions is not None and prefix.mask.shape[1]:
                 # A decoder without a cache: the prefix's slots become placeholder positions before the
                 # caller's tokens, whose key/value projections write the prefix in every layer.
                 slots = prefix.mask.shape[1]
-                if attention_mask.dim() != 2:
-                    raise ValueError(
-                        f"{self.shape.family} takes a prefix at positions before the input: pass a (batch, seq) "
-                        "attention_mask, not a 4-D one"
-                    )
-                if inputs_embeds is None:
-                    inputs_embeds = self.base_model.get_input_embeddings()(input_ids)
-                inputs_embeds = torch.cat(
-                    [self._stand_in_embeddings(batch, slots, inputs_embeds), inputs_embeds], 1
+                inputs_embeds, attention_mask, position_ids, where, align = self._columns_in_front(
+                    "a prefix at positions before the input",
+                    self._stand_in_embeddings(batch, slots, device),
+                    prefix.mask,
+                    (input_ids, inputs_embeds, attention_mask, position_ids, where, align),
                 )
                 input_ids = None
-                if position_ids is not None:  # the caller's positions, after the prefix
-                    position_ids = torch.cat(
-                        [(prefix.mask.cumsum(-1) - 1).clamp(min=0), position_ids + prefix.lengths[:, None]],
-                        -1,
-                    )
-                attention_mask = with_prefix_columns(attention_mask, prefix.mask)
-                where = None if where is None else F.pad(where, (slots, 0))
-                align = replace(align, leading=slots)
                 placed = self._positions.entered(
                     prefix.layers, torch.arange(slots, device=device).expand(batch, -1)
                 )
@@ -331,10 +305,44 @@ class SoftPromptModel(PromptedModel):
         (RoBERTa-style embeddings count from ``padding_idx + 1``)."""
         return positions_after_prefix(attention_mask, prefix_lengths) + self.shape.position_offset
 
-    def _stand_in_embeddings(self, batch: int, slots: int, like: torch.Tensor) -> torch.Tensor:
-        """(B, P, E) embeddings of the pad token standing in the prefix's places (overwritten where read)."""
-        pads = torch.full((batch, slots), self._pad_id, dtype=torch.long, device=like.device)
-        return self.base_model.get_input_embeddings()(pads).to(like.dtype)
+    def _columns_in_front(
+        self,
+        what: str,
+        columns: torch.Tensor,
+        columns_mask: torch.Tensor,
+        run: tuple,
+    ) -> tuple:
+        """A run's (input_ids, inputs_embeds, attention_mask, position_ids, where, align) with input
+        ``columns`` (B, P, E) before the caller's tokens — virtual tokens, or a prefix's stand-ins —
+        whose mask is ``columns_mask`` (B, P). Returns (inputs_embeds, attention_mask, position_ids,
+        where, align); the run then takes no input ids. ``what`` names what the columns carry."""
+        input_ids, inputs_embeds, attention_mask, position_ids, where, align = run
+        if attention_mask.dim() != 2:
+            raise ValueError(
+                f"{self.shape.family} takes {what}: pass a (batch, seq) attention_mask, not a 4-D one"
+            )
+        if inputs_embeds is None:
+            inputs_embeds = self.base_model.get_input_embeddings()(input_ids)
+        inputs_embeds = torch.cat([columns.to(inputs_embeds.dtype), inputs_embeds], dim=1)
+        if position_ids is not None:  # the caller's positions, after the columns
+            count = columns_mask.sum(-1, keepdim=True)
+            position_ids = torch.cat([(columns_mask.cumsum(-1) - 1).clamp(min=0), position_ids + count], -1)
+        slots = columns.shape[1]
+        return (
+            inputs_embeds,
+            with_prefix_columns(attention_mask, columns_mask),
+            position_ids,
+            None if where is None else F.pad(where, (slots, 0)),
+            replace(align, leading=slots),
+        )
+
+    def _stand_in_ids(self, batch: int, slots: int, device: torch.device) -> torch.Tensor:
+        """(B, P) pad ids standing in a prompt's places (what a place holds is overwritten where read)."""
+        return torch.full((batch, slots), self._pad_id, dtype=torch.long, device=device)
+
+    def _stand_in_embeddings(self, batch: int, slots: int, device: torch.device) -> torch.Tensor:
+        """(B, P, E) embeddings of :meth:`_stand_in_ids`."""
+        return self.base_model.get_input_embeddings()(self._stand_in_ids(batch, slots, device))
 
     def _per_layer_inputs(
         self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, virtual: int
@@ -344,7 +352,7 @@ class SoftPromptModel(PromptedModel):
         the caller's tokens theirs (from the embeddings where no ids are given)."""
         lookup = self._per_layer_embedder.get_per_layer_inputs
         tokens = input_ids if input_ids is not None else inputs_embeds
-        pads = torch.full((tokens.shape[0], virtual), self._pad_id, dtype=torch.long, device=tokens.device)
+        pads = self._stand_in_ids(tokens.shape[0], virtual, tokens.device)
         return torch.cat([lookup(pads, None), lookup(input_ids, inputs_embeds)], dim=1)
 
     @property
@@ -555,8 +563,7 @@ class SoftPromptModel(PromptedModel):
         )
 
         # `generate` skips the input ids the cache already covers: stand-ins take the prefix's places.
-        pad = self._pad_id
-        stand_ins = torch.full((batch, virtual), pad, dtype=input_ids.dtype, device=input_ids.device)
+        stand_ins = self._stand_in_ids(batch, virtual, input_ids.device)
         if self.shape.takes_position_ids:
             positions = self._positions_after(attention_mask, prefix.lengths)
             kwargs["position_ids"] = torch.cat([torch.zeros_like(prefix.mask), positions], -1).gather(
@@ -610,8 +617,7 @@ class SoftPromptModel(PromptedModel):
             groups.append((rows, out[:, count:]))
         returned = out.shape[0] // rows.shape[0]  # sequences per input row
         new = max(out.shape[1] for _, out in groups)
-        pad = self._pad_id
-        sequences = input_ids.new_full((batch * returned, length + new), pad)
+        sequences = input_ids.new_full((batch * returned, length + new), self._pad_id)
         sequences[:, :length] = input_ids.repeat_interleave(returned, 0)
         for rows, out in groups:
             expanded = (rows[:, None] * returned + torch.arange(returned, device=rows.device)).flatten()
@@ -642,8 +648,7 @@ class SoftPromptModel(PromptedModel):
         embeds = torch.cat([prompts.tokens.to(embeds.dtype), embeds], dim=1)
         embeds = embeds.gather(1, pads_first[..., None].expand_as(embeds))  # (B, P + T, E)
         mask = with_prefix_columns(attention_mask, prompts.tokens_mask).gather(-1, pads_first)
-        pad = self._pad_id
-        stand_ins = torch.full((batch, virtual), pad, dtype=input_ids.dtype, device=input_ids.device)
+        stand_ins = self._stand_in_ids(batch, virtual, input_ids.device)
         ids = torch.cat([stand_ins, input_ids], dim=-1).gather(-1, pads_first)
         if self.shape.takes_position_ids:
             kwargs["position_ids"] = self._positions_after(mask, torch.zeros_like(mask[:, 0]))
@@ -697,7 +702,7 @@ class SoftPromptModel(PromptedModel):
         slots = slots_mask.shape[1]
         pads_first = _pads_first(attention_mask, slots)  # (B, P + T)
         placed_at = pads_first.argsort(-1)[:, :slots].repeat_interleave(expand, 0)  # (B * expand, P)
-        stand_ins = torch.full((batch, slots), self._pad_id, dtype=input_ids.dtype, device=device)
+        stand_ins = self._stand_in_ids(batch, slots, device)
         with contextlib.ExitStack() as placed:
             if prompts.tokens is not None:
                 tokens = prompts.tokens.repeat_interleave(expand, 0)
@@ -768,20 +773,6 @@ def _reads_a_cache_one_token_at_a_time(model: nn.Module, shape: ModelShape) -> b
     except Exception:  # noqa: BLE001 — another failure is not this probe's to judge: the model's run will say
         return False
     return False
-
-
-def _attends_to_later_tokens(model: nn.Module, backbone: nn.Module) -> bool:
-    """Whether the first position's output of ``model``'s ``backbone`` moves when the second token
-    changes (a bidirectional encoder in a causal-LM class: BERT-style LMs built without ``is_decoder``).
-    A sharded base (FSDP2, ZeRO-3) is gathered module by module meanwhile."""
-    device = next(backbone.parameters()).device  # (ProphetNet's decoder wrapper has no get_input_embeddings)
-
-    def first_output(second: int) -> torch.Tensor:  # one row at a time: no batch effect on the answer
-        ids = torch.tensor([[3, second]], device=device)
-        return backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0, 0].float()
-
-    with torch.no_grad(), _evaluating(model), whole_while_running(model):
-        return not torch.allclose(first_output(4), first_output(5), atol=1e-6, rtol=1e-5)
 
 
 def _per_layer_embedder(backbone: nn.Module) -> nn.Module | None:
