@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # panel and _common, when run from anywhere
@@ -80,7 +81,8 @@ def run_grid(
         for seed in budget.seeds:
             for init, length in pairs:
                 prompt = {"init": init, "num_virtual_tokens": length}
-                bench.run_softprompt(f"{init}-{length}", seed, prompt, preset=preset)
+                setup = f"{init}-{length}"
+                bench.once(setup, seed, partial(bench.run_softprompt, setup, seed, prompt, preset=preset))
         runs += bench.runs
     return runs
 

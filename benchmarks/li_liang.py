@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # panel and _common, when run from anywhere
@@ -117,12 +118,10 @@ def run_all(
     for bench in benches(tasks, budget, quick, data, journal, sizes):
         for seed in budget.seeds:
             for method in methods:
-                if method == "prefix":
-                    run_prefix(bench, seed, preset)
-                elif method == "full":
-                    run_full(bench, seed)
-                else:
-                    run_lora(bench, seed)
+                runner = {"prefix": partial(run_prefix, preset=preset), "full": run_full, "lora": run_lora}[
+                    method
+                ]
+                bench.once(method, seed, partial(runner, bench, seed))
         runs += bench.runs
     return runs
 

@@ -42,6 +42,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -396,6 +397,24 @@ class Bench:
     budget: Budget
     runs: list[Run] = field(default_factory=list)
     journal: Path | None = None  # every finished run is appended here as a JSON line
+    journaled: list[Run] = field(default_factory=list)  # the journal's runs from before this process
+
+    def once(self, setup: str, seed: int, train: Callable[[], Run]) -> Run:
+        """``train()``, unless the journal already holds this run (same task, setup, seed, training rows,
+        steps and batch): then that run, so a rerun of an interrupted command trains only what is left."""
+        for run in self.journaled:
+            if (run.task, run.setup, run.seed, run.train_rows, run.steps, run.batch_size) == (
+                self.task.name,
+                setup,
+                seed,
+                len(self.train),
+                0 if setup == "zero-shot" else self.budget.steps,
+                self.budget.batch_size,
+            ):
+                self.runs.append(run)
+                print(f"  {run.task} {setup} seed {seed}: {run.metric} {run.score:.1f} (from the journal)")
+                return run
+        return train()
 
     def label_ids(self) -> list[int]:
         return make_task(softprompt_config(self.task, self.train_file, self.budget, 0).task).label_token_ids(
@@ -565,7 +584,10 @@ def benches(
     sizes: Sequence[int | None] | None = None,
 ) -> Iterator[Bench]:
     """One shared base; each task (at each training-set size of ``sizes``, else the budget's) prepared,
-    its finished runs appended to ``journal``."""
+    its finished runs appended to ``journal`` (and the runs it already holds not trained again)."""
+    journaled = (
+        [Run(**row) for row in read_journal(journal)] if journal is not None and journal.exists() else []
+    )
     base, tokenizer = load_base(quick)
     base.requires_grad_(False).eval()
     with tempfile.TemporaryDirectory() as folder:
@@ -576,7 +598,7 @@ def benches(
             for size in sizes or [budget.train_rows]:
                 sized = replace(budget, train_rows=size)
                 bench = prepare(TASKS[name], base, tokenizer, tokenizer_dir, sized, data, work)
-                bench.journal = journal
+                bench.journal, bench.journaled = journal, journaled
                 print(f"{name}: {len(bench.train)} train rows, {len(bench.dev)} dev rows", flush=True)
                 yield bench
 
@@ -592,13 +614,13 @@ def run_panel(
     runs: list[Run] = []
     for bench in benches(tasks, budget, quick, data, journal):
         if "zero-shot" in setups:
-            bench.run_zero_shot()
+            bench.once("zero-shot", 0, bench.run_zero_shot)
         for seed in budget.seeds:
             if "softprompt" in setups:
-                bench.run_softprompt("softprompt", seed)
+                bench.once("softprompt", seed, partial(bench.run_softprompt, "softprompt", seed))
             for setup in setups:
                 if setup in PEFT_SETUPS:
-                    bench.run_peft(PEFT_SETUPS[setup], seed)
+                    bench.once(setup, seed, partial(bench.run_peft, PEFT_SETUPS[setup], seed))
         runs += bench.runs
     return runs
 
@@ -713,7 +735,12 @@ def add_run_flags(
             type=int,
             help=f"generation dev sources (default {Budget.generation_dev_sources})",
         )
-    parser.add_argument("--journal", type=Path, help="append every finished run to this JSON-lines file")
+    parser.add_argument(
+        "--journal",
+        type=Path,
+        help="append every finished run to this JSON-lines file; the runs it already holds are not "
+        "trained again (rerun an interrupted command with the same journal to finish it)",
+    )
     parser.add_argument("--from-journal", type=Path, help="report the runs of a journal; train nothing")
 
 
@@ -737,9 +764,14 @@ def collect_runs(args, train: Callable[[Path | None], list[R]], row: Callable[..
     """The runs of ``--from-journal`` (each line's fields given to ``row``), or those ``train(journal)``
     makes."""
     if args.from_journal is not None:
-        lines = args.from_journal.read_text(encoding="utf-8").splitlines()
-        return [row(**json.loads(line)) for line in lines if line.strip()]
+        return [row(**line) for line in read_journal(args.from_journal)]
     return train(args.journal)
+
+
+def read_journal(journal: Path) -> list[dict[str, Any]]:
+    """The runs of a ``--journal`` file, one dict per JSON line."""
+    lines = journal.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def append_to_journal(journal: Path | None, run: dict[str, Any]) -> None:

@@ -94,6 +94,32 @@ def test_panel_quick_compares_setups_per_seed_and_reports_the_goal(tmp_path, cap
 
 
 @needs_shared_data
+def test_panel_rerun_with_its_journal_trains_only_the_runs_it_lacks(tmp_path, monkeypatch):
+    panel = importlib.import_module("panel")
+    journal = tmp_path / "runs.jsonl"
+    argv = ["--quick", "--tasks", "sst2", "--setups", "zero-shot,softprompt,peft-random-3e-3"]
+    argv += ["--out", str(tmp_path / "p.json"), "--journal", str(journal)]
+    first = panel.main(argv)["runs"]
+    lines = journal.read_text().splitlines()
+    assert len(lines) == len(first) == 5  # zero-shot, then 2 setups x 2 seeds
+    journal.write_text("\n".join(lines[:-1]) + "\n")  # interrupted before the last run finished
+
+    trained: list[int] = []
+    train_steps = panel.train_steps
+    monkeypatch.setattr(panel, "train_steps", lambda *a, **k: trained.append(1) or train_steps(*a, **k))
+    resumed = panel.main(argv)["runs"]
+    assert len(trained) == 1  # only the missing run trained
+    assert resumed[:-1] == first[:-1]  # the others are the journal's, score for score
+    assert {(r["setup"], r["seed"]) for r in resumed} == {(r["setup"], r["seed"]) for r in first}
+    assert len(journal.read_text().splitlines()) == 5  # the journal is whole again
+
+    # a different budget is a different run: nothing of the journal is reused
+    trained.clear()
+    panel.main([*argv, "--steps", "2"])
+    assert len(trained) == 4
+
+
+@needs_shared_data
 def test_search_quick_contests_every_seed_and_reports_again_from_its_journal(tmp_path, monkeypatch, capsys):
     search = importlib.import_module("search")
     argv = ["--quick", "--tasks", "example", "--seeds", "0,1", "--out", str(tmp_path / "s.json")]
