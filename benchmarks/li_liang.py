@@ -115,13 +115,11 @@ def run_all(
     journal: Path | None = None,
 ) -> list[Run]:
     runs: list[Run] = []
+    runners = {"prefix": partial(run_prefix, preset=preset), "full": run_full, "lora": run_lora}
     for bench in benches(tasks, budget, quick, data, journal, sizes):
         for seed in budget.seeds:
             for method in methods:
-                runner = {"prefix": partial(run_prefix, preset=preset), "full": run_full, "lora": run_lora}[
-                    method
-                ]
-                bench.once(method, seed, partial(runner, bench, seed))
+                bench.once(method, seed, partial(runners[method], bench, seed))
         runs += bench.runs
     return runs
 

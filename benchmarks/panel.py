@@ -399,6 +399,10 @@ class Bench:
     journal: Path | None = None  # every finished run is appended here as a JSON line
     journaled: list[Run] = field(default_factory=list)  # the journal's runs from before this process
 
+    def steps_of(self, setup: str) -> int:
+        """The optimiser steps a run of ``setup`` takes: none for zero-shot, else the budget's."""
+        return 0 if setup == "zero-shot" else self.budget.steps
+
     def once(self, setup: str, seed: int, train: Callable[[], Run]) -> Run:
         """``train()``, unless the journal already holds this run (same task, setup, seed, training rows,
         steps and batch): then that run, so a rerun of an interrupted command trains only what is left."""
@@ -408,7 +412,7 @@ class Bench:
                 setup,
                 seed,
                 len(self.train),
-                0 if setup == "zero-shot" else self.budget.steps,
+                self.steps_of(setup),
                 self.budget.batch_size,
             ):
                 self.runs.append(run)
@@ -443,7 +447,7 @@ class Bench:
     def record(
         self, setup: str, seed: int, scores: dict[str, float], train_seconds: float, started: float
     ) -> Run:
-        steps = 0 if setup == "zero-shot" else self.budget.steps
+        steps = self.steps_of(setup)
         run = Run(
             task=self.task.name,
             split=self.task.split,
